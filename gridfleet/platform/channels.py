@@ -61,7 +61,9 @@ def sim_control_response(command: str, config_id: str = "") -> str:
     return f"{config_id}/response/{command}"
 
 
-_AGG_FROM_CHANNEL = re.compile(r"^external-aggregator/[^/]*/([^/]+)/(events/all|response/batch_commands)$")
+_AGG_FROM_CHANNEL = re.compile(
+    r"^external-aggregator/[^/]*/([^/]+)/(events/all|response/batch_commands)$"
+)
 
 
 def aggregator_of(channel: str | bytes) -> str | None:

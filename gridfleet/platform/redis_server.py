@@ -76,16 +76,28 @@ class RedisServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="gridfleet-redis-")
         args = [
             find_redis_server(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._workdir.name,
-            "--daemonize", "no",
-            "--loglevel", "warning",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._workdir.name,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
             # A fleet's event stream is large; gsy-e's default 32 MB pub/sub limit would drop us.
-            "--client-output-buffer-limit", "pubsub", "512mb", "256mb", "60",
-            "--maxmemory-policy", "noeviction",
+            "--client-output-buffer-limit",
+            "pubsub",
+            "512mb",
+            "256mb",
+            "60",
+            "--maxmemory-policy",
+            "noeviction",
         ]
         if self.password:
             args += ["--requirepass", self.password]

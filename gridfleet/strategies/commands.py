@@ -20,7 +20,9 @@ class Bid:
     rate: float  # ct/kWh; price on the wire = rate * energy
     replace_existing: bool = True
     time_slot: str | None = None  # None: the currently open spot market
-    requirements: list[dict[str, Any]] | None = None  # degrees of freedom, where the exchange takes them
+    requirements: list[dict[str, Any]] | None = (
+        None  # degrees of freedom, where the exchange takes them
+    )
 
 
 @dataclass(frozen=True, slots=True)

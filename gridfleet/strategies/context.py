@@ -86,7 +86,9 @@ class AssetBatch:
             free_storage_kwh=self.free_storage_kwh[idx],
             grid_fee=self.grid_fee[idx],
             unsettled_deviation_kwh=(
-                [self.unsettled_deviation_kwh[i] for i in pick] if self.unsettled_deviation_kwh else []
+                [self.unsettled_deviation_kwh[i] for i in pick]
+                if self.unsettled_deviation_kwh
+                else []
             ),
         )
 

@@ -1,0 +1,115 @@
+"""Contract: every captured message parses into the models and re-serializes to equal JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gridfleet.platform import protocol as p
+from tests.conftest import PROTOCOL_DIR
+
+EXAMPLES = sorted((PROTOCOL_DIR / "examples").glob("*.json"))
+SESSIONS = sorted((PROTOCOL_DIR / "sessions").glob("*.jsonl"))
+
+
+def _session_lines() -> list[tuple[str, int, dict]]:
+    rows = []
+    for path in SESSIONS:
+        for no, line in enumerate(path.read_text().splitlines(), start=1):
+            rows.append((path.name, no, json.loads(line)))
+    return rows
+
+
+def test_the_contract_files_are_there() -> None:
+    assert len(EXAMPLES) >= 79
+    assert len(SESSIONS) == 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_round_trips(path: Path) -> None:
+    msg = json.loads(path.read_text())
+    parsed = p.decode_message(msg["channel"], orjson.dumps(msg["data"]))
+    assert json.loads(p.encode(parsed)) == msg["data"]
+
+
+def test_every_session_line_round_trips() -> None:
+    rows = _session_lines()
+    assert len(rows) == 987
+    for name, no, msg in rows:
+        parsed = p.decode_message(msg["channel"], msg["data"])
+        assert json.loads(p.encode(parsed)) == json.loads(msg["data"]), f"{name}:{no}"
+
+
+def test_event_kinds_are_told_apart() -> None:
+    kinds = {}
+    for _, _, msg in _session_lines():
+        if msg["channel"].endswith("/events/all"):
+            ev = p.decode_event(msg["data"])
+            kinds[type(ev).__name__] = ev
+    assert set(kinds) == {"MarketEvent", "TickEvent", "TradeEvent", "FinishEvent"}
+    trade = kinds["TradeEvent"]
+    assert isinstance(trade, p.TradeEvent) and trade.trade_list[0].traded_energy > 0
+
+
+def test_tree_nodes_are_markets_assets_or_plain_leaves() -> None:
+    ev = p.decode_event(
+        orjson.dumps(
+            json.loads((PROTOCOL_DIR / "examples/05_event_market.json").read_text())["data"]
+        )
+    )
+    assert isinstance(ev, p.MarketEvent)
+    (root,) = ev.grid_tree.values()
+    assert root.is_market and root.area_name == "Grid"
+    leaves = []
+
+    def walk(node: p.GridNode) -> None:
+        if node.is_market:
+            assert isinstance(node.children, dict)
+            for child in node.children.values():
+                walk(child)
+        else:
+            leaves.append(node)
+
+    walk(root)
+    own = [n for n in leaves if isinstance(n.asset_info, p.AssetInfo)]
+    plain = [n for n in leaves if n.asset_info is p.UNSET]
+    assert own and plain
+    assert any(n.area_name == "Market Maker" for n in plain)
+
+
+def test_first_slot_tick_has_empty_tree_and_null_rates() -> None:
+    data = json.loads(
+        (PROTOCOL_DIR / "examples/05_event_tick_first_slot_empty_grid_tree.json").read_text()
+    )["data"]
+    ev = p.decode_event(orjson.dumps(data))
+    assert isinstance(ev, p.TickEvent)
+    assert ev.grid_tree == {} and ev.market_maker_rate is None and ev.feed_in_tariff_rate is None
+
+
+def test_tick_index_from_slot_completion() -> None:
+    assert [p.slot_tick_index(f"{i * 10}%") for i in range(10)] == list(range(10))
+
+
+def test_bad_inbound_messages_say_what_is_wrong() -> None:
+    with pytest.raises(p.ProtocolError, match="not valid JSON"):
+        p.decode_event(b"{nope")
+    with pytest.raises(p.ProtocolError, match="grid_tree"):
+        p.decode_event(
+            b'{"event": "tick", "slot_completion": "10%", "market_slot": "x", "grid_tree": 5}'
+        )
+    with pytest.raises(p.ProtocolError, match="event"):
+        p.decode_event(b'{"event": "party"}')
+    with pytest.raises(p.ProtocolError, match="no protocol model"):
+        p.model_for_channel("somewhere/else")
+
+
+def test_command_response_reason_prefers_error_message() -> None:
+    r = p.decode(
+        b'{"status": "error", "error_message": "too much", "message": ""}', p.CommandResponse
+    )
+    assert not r.ok and r.reason == "too much"
+    r = p.decode(b'{"status": "error", "message": "Invalid command type"}', p.CommandResponse)
+    assert r.reason == "Invalid command type"
