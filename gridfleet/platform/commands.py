@@ -20,7 +20,7 @@ which is what the hot path uses; :func:`validate_command` handles any single com
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

