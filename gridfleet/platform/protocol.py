@@ -322,7 +322,7 @@ def decode(raw: bytes | str, model: type[_T]) -> _T:
     if dec is None:
         dec = _decoders[model] = msgspec.json.Decoder(model)
     try:
-        return dec.decode(raw)  # type: ignore[no-any-return]
+        return dec.decode(raw)
     except msgspec.ValidationError as exc:
         name = getattr(model, "__name__", str(model))
         raise ProtocolError(f"not a valid {name}: {exc}") from exc

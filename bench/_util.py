@@ -1,0 +1,42 @@
+"""Small helpers shared by the benchmark scripts: timing and writing results with provenance."""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def best_and_median(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(min, median) wall seconds of ``fn`` over ``repeats`` runs."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), statistics.median(times)
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` with the command line and machine that produced it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
+        **payload,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return path
