@@ -1,0 +1,470 @@
+"""The aggregator side of the gsy-e protocol over Redis.
+
+:class:`ExchangeLink` creates aggregators, registers and selects thousands of assets and markets
+(pipelined: one round trip per bulk step, not one blocking call each), subscribes to event and
+batch-response channels, publishes batches and correlates answers by transaction id.
+
+Two rules shape it:
+
+- **Never block a pub/sub reader.** Redis drops a subscriber whose output buffer passes its limit
+  (32 MB at gsy-e's defaults). Reader threads only take messages off the socket and hand the raw
+  bytes to a callback that must be cheap (put them on a queue); parsing happens elsewhere. Event
+  channels are spread over several connections so no single buffer holds a whole round.
+- **Survive a reconnect.** A reader that loses its connection reconnects with backoff and
+  subscribes again to everything it had; ``on_reconnect`` lets the owner count what may be lost
+  (pub/sub is at-most-once: messages published meanwhile are gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+
+from gridfleet.platform import channels
+from gridfleet.platform.protocol import (
+    AggregatorResponse,
+    ProtocolError,
+    RegisterResponse,
+    decode,
+)
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, float], None]
+"""``(channel, raw message, monotonic receive time)``; must return quickly."""
+
+
+class ExchangeError(RuntimeError):
+    """The exchange answered with an error, or did not answer in time."""
+
+
+def new_transaction_id() -> str:
+    return str(uuid.uuid4())
+
+
+# ---------------------------------------------------------------------------------------------
+# Correlating answers with requests
+
+
+@dataclass
+class _Pending:
+    event: threading.Event = field(default_factory=threading.Event)
+    answer: object | None = None
+
+
+class PendingRequests:
+    """Requests waiting for an answer, by transaction id, with a hard cap on memory.
+
+    When more than ``capacity`` requests are outstanding the oldest are forgotten (and counted),
+    so a flood of unanswered requests cannot grow memory without bound.
+    """
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, _Pending] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def add(self, transaction_id: str) -> _Pending:
+        pending = _Pending()
+        with self._lock:
+            self._items[transaction_id] = pending
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+                self.evicted += 1
+        return pending
+
+    def resolve(self, transaction_id: str, answer: object) -> bool:
+        with self._lock:
+            pending = self._items.pop(transaction_id, None)
+        if pending is None:
+            return False
+        pending.answer = answer
+        pending.event.set()
+        return True
+
+    def discard(self, transaction_id: str) -> None:
+        with self._lock:
+            self._items.pop(transaction_id, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# ---------------------------------------------------------------------------------------------
+# A pub/sub reader that reconnects by itself
+
+
+class Subscriber(threading.Thread):
+    """One pub/sub connection on its own thread: subscribe, read, hand off, reconnect."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        handler: MessageHandler,
+        *,
+        name: str,
+        on_reconnect: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._client = client
+        self._handler = handler
+        self._on_reconnect = on_reconnect
+        self._channels: set[str] = set()
+        self._patterns: set[str] = set()
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._ready = threading.Event()
+        self._pubsub: redis.client.PubSub | None = None
+        self.reconnects = 0
+
+    def subscribe(self, *names: str) -> None:
+        with self._lock:
+            self._channels.update(names)
+            if self._pubsub is not None and names:
+                self._pubsub.subscribe(*names)
+
+    def psubscribe(self, *patterns: str) -> None:
+        with self._lock:
+            self._patterns.update(patterns)
+            if self._pubsub is not None and patterns:
+                self._pubsub.psubscribe(*patterns)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Block until the subscriptions given so far are confirmed by Redis."""
+        if not self._ready.wait(timeout):
+            raise ExchangeError(f"{self.name}: could not subscribe within {timeout} s")
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _connect(self) -> redis.client.PubSub:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+        with self._lock:
+            if self._channels:
+                pubsub.subscribe(*self._channels)
+            if self._patterns:
+                pubsub.psubscribe(*self._patterns)
+            self._pubsub = pubsub
+        return pubsub
+
+    def run(self) -> None:
+        backoff = 0.05
+        first = True
+        while not self._halt.is_set():
+            try:
+                pubsub = self._connect()
+                if not first:
+                    self.reconnects += 1
+                    log.warning("%s: reconnected and subscribed again", self.name)
+                    if self._on_reconnect:
+                        self._on_reconnect(self.name)
+                first = False
+                backoff = 0.05
+                self._read(pubsub)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._ready.clear()
+                log.warning("%s: lost Redis (%s); retrying in %.2f s", self.name, exc, backoff)
+                self._halt.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                with self._lock:
+                    if self._pubsub is not None:
+                        # Closing a dead socket may raise; there is nothing more to do with it.
+                        with contextlib.suppress(Exception):
+                            self._pubsub.close()
+                        self._pubsub = None
+
+    def _read(self, pubsub: redis.client.PubSub) -> None:
+        pending_confirms = len(self._channels) + len(self._patterns)
+        if pending_confirms == 0:
+            self._ready.set()
+        handler = self._handler
+        while not self._halt.is_set():
+            msg = pubsub.get_message(timeout=0.5)
+            if msg is None:
+                continue
+            kind = msg["type"]
+            if kind in ("message", "pmessage"):
+                channel = msg["channel"]
+                handler(
+                    channel.decode() if isinstance(channel, bytes) else channel,
+                    msg["data"],
+                    time.monotonic(),
+                )
+            elif kind in ("subscribe", "psubscribe"):
+                pending_confirms -= 1
+                if pending_confirms <= 0:
+                    self._ready.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The link
+
+
+@dataclass
+class SelectionReport:
+    selected: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # device uuid -> exchange's message
+
+
+class ExchangeLink:
+    """Aggregator-side connection to a gsy-e exchange (or gridfleet's simulator) over Redis.
+
+    ``url`` may carry a password and use ``rediss://`` for TLS. ``config_id`` is the exchange's
+    configuration id (empty for a local gsy-e run).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        config_id: str = "",
+        event_connections: int = 4,
+        request_timeout: float = 30.0,
+        on_reconnect: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.config_id = config_id
+        self.request_timeout = request_timeout
+        self.redis = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+        self._pending = PendingRequests()
+        self._on_reconnect = on_reconnect
+        self._control = Subscriber(
+            self.redis, self._on_control, name="exchange-control", on_reconnect=on_reconnect
+        )
+        self._control.subscribe(channels.AGGREGATOR_RESPONSE)
+        self._control.psubscribe(channels.register_participant_response("*"))
+        self._control.start()
+        self._event_readers: list[Subscriber] = []
+        self._response_readers: list[Subscriber] = []
+        self._n_event_connections = max(1, event_connections)
+        self._control.wait_ready()
+
+    # -- control-channel answers ---------------------------------------------------------------
+
+    def _on_control(self, channel: str, raw: bytes, _t: float) -> None:
+        try:
+            if channel == channels.AGGREGATOR_RESPONSE:
+                answer: AggregatorResponse | RegisterResponse = decode(raw, AggregatorResponse)
+            else:
+                answer = decode(raw, RegisterResponse)
+        except ProtocolError as exc:
+            log.warning("ignoring malformed answer on %s: %s", channel, exc)
+            return
+        self._pending.resolve(answer.transaction_id, answer)
+
+    def _request_many(
+        self, requests: list[tuple[str, str, bytes]], what: str, timeout: float | None
+    ) -> dict[str, object]:
+        """Publish ``(transaction_id, channel, payload)`` in one pipeline; wait for every answer."""
+        waits = {tid: self._pending.add(tid) for tid, _, _ in requests}
+        pipe = self.redis.pipeline(transaction=False)
+        for _, channel, payload in requests:
+            pipe.publish(channel, payload)
+        pipe.execute()
+        deadline = time.monotonic() + (timeout or self.request_timeout)
+        answers: dict[str, object] = {}
+        missing: list[str] = []
+        for tid, pending in waits.items():
+            if pending.event.wait(max(0.0, deadline - time.monotonic())):
+                answers[tid] = pending.answer
+            else:
+                self._pending.discard(tid)
+                missing.append(tid)
+        if missing:
+            raise ExchangeError(
+                f"{what}: {len(missing)} of {len(requests)} requests got no answer in time"
+            )
+        return answers
+
+    # -- aggregators, registration, selection --------------------------------------------------
+
+    def create_aggregators(
+        self, names: Iterable[str], timeout: float | None = None
+    ) -> dict[str, str]:
+        """Create aggregators; returns name -> aggregator uuid (the CREATE's transaction id)."""
+        reqs = []
+        by_tid: dict[str, str] = {}
+        for name in names:
+            tid = new_transaction_id()
+            by_tid[tid] = name
+            reqs.append(
+                (
+                    tid,
+                    channels.AGGREGATOR_COMMANDS,
+                    orjson.dumps({"name": name, "type": "CREATE", "transaction_id": tid}),
+                )
+            )
+        answers = self._request_many(reqs, "create aggregators", timeout)
+        out: dict[str, str] = {}
+        for tid, answer in answers.items():
+            assert isinstance(answer, AggregatorResponse)
+            if answer.status != "ready":
+                raise ExchangeError(
+                    f"creating aggregator {by_tid[tid]!r} failed: {answer.status} {answer.msg or ''}".strip()
+                )
+            out[by_tid[tid]] = tid
+        return out
+
+    def register(self, names: Iterable[str], timeout: float | None = None) -> dict[str, str]:
+        """Register assets (by name) or markets (by slug); returns name -> device uuid.
+
+        Registration is the only way to learn a uuid, so it comes before selection.
+        """
+        reqs = []
+        by_tid: dict[str, str] = {}
+        for name in names:
+            tid = new_transaction_id()
+            by_tid[tid] = name
+            reqs.append(
+                (
+                    tid,
+                    channels.register_participant(name),
+                    orjson.dumps({"name": name, "transaction_id": tid}),
+                )
+            )
+        answers = self._request_many(reqs, "register", timeout)
+        out: dict[str, str] = {}
+        for tid, answer in answers.items():
+            assert isinstance(answer, RegisterResponse)
+            if answer.status != "ready" or not isinstance(answer.device_uuid, str):
+                raise ExchangeError(f"registering {by_tid[tid]!r} failed: {answer.status}")
+            out[by_tid[tid]] = answer.device_uuid
+        return out
+
+    def _aggregator_command(
+        self, kind: str, aggregator_uuid: str, device_uuids: Iterable[str], timeout: float | None
+    ) -> SelectionReport:
+        reqs = []
+        by_tid: dict[str, str] = {}
+        for device in device_uuids:
+            tid = new_transaction_id()
+            by_tid[tid] = device
+            body = {
+                "aggregator_uuid": aggregator_uuid,
+                "device_uuid": device,
+                "type": kind,
+                "transaction_id": tid,
+            }
+            reqs.append((tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body)))
+        report = SelectionReport()
+        for tid, answer in self._request_many(reqs, kind.lower(), timeout).items():
+            assert isinstance(answer, AggregatorResponse)
+            if answer.status == "error":
+                report.errors[by_tid[tid]] = answer.msg if isinstance(answer.msg, str) else "error"
+            else:
+                report.selected.append(by_tid[tid])
+        return report
+
+    def select(
+        self, aggregator_uuid: str, device_uuids: Iterable[str], timeout: float | None = None
+    ) -> SelectionReport:
+        """Select devices for an aggregator. Devices owned by another aggregator come back in ``errors``."""
+        return self._aggregator_command("SELECT", aggregator_uuid, device_uuids, timeout)
+
+    def unselect(
+        self, aggregator_uuid: str, device_uuids: Iterable[str], timeout: float | None = None
+    ) -> SelectionReport:
+        return self._aggregator_command("UNSELECT", aggregator_uuid, device_uuids, timeout)
+
+    def delete_aggregator(self, aggregator_uuid: str, timeout: float | None = None) -> None:
+        tid = new_transaction_id()
+        body = {"aggregator_uuid": aggregator_uuid, "type": "DELETE", "transaction_id": tid}
+        (answer,) = self._request_many(
+            [(tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body))], "delete", timeout
+        ).values()
+        assert isinstance(answer, AggregatorResponse)
+        if answer.status != "deleted":
+            raise ExchangeError(f"deleting aggregator {aggregator_uuid} failed: {answer.status}")
+
+    # -- events and batch responses -------------------------------------------------------------
+
+    def _spread(
+        self, readers: list[Subscriber], names: list[str], handler: MessageHandler, label: str
+    ) -> None:
+        # Fresh connections per call: redis-py's PubSub is not thread-safe, so a running reader's
+        # subscriptions are never changed from another thread.
+        fresh = [
+            Subscriber(
+                self.redis,
+                handler,
+                name=f"exchange-{label}-{len(readers) + i}",
+                on_reconnect=self._on_reconnect,
+            )
+            for i in range(min(self._n_event_connections, max(1, len(names))))
+        ]
+        for i, name in enumerate(names):
+            fresh[i % len(fresh)].subscribe(name)
+        for sub in fresh:
+            sub.start()
+        for sub in fresh:
+            sub.wait_ready()
+        readers.extend(fresh)
+
+    def subscribe_events(self, aggregator_uuids: Iterable[str], handler: MessageHandler) -> None:
+        """Receive every event of these aggregators (spread over several connections)."""
+        names = [channels.aggregator_events(a, self.config_id) for a in aggregator_uuids]
+        self._spread(self._event_readers, names, handler, "events")
+
+    def subscribe_batch_responses(
+        self, aggregator_uuids: Iterable[str], handler: MessageHandler
+    ) -> None:
+        """Receive the exchange's answers to these aggregators' batches."""
+        names = [channels.batch_response(a, self.config_id) for a in aggregator_uuids]
+        self._spread(self._response_readers, names, handler, "responses")
+
+    @property
+    def reconnects(self) -> int:
+        return sum(
+            s.reconnects for s in (self._control, *self._event_readers, *self._response_readers)
+        )
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def batch_message(
+        self, aggregator_uuid: str, commands_json: bytes, transaction_id: str | None = None
+    ) -> tuple[str, bytes]:
+        """A BATCHED message from an already-serialized ``{asset_uuid: [command, ...]}`` object.
+
+        Splicing bytes keeps a 100 000-command batch from being parsed and re-encoded here.
+        """
+        tid = transaction_id or new_transaction_id()
+        head = orjson.dumps(
+            {"type": "BATCHED", "transaction_id": tid, "aggregator_uuid": aggregator_uuid}
+        )
+        return tid, head[:-1] + b',"batch_commands":' + commands_json + b"}"
+
+    def publish_batches(self, batches: Iterable[bytes]) -> int:
+        """Publish ready BATCHED messages in one pipeline; returns how many were sent."""
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        channel = channels.batch_commands(self.config_id)
+        for body in batches:
+            pipe.publish(channel, body)
+            n += 1
+        if n:
+            pipe.execute()
+        return n
+
+    def close(self) -> None:
+        for sub in (self._control, *self._event_readers, *self._response_readers):
+            sub.stop()
+        for sub in (self._control, *self._event_readers, *self._response_readers):
+            sub.join(timeout=2)
+        self.redis.close()
+
+    def __enter__(self) -> ExchangeLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
