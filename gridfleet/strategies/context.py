@@ -7,6 +7,7 @@ can be serialized with msgpack and evaluated in any process.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -40,6 +41,9 @@ class TickContext:
     feed_in_tariff_rate: float  # F, ct/kWh
     market_maker_rate: float  # M, ct/kWh
     slot_length_s: int = 900
+    # Name -> uuid of the assets strategies may refer to by name (trading partners of the
+    # `requirements` strategy). The same mapping for every shard keeps results shard-independent.
+    asset_uuids_by_name: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
