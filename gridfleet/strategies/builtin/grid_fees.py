@@ -193,10 +193,12 @@ class GridFeeAziiz(MarketStrategy):
         for market in self._markets(markets):
             old = state.get(market.uuid, {})
             history, consumed = self._history(old)
-            if consumed:
+            if not consumed:
+                continue
+            if history:
                 fee = self.fee(market.name, history)
                 result.commands.append((market.uuid, GridFees(fee_const=fee)))
-                result.state[market.uuid] = _new_state(old, history)
+            result.state[market.uuid] = _new_state(old, history)
         return result
 
     def fee(self, market_name: str, history: list[float]) -> float:
