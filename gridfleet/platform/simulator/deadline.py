@@ -1,0 +1,179 @@
+"""Exchange-side deadline accounting: did each aggregator answer each event in time?
+
+A *round* is one dispatch of events to an aggregator that expects an answer: a tick event (the
+``market`` event and the 0 % tick travel together and count as one round). The deadline of a
+round is the moment the next round is sent to that aggregator (or the finish event).
+
+Attribution of a batch that arrives at time ``t`` (batches carry no round id):
+
+- it belongs to the oldest of the aggregator's last two rounds that has no batch yet;
+- if both have one, it is an extra batch of the latest round (updates its last arrival).
+
+So a batch that answers round ``k`` after round ``k+1`` went out is counted *late* for ``k``.
+A round is *on time* when its first batch arrived before its deadline, *late* when it arrived
+after, *missing* when none came before the round after next was sent (or the run finished).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ON_TIME, LATE, MISSING, OPEN = "on_time", "late", "missing", "open"
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    round: int  # global round number (same for all aggregators of one dispatch)
+    sent: float
+    deadline: float = math.inf
+    first: float | None = None
+    last: float | None = None
+    batches: int = 0
+
+    @property
+    def status(self) -> str:
+        if self.first is None:
+            return MISSING if self.deadline < math.inf else OPEN
+        return ON_TIME if self.first < self.deadline else LATE
+
+
+@dataclass
+class RoundInfo:
+    market_slot: str
+    completion: int
+    sent: float
+    aggregators: int = 0
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99/max (nearest-rank), None when there is no value."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    v = sorted(values)
+
+    def rank(p: float) -> float:
+        return v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": v[-1]}
+
+
+@dataclass
+class DeadlineTracker:
+    """Records rounds and batch arrivals; all times are ``time.time()`` seconds."""
+
+    rounds: list[RoundInfo] = field(default_factory=list)
+    # per aggregator: its records, oldest first (only the last two are still open to batches)
+    per_agg: dict[str, list[RoundRecord]] = field(default_factory=dict)
+    unattributed: int = 0
+
+    def round_sent(
+        self, market_slot: str, completion: int, sent: float, aggregators: list[str]
+    ) -> int:
+        """A new round went out to ``aggregators`` at ``sent``; returns its number."""
+        number = len(self.rounds)
+        self.rounds.append(RoundInfo(market_slot, completion, sent, len(aggregators)))
+        for agg in aggregators:
+            recs = self.per_agg.setdefault(agg, [])
+            if recs and recs[-1].deadline == math.inf:
+                recs[-1].deadline = sent
+            recs.append(RoundRecord(number, sent))
+        return number
+
+    def batch_arrived(self, agg: str, at: float) -> RoundRecord | None:
+        recs = self.per_agg.get(agg)
+        if not recs:
+            self.unattributed += 1
+            return None
+        candidates = recs[-2:]
+        target = next((r for r in candidates if r.first is None and r.sent <= at), None)
+        if target is None:
+            target = recs[-1]
+            if target.sent > at:
+                self.unattributed += 1
+                return None
+        if target.first is None:
+            target.first = at
+        target.last = at
+        target.batches += 1
+        return target
+
+    def finish(self, at: float) -> None:
+        """The run ended: the open rounds' deadline is the finish event."""
+        for recs in self.per_agg.values():
+            if recs and recs[-1].deadline == math.inf:
+                recs[-1].deadline = at
+
+    # ------------------------------------------------------------------ report
+
+    def report(
+        self, meta: dict[str, Any] | None = None, names: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The JSON report: summary, one row per round, one summary per aggregator (by uuid,
+        with its name when ``names`` maps uuids to names)."""
+        per_round: dict[int, dict[str, Any]] = {}
+        firsts: list[float] = []
+        lasts: list[float] = []
+        totals = {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0}
+        aggs: dict[str, dict[str, Any]] = {}
+        for agg, recs in self.per_agg.items():
+            a = aggs.setdefault(
+                agg, {"name": (names or {}).get(agg, ""), ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0}
+            )
+            for r in recs:
+                st = r.status
+                totals[st] += 1
+                a[st] += 1
+                row = per_round.setdefault(
+                    r.round, {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0, "_first": [], "_last": []}
+                )
+                row[st] += 1
+                if r.first is not None and r.last is not None:
+                    f_ms, l_ms = (r.first - r.sent) * 1000, (r.last - r.sent) * 1000
+                    firsts.append(f_ms)
+                    lasts.append(l_ms)
+                    row["_first"].append(f_ms)
+                    row["_last"].append(l_ms)
+        rows = []
+        for number, info in enumerate(self.rounds):
+            row = per_round.get(
+                number, {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0, "_first": [], "_last": []}
+            )
+            interval = (
+                (self.rounds[number + 1].sent - info.sent) * 1000
+                if number + 1 < len(self.rounds)
+                else None
+            )
+            rows.append(
+                {
+                    "round": number,
+                    "market_slot": info.market_slot,
+                    "slot_completion": f"{info.completion}%",
+                    "sent_at": round(info.sent, 6),
+                    "interval_ms": None if interval is None else round(interval, 3),
+                    "aggregators": info.aggregators,
+                    ON_TIME: row[ON_TIME],
+                    LATE: row[LATE],
+                    MISSING: row[MISSING],
+                    "first_batch_ms": _rounded(percentiles(row["_first"])),
+                    "last_batch_ms": _rounded(percentiles(row["_last"])),
+                }
+            )
+        counted = totals[ON_TIME] + totals[LATE] + totals[MISSING]
+        summary = {
+            "rounds": len(self.rounds),
+            "aggregator_rounds": counted,
+            ON_TIME: totals[ON_TIME],
+            LATE: totals[LATE],
+            MISSING: totals[MISSING],
+            "on_time_ratio": round(totals[ON_TIME] / counted, 6) if counted else None,
+            "first_batch_ms": _rounded(percentiles(firsts)),
+            "last_batch_ms": _rounded(percentiles(lasts)),
+            "unattributed_batches": self.unattributed,
+        }
+        return {"meta": meta or {}, "summary": summary, "ticks": rows, "aggregators": aggs}
+
+
+def _rounded(p: dict[str, float | None]) -> dict[str, float | None]:
+    return {k: None if v is None else round(v, 3) for k, v in p.items()}

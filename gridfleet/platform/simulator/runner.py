@@ -1,0 +1,514 @@
+"""The exchange's main loop and the library entry point, :class:`Simulator`.
+
+One engine thread owns all state. It wakes every ``internal_tick`` (10 ms) or when a message
+arrives, applies what came in (aggregator commands and registrations at once, batches at this
+internal tick), and every ``tick_interval`` seconds dispatches the next tick event round:
+
+    match open orders -> trade events -> next tick event (market + 0 % tick at a slot start)
+
+A slot has 10 tick events (0 %..90 %); the slot closes one interval after its 90 % tick. Like
+gsy-e, tick events of the very first slot carry an empty ``grid_tree`` and null rates and there
+is no market event for it. After the last slot: per-market and per-aggregator finish events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import redis
+
+from gridfleet.platform import channels
+from gridfleet.platform.redis_server import RedisServer
+from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
+from gridfleet.platform.simulator.deadline import DeadlineTracker, percentiles
+from gridfleet.platform.simulator.events import FINISH_EVENT, EventBuilder, TreeMode, trade_rows
+from gridfleet.platform.simulator.grid import Grid
+from gridfleet.platform.simulator.protocol_server import (
+    AGG_COMMAND,
+    BATCH,
+    CONTROL,
+    REGISTER,
+    AggregatorRegistry,
+    Inbound,
+    Inbox,
+)
+from gridfleet.platform.simulator.state import ExchangeState, TradeReport
+
+log = logging.getLogger(__name__)
+
+TICKS_PER_SLOT = 10
+
+
+@dataclass
+class SimConfig:
+    """How a simulation runs. ``tick_interval=None`` means manual stepping (:meth:`Simulator.advance`)."""
+
+    slots: int = 8
+    slot_length: timedelta = timedelta(minutes=15)
+    tick_interval: float | None = 1.0
+    start: datetime = datetime(2024, 6, 1)
+    paused: bool = False
+    tree: TreeMode = "full"
+    internal_tick: float = 0.01
+    heartbeat_interval: float = 5.0
+    config_id: str = ""
+
+
+@dataclass
+class Counts:
+    """What the exchange did so far."""
+
+    rounds: int = 0
+    events_sent: int = 0
+    batches_received: int = 0
+    batches_answered: int = 0
+    commands: int = 0
+    trades: int = 0
+    energy_traded_kwh: float = 0.0
+    round_ms: list[float] = field(default_factory=list)  # build + publish time of each round
+
+
+class Simulator:
+    """The embedded gsy-e-compatible exchange.
+
+    >>> sim = Simulator(grid, redis_url=None, config=SimConfig(slots=4, tick_interval=0.2))
+    >>> sim.start()            # embedded redis-server when redis_url is None
+    >>> sim.redis_url          # hand this to clients
+    >>> sim.wait(timeout=60)   # True once the finish events went out
+    >>> sim.report()           # deadline report (dict); sim.counts for totals
+    >>> sim.stop()
+    """
+
+    def __init__(
+        self, grid: Grid, redis_url: str | None = None, config: SimConfig | None = None
+    ) -> None:
+        self.grid = grid
+        self.config = config or SimConfig()
+        if self.config.tree not in ("full", "pruned"):
+            raise ValueError("tree must be 'full' or 'pruned'")
+        if self.config.slots < 1:
+            raise ValueError("slots must be at least 1")
+        self._redis_url = redis_url
+        self._server: RedisServer | None = None
+        self.state = ExchangeState(grid, self.config.slot_length, self.config.start)
+        devices: dict[str, tuple[int, int]] = {u: (ASSET, i) for i, u in enumerate(grid.asset_uuid)}
+        devices.update({m.uuid: (MARKET, m.index) for m in grid.markets})
+        self.devices = devices
+        self.registry = AggregatorRegistry(devices={u: "" for u in devices})
+        self.registry.names.update(
+            {n: u for n, u in zip(grid.asset_name, grid.asset_uuid, strict=True)}
+        )
+        self.registry.names.update({m.slug: m.uuid for m in grid.markets})
+        self.handler = BatchHandler(self.state, devices)
+        self.events = EventBuilder(grid, self.config.tree)
+        self.deadline = DeadlineTracker()
+        self.counts = Counts()
+        self.paused = self.config.paused
+        self.finished = threading.Event()
+        self._stop = threading.Event()
+        self._steps: queue.Queue[threading.Event] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._inbox: Inbox | None = None
+        self._pub: redis.Redis | None = None
+        self._opened = False
+        self._slot = 0
+        self._tick = 0
+        self._heads_slot = -2
+        self._trade_seq = 0
+        self._asset_owner: dict[int, str] = {}
+        self._own_assets: dict[str, list[int]] = {}
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def redis_url(self) -> str:
+        if self._redis_url is None:
+            raise RuntimeError("start() the simulator first")
+        return self._redis_url
+
+    def start(self) -> Simulator:
+        """Connect (or start an embedded Redis), subscribe, and start the engine thread."""
+        if self._redis_url is None:
+            self._server = RedisServer().start()
+            self._redis_url = self._server.url
+        self._pub = redis.Redis.from_url(self._redis_url)
+        self._inbox = Inbox(redis.Redis.from_url(self._redis_url), self.config.config_id)
+        self._inbox.start()
+        self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the engine (no finish events), close connections, stop an embedded Redis."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._inbox is not None:
+            self._inbox.stop()
+        if self._pub is not None:
+            self._pub.close()
+        if self._server is not None:
+            self._server.stop()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the simulation finished; False on timeout."""
+        return self.finished.wait(timeout)
+
+    def advance(self, timeout: float = 30.0) -> None:
+        """Manual mode: dispatch the next tick round now and wait until it is published."""
+        done = threading.Event()
+        self._steps.put(done)
+        if not done.wait(timeout):
+            raise TimeoutError("the engine did not dispatch the tick in time")
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def report(self) -> dict[str, Any]:
+        """The deadline report (see :mod:`deadline`), with the run's counts in ``meta``."""
+        c = asdict(self.counts)
+        round_ms = c.pop("round_ms")
+        cfg = asdict(self.config)
+        cfg["slot_length"] = self.config.slot_length.total_seconds()
+        cfg["start"] = self.config.start.isoformat()
+        return self.deadline.report(
+            {
+                "grid": self.grid.describe(),
+                "config": cfg,
+                "counts": c,
+                "round_build_publish_ms": {
+                    k: None if v is None else round(v, 3) for k, v in percentiles(round_ms).items()
+                },
+                "first_slot_excluded": True,
+            },
+            names=dict(self.registry.aggregators),
+        )
+
+    # ------------------------------------------------------------------ engine
+
+    def _run(self) -> None:
+        cfg = self.config
+        next_dispatch = time.time()
+        next_heartbeat = time.time()
+        try:
+            while not self._stop.is_set() and not self.finished.is_set():
+                now = time.time()
+                if now >= next_heartbeat:
+                    self._publish(channels.HEARTBEAT, {"time": int(now)})
+                    next_heartbeat = now + cfg.heartbeat_interval
+                if cfg.tick_interval is None or self.paused:
+                    wait = cfg.internal_tick
+                else:
+                    wait = min(cfg.internal_tick, max(0.0, next_dispatch - now))
+                self._drain(wait)
+                if cfg.tick_interval is None:
+                    while not self._steps.empty():
+                        done = self._steps.get()
+                        if not self.finished.is_set():
+                            self._dispatch()
+                        done.set()
+                elif self.paused:
+                    next_dispatch = time.time()
+                elif time.time() >= next_dispatch:
+                    self._dispatch()
+                    # keep the cadence; if a round overran the interval, do not try to catch up
+                    next_dispatch = max(next_dispatch + cfg.tick_interval, time.time())
+        except BaseException as exc:  # keep the reason for whoever waits on us
+            log.exception("simulator engine crashed")
+            self.error = exc
+            self.finished.set()
+            raise
+
+    def _drain(self, wait: float) -> None:
+        assert self._inbox is not None
+        q = self._inbox.queue
+        msgs: list[Inbound] = []
+        try:
+            msgs.append(q.get(timeout=wait) if wait > 0 else q.get_nowait())
+            while len(msgs) < 20000:
+                msgs.append(q.get_nowait())
+        except queue.Empty:
+            pass
+        if not msgs:
+            return
+        assert self._pub is not None
+        pipe = self._pub.pipeline(transaction=False)
+        for msg in msgs:
+            try:
+                self._handle(msg, pipe)
+            except Exception:  # one bad message must never stop the exchange
+                log.exception("could not handle a message on %s", msg.channel)
+        pipe.execute()
+
+    def _handle(self, msg: Inbound, pipe: Any) -> None:
+        try:
+            data = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            log.info("non-JSON message on %s ignored", msg.channel)
+            return
+        if not isinstance(data, dict):
+            log.info("message on %s is not a JSON object; ignored", msg.channel)
+            return
+        if msg.kind == BATCH:
+            self._batch(data, msg.at, pipe)
+        elif msg.kind == AGG_COMMAND:
+            for answer in self.registry.command(data):
+                pipe.publish(channels.AGGREGATOR_RESPONSE, orjson.dumps(answer))
+        elif msg.kind == REGISTER:
+            out = self.registry.register(msg.channel, data)
+            if out is not None:
+                pipe.publish(out[0], orjson.dumps(out[1]))
+        elif msg.kind == CONTROL:
+            self._control(msg.channel, data, pipe)
+
+    def _control(self, channel: str, data: dict[str, Any], pipe: Any) -> None:
+        command = channel.rsplit("/", 1)[-1]
+        if command == "pause":
+            self.paused = True
+        elif command == "resume":
+            self.paused = False
+        elif command != "stop":
+            return
+        pipe.publish(
+            channels.sim_control_response(command, self.config.config_id),
+            orjson.dumps(
+                {
+                    "command": command,
+                    "simulation_id": self.config.config_id,
+                    "transaction_id": data.get("transaction_id"),
+                    "status": "success",
+                }
+            ),
+        )
+        if command == "stop":
+            pipe.execute()
+            self._finish()
+
+    def _batch(self, data: dict[str, Any], at: float, pipe: Any) -> None:
+        self.counts.batches_received += 1
+        agg = data.get("aggregator_uuid")
+        if not isinstance(agg, str) or agg not in self.registry.aggregators:
+            return
+        if self.registry.selected.get(agg) and self._opened and self._slot > 0:
+            self.deadline.batch_arrived(agg, at)
+        if self.finished.is_set():
+            return  # answered after the final tick: no response, as gsy-e
+        responses = self.handler.handle(data, self.registry.selected.get(agg, set()))
+        if responses is None:
+            return
+        self.counts.commands += sum(len(v) for v in responses.values())
+        self.counts.batches_answered += 1
+        pipe.publish(
+            channels.batch_response(agg, self.config.config_id),
+            orjson.dumps(
+                {
+                    "command": "batch_commands",
+                    "transaction_id": data.get("transaction_id"),
+                    "aggregator_uuid": agg,
+                    "responses": responses,
+                }
+            ),
+        )
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self) -> None:
+        """One tick boundary: match, trade events, next tick round (or slot change / finish)."""
+        t0 = time.perf_counter()
+        if not self._opened:
+            self._opened = True
+            self.state.open_slot(0)
+            self._round(market=False)
+        else:
+            report = self.state.match_tick()
+            self._tick += 1
+            self._sync_selection()
+            if self._tick < TICKS_PER_SLOT:
+                self._refresh()
+                self._trade_events(report)
+                self._round(market=False, refreshed=True)
+            else:
+                if len(report):
+                    self._refresh()
+                    self._trade_events(report)
+                self.state.close_slot()
+                if self._slot + 1 >= self.config.slots:
+                    self._finish()
+                    return
+                self._slot += 1
+                self._tick = 0
+                self.state.open_slot(self._slot)
+                self._round(market=True)
+        self.counts.round_ms.append((time.perf_counter() - t0) * 1000)
+
+    def _sync_selection(self) -> None:
+        """Rebuild templates of aggregators whose selection changed since the last round."""
+        reg = self.registry
+        for agg in reg.changed:
+            if agg not in reg.aggregators:
+                self.events.forget(agg)
+                self._own_assets.pop(agg, None)
+                continue
+            assets = sorted(
+                self.devices[d][1] for d in reg.selected[agg] if self.devices[d][0] == ASSET
+            )
+            markets = [
+                self.devices[d][1] for d in reg.selected[agg] if self.devices[d][0] == MARKET
+            ]
+            self._own_assets[agg] = assets
+            self.events.template(agg, assets, markets)
+        if reg.changed:
+            self._asset_owner = {a: agg for agg, assets in self._own_assets.items() for a in assets}
+        reg.changed.clear()
+
+    def _refresh(self) -> None:
+        if self._slot == 0:
+            return  # first-slot trees are empty
+        if self._heads_slot != self._slot or self.state.fee_changed:
+            self.events.refresh_heads(self.state)
+            self._heads_slot = self._slot
+            self.state.fee_changed = False
+        self.events.refresh_own_leaves(self.state, self._asset_owner)
+
+    def _rates(self) -> tuple[float | None, float | None]:
+        if self._slot == 0:
+            return None, None
+        return self.grid.feed_in_tariff_rate, self.grid.market_maker_rate
+
+    def _tree(self, agg: str) -> bytes:
+        return b"{}" if self._slot == 0 else self.events.tree(agg)
+
+    def _sim_time(self) -> datetime:
+        return self.state.slot_start + self._tick * self.config.slot_length / TICKS_PER_SLOT
+
+    def _trade_events(self, report: TradeReport) -> None:
+        if not len(report):
+            return
+        assert self._pub is not None
+        self.counts.trades += len(report)
+        self.counts.energy_traded_kwh += float(sum(report.energy))
+        when = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        rows = trade_rows(report, self.grid, self._asset_owner, when, self._trade_seq)
+        self._trade_seq += len(report)
+        fit, mmr = self._rates()
+        pipe = self._pub.pipeline(transaction=False)
+        for agg, trade_list in rows.items():
+            pipe.publish(
+                channels.aggregator_events(agg, self.config.config_id),
+                self.events.trade_event(trade_list, self._tree(agg), fit, mmr),
+            )
+        self.counts.events_sent += len(rows)
+        pipe.execute()
+
+    def _round(self, market: bool, refreshed: bool = False) -> None:
+        """Build and publish one tick event (plus the market event) to every aggregator."""
+        assert self._pub is not None
+        self._sync_selection()
+        if not refreshed:
+            self._refresh()
+        self.handler.sim_time = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S")
+        slot, completion = self.state.market_slot, self._tick * 10
+        fit, mmr = self._rates()
+        cid = self.config.config_id
+        pipe = self._pub.pipeline(transaction=False)
+        aggs = list(self.registry.aggregators)
+        env = self.events.envelope
+        for agg in aggs:
+            tree = self._tree(agg)
+            ch = channels.aggregator_events(agg, cid)
+            if market:
+                pipe.publish(ch, env("market", slot, 0, tree, fit, mmr))
+            pipe.publish(ch, env("tick", slot, completion, tree, fit, mmr))
+        self._direct_asset_events(pipe, market, completion)
+        sent = time.time()
+        if self._slot > 0:  # no answer is expected to the first slot's empty trees
+            active = [a for a in aggs if self.registry.selected.get(a)]
+            self.deadline.round_sent(slot, completion, sent, active)
+        pipe.execute()
+        self.counts.rounds += 1
+        self.counts.events_sent += len(aggs) * (2 if market else 1)
+
+    def _direct_asset_events(self, pipe: Any, market: bool, completion: int) -> None:
+        """Registered but unselected assets get gsy-e's per-asset events (08_direct_asset_*)."""
+        reg = self.registry
+        for uuid in reg.registered:
+            kind, index = self.devices[uuid]
+            if kind != ASSET or uuid in reg.owner:
+                continue
+            name = self.grid.asset_name[index]
+            info = self.state.asset_info(index)
+            parent = self.grid.markets[int(self.grid.asset_market[index])]
+            if market:
+                pipe.publish(
+                    channels.asset_events(name, "market"),
+                    orjson.dumps(
+                        {
+                            "name": parent.name,
+                            "id": parent.uuid,
+                            "start_time": self.state.market_slot,
+                            "duration_min": int(self.config.slot_length.total_seconds() // 60),
+                            "time_slots": [self.state.market_slot],
+                            "type_name": "Spot Market",
+                            "device_info": info,
+                            "event": "market",
+                            "area_uuid": uuid,
+                            "device_bill": None,
+                            "last_market_maker_rate": self.grid.market_maker_rate,
+                            "last_market_stats": self.state.stats.last_market_stats(parent.index),
+                        }
+                    ),
+                )
+            pipe.publish(
+                channels.asset_events(name, "tick"),
+                orjson.dumps(
+                    {
+                        "slot_completion": f"{completion}%",
+                        "market_slot": self.state.market_slot,
+                        "event": "tick",
+                        "area_uuid": uuid,
+                        "device_info": info,
+                    }
+                ),
+            )
+
+    def _finish(self) -> None:
+        assert self._pub is not None
+        now = time.time()
+        self.deadline.finish(now)
+        pipe = self._pub.pipeline(transaction=False)
+        for m in self.grid.markets:
+            pipe.publish(channels.asset_events(m.slug, "finish"), b'{"event":"finish"}')
+        for uuid in self.registry.registered:
+            kind, index = self.devices[uuid]
+            if kind == ASSET:
+                pipe.publish(
+                    channels.asset_events(self.grid.asset_name[index], "finish"),
+                    orjson.dumps({"event": "finish", "area_uuid": uuid}),
+                )
+        for agg in self.registry.aggregators:
+            pipe.publish(channels.aggregator_events(agg, self.config.config_id), FINISH_EVENT)
+            self.counts.events_sent += 1
+        pipe.execute()
+        self.finished.set()
+
+    def _publish(self, channel: str, payload: dict[str, Any]) -> None:
+        assert self._pub is not None
+        self._pub.publish(channel, orjson.dumps(payload))
+
+
+def sim_seconds(config: SimConfig) -> float:
+    """Real seconds a run takes once started (10 tick intervals per slot)."""
+    return (
+        math.inf
+        if config.tick_interval is None
+        else config.slots * TICKS_PER_SLOT * config.tick_interval
+    )
