@@ -46,11 +46,15 @@ class StrategyConfigError(StrategyError, ValueError):
 
 
 class Registry:
-    """Strategy classes by name. Entry points are read once, on the first unknown name."""
+    """Strategy classes by name.
+
+    Entry points are listed once, on the first unknown name, and each is imported only when its
+    name is asked for: a broken plug-in fails only the fleets that use it.
+    """
 
     def __init__(self, classes: Mapping[str, StrategyClass] | None = None) -> None:
         self._classes: dict[str, StrategyClass] = dict(classes or {})
-        self._entry_points_loaded = False
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = None
 
     def register(self, name: str, cls: StrategyClass) -> None:
         """Add ``cls`` under ``name``; a name cannot be registered twice for different classes."""
@@ -64,18 +68,16 @@ class Registry:
 
     def names(self) -> list[str]:
         """Every known name (built-ins, registered, entry points), sorted."""
-        self._load_entry_points()
-        return sorted(self._classes)
+        return sorted(set(self._classes) | set(self._plugins()))
 
     def get(self, name_or_path: str) -> StrategyClass:
         """The class for a registered name, an entry point name or a dotted path."""
         cls = self._classes.get(name_or_path)
         if cls is not None:
             return cls
-        self._load_entry_points()
-        cls = self._classes.get(name_or_path)
-        if cls is not None:
-            return cls
+        entry_point = self._plugins().get(name_or_path)
+        if entry_point is not None:
+            return self._load_entry_point(entry_point)
         if "." in name_or_path or ":" in name_or_path:
             return load_dotted(name_or_path)
         raise UnknownStrategyError(
@@ -99,21 +101,23 @@ class Registry:
         except (ValueError, TypeError) as exc:
             raise StrategyError(f"strategy {name_or_path!r}: {exc}") from exc
 
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if entry_point.name in self._classes:
-                continue  # a built-in or an explicit registration wins over a plug-in
-            try:
-                cls = entry_point.load()
-            except Exception as exc:
-                raise StrategyError(
-                    f"entry point {entry_point.name!r} ({entry_point.value}) "
-                    f"of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
-                ) from exc
-            self.register(entry_point.name, cls)
+    def _plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self._entry_points is None:
+            found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            # A built-in or an explicit registration wins over a plug-in of the same name.
+            self._entry_points = {ep.name: ep for ep in found if ep.name not in self._classes}
+        return self._entry_points
+
+    def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint) -> StrategyClass:
+        try:
+            cls = entry_point.load()
+        except Exception as exc:
+            raise StrategyError(
+                f"entry point {entry_point.name!r} ({entry_point.value}) "
+                f"of group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
+            ) from exc
+        self.register(entry_point.name, cls)
+        return self._classes[entry_point.name]
 
 
 def load_dotted(path: str) -> StrategyClass:

@@ -26,7 +26,9 @@ def test_shipped_files_load():
     assert aziiz.steps["Grid"][0] == (10.0, 0.9)
     assert aziiz.fee("Grid", 50.0) == 30 and aziiz.fee("Grid", 50.01) == 2000
     reqs = load_requirements(STRATEGY_DATA / "requirements.json")
-    assert reqs.by_load["Load 2 L21"][0].energy_kwh == 10 and reqs.by_load["Load 2 L21"][0].rate == 3
+    assert (
+        reqs.by_load["Load 2 L21"][0].energy_kwh == 10 and reqs.by_load["Load 2 L21"][0].rate == 3
+    )
     assert reqs.partner_names() == {"PV 9 (15kW)", "PV 5 (10kW)"}
 
 
@@ -83,8 +85,16 @@ def step(threshold, fee):
 @pytest.mark.parametrize(
     ("data", "json_path", "reason"),
     [
-        ({"Grid": [step(10, 1), step(10, 2)]}, '$["Grid"][1]["Import / Export threshold"]', "ascending"),
-        ({"Grid": [step(20, 1), step(10, 2)]}, '$["Grid"][1]["Import / Export threshold"]', "ascending"),
+        (
+            {"Grid": [step(10, 1), step(10, 2)]},
+            '$["Grid"][1]["Import / Export threshold"]',
+            "ascending",
+        ),
+        (
+            {"Grid": [step(20, 1), step(10, 2)]},
+            '$["Grid"][1]["Import / Export threshold"]',
+            "ascending",
+        ),
         ({"Grid": [step(10, -1)]}, '$["Grid"][0]["Grid fee"]', ">= 0"),
         ({"Grid": [step(True, 1)]}, '$["Grid"][0]["Import / Export threshold"]', "number"),
         ({"Grid": [{"Grid fee": 1}]}, '$["Grid"][0]', "missing"),
@@ -103,7 +113,9 @@ def test_malformed_aziiz_is_refused(tmp_path, data, json_path, reason):
 
 
 def test_aziiz_json_syntax_error_has_line_and_column(tmp_path):
-    path = aziiz(tmp_path, '{\n  "Grid": [\n    {"Import / Export threshold": 10,, "Grid fee": 1}\n  ]\n}')
+    path = aziiz(
+        tmp_path, '{\n  "Grid": [\n    {"Import / Export threshold": 10,, "Grid fee": 1}\n  ]\n}'
+    )
     with pytest.raises(DataFileError) as info:
         registry.build("grid_fee_aziiz", {"path": str(path)})
     assert (info.value.line, info.value.column) == (3, 38)  # the second comma
@@ -112,9 +124,18 @@ def test_aziiz_json_syntax_error_has_line_and_column(tmp_path):
 @pytest.mark.parametrize(
     ("entry", "json_path"),
     [
-        ({"Trading Partners": "PV", "Energy Types": [], "Energy": 1, "Rate": 1}, '$["L"][0]["Trading Partners"]'),
-        ({"Trading Partners": [], "Energy Types": [], "Energy": 0, "Rate": 1}, '$["L"][0]["Energy"]'),
-        ({"Trading Partners": [], "Energy Types": [], "Energy": 1, "Rate": "3"}, '$["L"][0]["Rate"]'),
+        (
+            {"Trading Partners": "PV", "Energy Types": [], "Energy": 1, "Rate": 1},
+            '$["L"][0]["Trading Partners"]',
+        ),
+        (
+            {"Trading Partners": [], "Energy Types": [], "Energy": 0, "Rate": 1},
+            '$["L"][0]["Energy"]',
+        ),
+        (
+            {"Trading Partners": [], "Energy Types": [], "Energy": 1, "Rate": "3"},
+            '$["L"][0]["Rate"]',
+        ),
         ({"Trading Partners": [], "Energy Types": [], "Energy": 1}, '$["L"][0]'),
     ],
 )

@@ -15,7 +15,12 @@ from gridfleet.strategies.fees import (
 
 def market(name: str, last: float, children: dict) -> dict:
     # The SDK's tree: last fees as in the name, "next"/current fees one more.
-    return {"area_name": name, "last_market_fee": last, "current_market_fee": last + 1, "children": children}
+    return {
+        "area_name": name,
+        "last_market_fee": last,
+        "current_market_fee": last + 1,
+        "children": children,
+    }
 
 
 def leaf(name: str) -> dict:
@@ -33,11 +38,23 @@ SDK_TREE = {
                 "Street 1",
                 1.0,
                 {
-                    "h11": market("House 1.1", 1.1, {"l11": leaf("Load 1.1"), "b11": leaf("Storage 1.1")}),
-                    "h12": market("House 1.2", 1.2, {"l12": leaf("Load 1.2"), "pv12": leaf("PV 1.2")}),
+                    "h11": market(
+                        "House 1.1", 1.1, {"l11": leaf("Load 1.1"), "b11": leaf("Storage 1.1")}
+                    ),
+                    "h12": market(
+                        "House 1.2", 1.2, {"l12": leaf("Load 1.2"), "pv12": leaf("PV 1.2")}
+                    ),
                 },
             ),
-            "s2": market("Street 2", 2.0, {"h21": market("House 2.1", 2.1, {"pv21": leaf("PV 2.1"), "l21": leaf("Load 2.1")})}),
+            "s2": market(
+                "Street 2",
+                2.0,
+                {
+                    "h21": market(
+                        "House 2.1", 2.1, {"pv21": leaf("PV 2.1"), "l21": leaf("Load 2.1")}
+                    )
+                },
+            ),
         },
     )
 }

@@ -16,7 +16,8 @@ MARKETS = [market("Grid"), market("Community"), market("House 1")]
 
 def test_constant_fee_per_market():
     strategy = registry.build(
-        "grid_fee_constant", {"fee_const": 5, "per_market": {"Grid": 2.5}, "markets": ["Grid", "Community"]}
+        "grid_fee_constant",
+        {"fee_const": 5, "per_market": {"Grid": 2.5}, "markets": ["Grid", "Community"]},
     )
     result = strategy.evaluate(ctx(0), MARKETS, {})
     assert result.commands == [
