@@ -1,0 +1,230 @@
+"""``gridfleet sim``: run the embedded exchange from the command line."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+
+from gridfleet.platform.simulator.grid import (
+    Grid,
+    GridError,
+    assign_aggregators,
+    generate_grid,
+    load_grid_file,
+)
+from gridfleet.platform.simulator.runner import SimConfig, Simulator
+
+EXIT_UNREACHABLE = 3
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour)?\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``15min``, ``900s``, ``1h``, ``15`` (minutes) -> timedelta."""
+    m = _DURATION.match(text)
+    if not m:
+        raise click.BadParameter(f"{text!r}: use a number with s, min or h, e.g. 15min")
+    value = float(m.group(1))
+    unit = (m.group(2) or "min")[0]
+    seconds = value * {"s": 1, "m": 60, "h": 3600}[unit]
+    if seconds < 60:
+        raise click.BadParameter(f"{text!r}: a slot must last at least 1 min")
+    return timedelta(seconds=seconds)
+
+
+def parse_start(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from exc
+
+
+def build_grid(
+    grid_file: str | None, assets: int | None, markets: int | None, houses_size: int, seed: int
+) -> Grid:
+    if grid_file and assets:
+        raise click.UsageError("give either --grid FILE or --assets N, not both")
+    if not grid_file and not assets:
+        raise click.UsageError("give --grid FILE (YAML/JSON grid) or --assets N to generate one")
+    try:
+        if grid_file:
+            if markets is not None:
+                raise click.UsageError("--markets only applies to a generated grid (--assets N)")
+            return load_grid_file(grid_file, seed=seed)
+        assert assets is not None
+        return generate_grid(assets, communities=markets, houses_size=houses_size, seed=seed)
+    except GridError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@click.command("sim")
+@click.option(
+    "--redis-url",
+    envvar="GRIDFLEET_EXCHANGE_URL",
+    default=None,
+    help="Redis the exchange speaks on [env GRIDFLEET_EXCHANGE_URL]; default: start an embedded redis-server.",
+)
+@click.option(
+    "--grid",
+    "grid_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Grid file (YAML or JSON): a tree of markets and assets.",
+)
+@click.option(
+    "--assets", type=click.IntRange(min=1), default=None, help="Generate a grid with N assets."
+)
+@click.option(
+    "--aggregators",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pre-assign the assets to A aggregator names (agg-000...); see --fleet-out.",
+)
+@click.option(
+    "--markets",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Community markets between the grid and the houses (default: one per 100 houses).",
+)
+@click.option(
+    "--houses-size",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Assets per house.",
+)
+@click.option(
+    "--slots", type=click.IntRange(min=1), default=8, show_default=True, help="Market slots to run."
+)
+@click.option(
+    "--slot-length", default="15min", show_default=True, help="Simulated length of a slot."
+)
+@click.option(
+    "--tick-interval",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Real seconds between tick events (10 per slot).",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the generated grid and uuids."
+)
+@click.option(
+    "--start-date",
+    default="2024-06-01",
+    show_default=True,
+    help="Simulated start (ISO date or date-time).",
+)
+@click.option("--paused", is_flag=True, help="Wait for /resume before the first tick, like gsy-e.")
+@click.option(
+    "--tree",
+    type=click.Choice(["full", "pruned"]),
+    default="full",
+    show_default=True,
+    help="full: whole tree to every aggregator (gsy-e); pruned: only its paths to the root.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the deadline report (JSON) here at the end.",
+)
+@click.option(
+    "--fleet-out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --aggregators: write {aggregator: {assets, asset_uuids, markets, market_uuids}} here.",
+)
+def sim(
+    redis_url: str | None,
+    grid_file: str | None,
+    assets: int | None,
+    aggregators: int | None,
+    markets: int | None,
+    houses_size: int,
+    slots: int,
+    slot_length: str,
+    tick_interval: float,
+    seed: int,
+    start_date: str,
+    paused: bool,
+    tree: str,
+    report_path: str | None,
+    fleet_out: str | None,
+) -> None:
+    """Run the embedded gsy-e-compatible exchange until the last slot finishes."""
+    grid = build_grid(grid_file, assets, markets, houses_size, seed)
+    config = SimConfig(
+        slots=slots,
+        slot_length=parse_duration(slot_length),
+        tick_interval=tick_interval,
+        start=parse_start(start_date),
+        paused=paused,
+        tree=tree,  # type: ignore[arg-type]
+    )
+    if fleet_out and not aggregators:
+        raise click.UsageError(
+            "--fleet-out needs --aggregators A (how many aggregators to split the grid into)"
+        )
+    if aggregators:
+        try:
+            fleet = assign_aggregators(grid, aggregators)
+        except GridError as exc:
+            raise click.UsageError(str(exc)) from exc
+        if fleet_out:
+            Path(fleet_out).write_text(json.dumps(fleet, indent=1))
+            click.echo(f"fleet assignment: {aggregators} aggregators -> {fleet_out}", err=True)
+    if tree == "full" and grid.n_assets * max(1, aggregators or 1) > 5_000_000:
+        click.echo(
+            "warning: --tree full sends the whole tree to every aggregator; at this size "
+            "that is gigabytes per tick. Consider --tree pruned.",
+            err=True,
+        )
+    simulator = Simulator(grid, redis_url=redis_url, config=config)
+    try:
+        simulator.start()
+    except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
+        click.echo(
+            f"error: cannot reach Redis at {redis_url}: {exc}. Check --redis-url / GRIDFLEET_EXCHANGE_URL.",
+            err=True,
+        )
+        sys.exit(EXIT_UNREACHABLE)
+    click.echo(
+        f"exchange on {simulator.redis_url}: {grid.describe()}; {slots} slots x 10 ticks every "
+        f"{tick_interval} s, tree {tree}{' (paused: send /resume)' if paused else ''}",
+        err=True,
+    )
+    try:
+        while not simulator.wait(timeout=0.5):
+            pass
+    except KeyboardInterrupt:
+        click.echo("interrupted; writing what was measured", err=True)
+    finally:
+        simulator.stop()
+    _finish(simulator, report_path)
+    if simulator.error is not None:
+        sys.exit(1)
+
+
+def _finish(simulator: Simulator, report_path: str | None) -> None:
+    report: dict[str, Any] = simulator.report()
+    report["meta"]["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["meta"]["command"] = " ".join(["gridfleet", *sys.argv[1:]])
+    if report_path:
+        Path(report_path).write_text(json.dumps(report, indent=1))
+    s = report["summary"]
+    c = report["meta"]["counts"]
+    click.echo(
+        f"done: {c['rounds']} rounds, {c['events_sent']} events, {c['batches_received']} batches, "
+        f"{c['trades']} trades, {c['energy_traded_kwh']:.3f} kWh; on time {s['on_time']}, late {s['late']}, "
+        f"missing {s['missing']}" + (f"; report -> {report_path}" if report_path else ""),
+        err=True,
+    )
