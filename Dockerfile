@@ -19,8 +19,7 @@ FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_ROOT_USER_ACTION=ignore \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_ROOT_USER_ACTION=ignore
 
 # Build tools only for dependencies without a wheel for the target platform (most have one).
 RUN apt-get update \
@@ -35,10 +34,13 @@ COPY gridfleet ./gridfleet
 
 # 1. wheels for gridfleet and all its runtime dependencies (no dev extras)
 RUN python -m pip wheel --wheel-dir /wheels .
-# 2. an isolated virtualenv installed from those wheels only (no index); pip is removed after
+# 2. an isolated virtualenv installed from those wheels only (no index); pip is removed after.
+#    Bytecode is compiled here because the runtime root filesystem is read-only (fast start-up,
+#    which matters for the exec health probes).
 RUN python -m venv /opt/gridfleet \
     && /opt/gridfleet/bin/pip install --no-index --find-links /wheels gridfleet \
     && /opt/gridfleet/bin/pip uninstall -y pip \
+    && /opt/gridfleet/bin/python -m compileall -q -j 0 /opt/gridfleet/lib \
     && /opt/gridfleet/bin/gridfleet --version
 
 # ---------------------------------------------------------------------------------------------
@@ -56,8 +58,8 @@ LABEL org.opencontainers.image.title="gridfleet" \
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid "${GRIDFLEET_GID}" gridfleet \
-    && useradd --system --uid "${GRIDFLEET_UID}" --gid "${GRIDFLEET_GID}" \
+    && groupadd --gid "${GRIDFLEET_GID}" gridfleet \
+    && useradd --uid "${GRIDFLEET_UID}" --gid "${GRIDFLEET_GID}" --no-log-init \
        --no-create-home --home-dir /tmp --shell /usr/sbin/nologin gridfleet
 
 COPY --from=builder /opt/gridfleet /opt/gridfleet

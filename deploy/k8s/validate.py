@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,6 +225,21 @@ def validate_variants(
     ]
 
 
+def _broker_password_problems(secret: dict[str, Any]) -> list[str]:
+    """With the in-cluster Redis, broker-url must carry redis-password (a plain hex/alnum one)."""
+    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in secret["data"].items()}
+    password, url = data.get("redis-password", ""), data.get("broker-url", "")
+    parts = urllib.parse.urlsplit(url)
+    problems = []
+    if not password.isalnum():
+        problems.append(
+            "Secret: redis-password must be letters and digits only (openssl rand -hex 32)"
+        )
+    if (parts.hostname or "").startswith("redis-0.redis") and parts.password != password:
+        problems.append("Secret: broker-url does not carry redis-password (in-cluster Redis)")
+    return problems
+
+
 def leftover_placeholders(objects: list[dict[str, Any]]) -> list[str]:
     """What an operator still has to fill in before applying these objects (never prints values)."""
     problems: list[str] = []
@@ -236,6 +252,8 @@ def leftover_placeholders(objects: list[dict[str, Any]]) -> list[str]:
             for key, value in (obj.get("stringData") or {}).items():
                 if PLACEHOLDER_SECRET in value:
                     problems.append(f"Secret {name}: key {key} still contains {PLACEHOLDER_SECRET}")
+        if kind == "Secret" and any(o["kind"] == "StatefulSet" for o in objects):
+            problems.extend(_broker_password_problems(obj))
         if kind == "NetworkPolicy":
             for rule in obj["spec"].get("egress", []):
                 for peer in rule.get("to", []):

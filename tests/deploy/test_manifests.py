@@ -7,6 +7,7 @@ rendered by `kubectl kustomize` (see deploy/k8s/validate.py).
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from typing import Any
 
@@ -595,3 +596,32 @@ def test_services_select_existing_pods(rendered: Rendered) -> None:
             names = {p["name"] for p in container["ports"]}
             for port in service["spec"]["ports"]:
                 assert port["targetPort"] in names
+
+
+# --- consistency with the code (read as text: the manifests must not import the app) --------
+
+
+def _python_constant(path: str, pattern: str) -> str | None:
+    source = REPO_ROOT / path
+    if not source.exists():  # the module is still being written: nothing to compare yet
+        return None
+    match = re.search(pattern, source.read_text())
+    return match.group(1) if match else None
+
+
+def test_soft_shutdown_timeout_matches_the_worker_settings(rendered: Rendered) -> None:
+    (container,) = containers(get(rendered["prod"], "Deployment", "worker"))
+    declared = float(env_map(container)["GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"]["value"])
+    in_code = _python_constant(
+        "gridfleet/workers/settings.py", r'"worker_soft_shutdown_timeout":\s*([0-9.]+)'
+    )
+    if in_code is not None:
+        assert float(in_code) <= declared, "the grace period is computed from the declared value"
+
+
+def test_keda_reads_the_shard_queue(rendered: Rendered) -> None:
+    scaled = get(rendered["prod+keda-queue-scaling"], "ScaledObject", "worker")
+    (redis_trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
+    queue = _python_constant("gridfleet/platform/dispatch.py", r'(?m)^QUEUE\s*=\s*"([^"]+)"')
+    expected = queue or "gridfleet.shards"
+    assert redis_trigger["metadata"]["listName"] == expected
