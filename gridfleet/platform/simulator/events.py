@@ -22,20 +22,16 @@ Tree modes:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import Literal
 
 import numpy as np
 import orjson
 
-from gridfleet.platform.simulator.grid import Grid, Kind
+from gridfleet.platform.simulator.grid import LOAD, PV, Grid
 from gridfleet.platform.simulator.state import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]
-
-# Piece tables of a template: (table, index)
-HEAD, OWN, OTHER, LIT = 0, 1, 2, 3
-_LITERALS = [b",", b"}}", b""]
-COMMA, CLOSE, MM = 0, 1, 2
 
 
 def _num(x: float | int | None) -> bytes:
@@ -47,31 +43,37 @@ def r8(a: np.ndarray) -> list[float]:
     return list(np.round(a, 8).tolist())
 
 
+def _js(x: str) -> str:
+    return orjson.dumps(x).decode()
+
+
 class EventBuilder:
-    """Serialises events for all aggregators of one simulation."""
+    """Serialises events for all aggregators of one simulation.
+
+    All pieces live in one list, ``pool``: market heads, then own leaves, then other leaves,
+    then literals (comma, closers, the Market Maker). A template is a list of positions in
+    the pool, so a tree is ``"".join(itemgetter(*template)(pool))``: one C-level pass.
+    """
 
     def __init__(self, grid: Grid, mode: TreeMode = "full") -> None:
         if mode not in ("full", "pruned"):
             raise ValueError(f"tree mode must be 'full' or 'pruned', not {mode!r}")
         self.grid = grid
         self.mode = mode
-        self._uuid_json = [orjson.dumps(u) for u in grid.asset_uuid]
-        self._name_json = [orjson.dumps(n) for n in grid.asset_name]
-        self.other_leaf = [
-            u + b':{"area_name":' + n + b"}"
-            for u, n in zip(self._uuid_json, self._name_json, strict=True)
+        n_m, n_a = len(grid.markets), grid.n_assets
+        self._head0, self._own0, self._other0 = 0, n_m, n_m + n_a
+        lit0 = n_m + 2 * n_a
+        self._comma, self._close, self._mm = lit0, lit0 + 1, lit0 + 2
+        self._uuid_js = [_js(u) for u in grid.asset_uuid]
+        self._name_js = [_js(n) for n in grid.asset_name]
+        other = [
+            f'{u}:{{"area_name":{n}}}' for u, n in zip(self._uuid_js, self._name_js, strict=True)
         ]
-        self.mm_leaf = (
-            orjson.dumps(grid.market_maker_uuid)
-            + b':{"area_name":'
-            + orjson.dumps(grid.market_maker_name)
-            + b"}"
-        )
-        self.heads: list[bytes] = [b""] * len(grid.markets)
-        self.own_leaf: dict[int, bytes] = {}
-        self._literals = [*_LITERALS]
-        self._literals[MM] = self.mm_leaf
-        self._templates: dict[str, list[tuple[int, int]]] = {}
+        mm = f'{_js(grid.market_maker_uuid)}:{{"area_name":{_js(grid.market_maker_name)}}}'
+        self.pool: list[str] = [""] * n_m + [""] * n_a + other + [",", "}}", mm]
+        self._tail: list[str] = [""] * n_a  # last-slot part of own leaves, rebuilt per slot
+        self._tail_slot = -1
+        self._templates: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -87,17 +89,27 @@ class EventBuilder:
                 "current_market_fee": cur if cur else None,
                 "area_name": m.name,
             }
-            body = orjson.dumps(node)
-            self.heads[m.index] = orjson.dumps(m.uuid) + b":" + body[:-1] + b',"children":{'
+            body = orjson.dumps(node).decode()
+            self.pool[self._head0 + m.index] = f'{_js(m.uuid)}:{body[:-1]},"children":{{'
 
     def refresh_own_leaves(self, state: ExchangeState, assets: Iterable[int]) -> None:
-        """Leaves with ``asset_info`` for the given (selected) assets, from the state arrays."""
+        """Leaves with ``asset_info`` for the given (selected) assets, from the state arrays.
+
+        The hot loop of an event round (one pass per selected asset per tick): numbers come
+        from numpy in bulk (``tolist``) and each leaf is one f-string.
+        """
         idx = np.fromiter(assets, dtype=np.int64)
-        self.own_leaf = {}
         if len(idx) == 0:
             return
         g = self.grid
-        kind = g.kind[idx]
+        if self._tail_slot != state.slot_index:
+            l_tr, l_co = r8(state.last_traded), r8(state.last_cost)
+            self._tail = [
+                f',"last_slot_asset_info":{{"energy_traded":{t!r},"total_cost":{c!r}}},"asset_bill":null,"area_name":{n}}}'
+                for t, c, n in zip(l_tr, l_co, self._name_js, strict=True)
+            ]
+            self._tail_slot = state.slot_index
+        kind = g.kind[idx].tolist()
         traded = r8(state.bought[idx] + state.sold[idx])
         cost = r8(state.cost[idx])
         req = r8(np.maximum(state.demand[idx] - state.bought[idx], 0.0))
@@ -112,45 +124,36 @@ class EventBuilder:
         )
         used = r8(state.used[idx])
         free = r8(g.storage_capacity_kwh[idx] - state.used[idx])
-        l_tr = r8(state.last_traded[idx])
-        l_co = r8(state.last_cost[idx])
-        out = self.own_leaf
+        pool, tail, uuids, own0 = self.pool, self._tail, self._uuid_js, self._own0
         for i, a in enumerate(idx.tolist()):
             k = kind[i]
-            if k == Kind.LOAD:
-                info = (
-                    f'{{"energy_requirement_kWh":{req[i]!r},"energy_active_in_bids":{a_bid[i]!r},'
-                    f'"energy_traded":{traded[i]!r},"total_cost":{cost[i]!r}}}'
+            if k == LOAD:
+                pool[own0 + a] = (
+                    f'{uuids[a]}:{{"asset_info":{{"energy_requirement_kWh":{req[i]!r},'
+                    f'"energy_active_in_bids":{a_bid[i]!r},"energy_traded":{traded[i]!r},'
+                    f'"total_cost":{cost[i]!r}}}{tail[a]}'
                 )
-            elif k == Kind.PV:
-                info = (
-                    f'{{"available_energy_kWh":{avail[i]!r},"energy_active_in_offers":{a_off[i]!r},'
-                    f'"energy_traded":{traded[i]!r},"total_cost":{cost[i]!r}}}'
+            elif k == PV:
+                pool[own0 + a] = (
+                    f'{uuids[a]}:{{"asset_info":{{"available_energy_kWh":{avail[i]!r},'
+                    f'"energy_active_in_offers":{a_off[i]!r},"energy_traded":{traded[i]!r},'
+                    f'"total_cost":{cost[i]!r}}}{tail[a]}'
                 )
             else:
-                info = (
-                    f'{{"energy_to_sell":{to_sell[i]!r},"energy_active_in_bids":{a_bid[i]!r},'
-                    f'"energy_to_buy":{to_buy[i]!r},"energy_active_in_offers":{a_off[i]!r},'
-                    f'"free_storage":{free[i]!r},"used_storage":{used[i]!r},'
-                    f'"energy_traded":{traded[i]!r},"total_cost":{cost[i]!r}}}'
+                pool[own0 + a] = (
+                    f'{uuids[a]}:{{"asset_info":{{"energy_to_sell":{to_sell[i]!r},'
+                    f'"energy_active_in_bids":{a_bid[i]!r},"energy_to_buy":{to_buy[i]!r},'
+                    f'"energy_active_in_offers":{a_off[i]!r},"free_storage":{free[i]!r},'
+                    f'"used_storage":{used[i]!r},"energy_traded":{traded[i]!r},'
+                    f'"total_cost":{cost[i]!r}}}{tail[a]}'
                 )
-            out[a] = b"".join(
-                (
-                    self._uuid_json[a],
-                    b':{"asset_info":',
-                    info.encode(),
-                    f',"last_slot_asset_info":{{"energy_traded":{l_tr[i]!r},"total_cost":{l_co[i]!r}}},"asset_bill":null,"area_name":'.encode(),
-                    self._name_json[a],
-                    b"}",
-                )
-            )
 
     # ------------------------------------------------------------------ templates
 
     def template(
         self, key: str, own_assets: Iterable[int], own_markets: Iterable[int] = ()
-    ) -> list[tuple[int, int]]:
-        """Build (and cache under ``key``) the piece list of one aggregator's tree."""
+    ) -> list[int]:
+        """Build (and cache under ``key``) the pool positions of one aggregator's tree."""
         g = self.grid
         own = set(own_assets)
         if self.mode == "full":
@@ -159,34 +162,34 @@ class EventBuilder:
             keep_m = set()
             for m in {int(g.asset_market[a]) for a in own} | set(own_markets):
                 keep_m.update(g.path_to_root(m))
-        pieces: list[tuple[int, int]] = []
+        pieces: list[int] = []
 
         def emit(m: int) -> None:
-            pieces.append((HEAD, m))
+            pieces.append(self._head0 + m)
             first = True
             market = g.markets[m]
             for c in market.child_markets:
                 if keep_m is None or c in keep_m:
                     if not first:
-                        pieces.append((LIT, COMMA))
+                        pieces.append(self._comma)
                     emit(c)
                     first = False
             for a in market.assets:
                 if a in own:
-                    piece = (OWN, a)
+                    piece = self._own0 + a
                 elif keep_m is None:
-                    piece = (OTHER, a)
+                    piece = self._other0 + a
                 else:
                     continue
                 if not first:
-                    pieces.append((LIT, COMMA))
+                    pieces.append(self._comma)
                 pieces.append(piece)
                 first = False
             if market.has_market_maker:
                 if not first:
-                    pieces.append((LIT, COMMA))
-                pieces.append((LIT, MM))
-            pieces.append((LIT, CLOSE))
+                    pieces.append(self._comma)
+                pieces.append(self._mm)
+            pieces.append(self._close)
 
         if g.markets:
             emit(0)
@@ -198,9 +201,11 @@ class EventBuilder:
 
     def tree(self, key: str) -> bytes:
         """The serialised ``grid_tree`` value (with braces) for the aggregator ``key``."""
-        tables = (self.heads, self.own_leaf, self.other_leaf, self._literals)
-        pieces = self._templates.get(key, [])
-        return b"{" + b"".join([tables[t][i] for t, i in pieces]) + b"}"
+        pieces = self._templates.get(key)
+        if not pieces:
+            return b"{}"
+        parts = itemgetter(*pieces)(self.pool) if len(pieces) > 1 else (self.pool[pieces[0]],)
+        return ("{" + "".join(parts) + "}").encode()
 
     # ------------------------------------------------------------------ envelopes
 

@@ -49,6 +49,8 @@ class Kind(IntEnum):
 
 
 KIND_NAMES = {"load": Kind.LOAD, "pv": Kind.PV, "storage": Kind.STORAGE}
+# Plain ints for hot loops: IntEnum attribute access costs ~1 us, a module global ~20 ns.
+LOAD, PV, STORAGE = int(Kind.LOAD), int(Kind.PV), int(Kind.STORAGE)
 MARKET_MAKER_TYPES = {"market_maker", "marketmaker", "mm"}
 
 
@@ -98,6 +100,9 @@ class Grid:
     market_maker_name: str = "Market Maker"
     market_maker_rate: float = 30.0
     feed_in_tariff_rate: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.kind_list: list[int] = self.kind.tolist()  # per-asset kind for Python loops
 
     @property
     def n_assets(self) -> int:

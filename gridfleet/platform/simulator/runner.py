@@ -18,6 +18,7 @@ import math
 import queue
 import threading
 import time
+import uuid as uuid_mod
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,7 +74,9 @@ class Counts:
     commands: int = 0
     trades: int = 0
     energy_traded_kwh: float = 0.0
-    round_ms: list[float] = field(default_factory=list)  # build + publish time of each round
+    bytes_sent: int = 0  # event payload bytes (market, tick, trade)
+    round_ms: list[float] = field(default_factory=list)  # match + build + publish of each round
+    match_ms: list[float] = field(default_factory=list)  # the matching part of it
 
 
 class Simulator:
@@ -135,12 +138,39 @@ class Simulator:
             raise RuntimeError("start() the simulator first")
         return self._redis_url
 
-    def start(self) -> Simulator:
-        """Connect (or start an embedded Redis), subscribe, and start the engine thread."""
+    def preselect(self, fleet: dict[str, dict[str, list[str]]]) -> dict[str, str]:
+        """Create the aggregators of a fleet assignment (see ``grid.assign_aggregators``) and
+        select their assets and markets without the wire. Call before :meth:`start`. Returns
+        name -> aggregator uuid (uuid5 of the name, so it is stable across runs)."""
+        if self._thread is not None:
+            raise RuntimeError("preselect() must be called before start()")
+        out = {}
+        for name, entry in fleet.items():
+            agg = str(uuid_mod.uuid5(uuid_mod.NAMESPACE_URL, f"gridfleet-aggregator/{name}"))
+            self.registry.command({"type": "CREATE", "name": name, "transaction_id": agg})
+            for dev in [*entry.get("asset_uuids", []), *entry.get("market_uuids", [])]:
+                self.registry.command(
+                    {
+                        "type": "SELECT",
+                        "aggregator_uuid": agg,
+                        "device_uuid": dev,
+                        "transaction_id": "",
+                    }
+                )
+            out[name] = agg
+        return out
+
+    def start(self, engine: bool = True) -> Simulator:
+        """Connect (or start an embedded Redis), subscribe, and start the engine thread.
+
+        ``engine=False`` only connects: the caller drives rounds with :meth:`step` (benchmarks).
+        """
         if self._redis_url is None:
             self._server = RedisServer().start()
             self._redis_url = self._server.url
         self._pub = redis.Redis.from_url(self._redis_url)
+        if not engine:
+            return self
         self._inbox = Inbox(redis.Redis.from_url(self._redis_url), self.config.config_id)
         self._inbox.start()
         self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
@@ -170,6 +200,12 @@ class Simulator:
         if not done.wait(timeout):
             raise TimeoutError("the engine did not dispatch the tick in time")
 
+    def step(self) -> None:
+        """Dispatch one round in the calling thread (only after ``start(engine=False)``)."""
+        if self._thread is not None:
+            raise RuntimeError("step() is for start(engine=False); use advance() with the engine")
+        self._dispatch()
+
     def resume(self) -> None:
         self.paused = False
 
@@ -177,6 +213,7 @@ class Simulator:
         """The deadline report (see :mod:`deadline`), with the run's counts in ``meta``."""
         c = asdict(self.counts)
         round_ms = c.pop("round_ms")
+        match_ms = c.pop("match_ms")
         cfg = asdict(self.config)
         cfg["slot_length"] = self.config.slot_length.total_seconds()
         cfg["start"] = self.config.start.isoformat()
@@ -187,6 +224,9 @@ class Simulator:
                 "counts": c,
                 "round_build_publish_ms": {
                     k: None if v is None else round(v, 3) for k, v in percentiles(round_ms).items()
+                },
+                "match_ms": {
+                    k: None if v is None else round(v, 3) for k, v in percentiles(match_ms).items()
                 },
                 "first_slot_excluded": True,
             },
@@ -329,7 +369,9 @@ class Simulator:
             self.state.open_slot(0)
             self._round(market=False)
         else:
+            t_match = time.perf_counter()
             report = self.state.match_tick()
+            self.counts.match_ms.append((time.perf_counter() - t_match) * 1000)
             self._tick += 1
             self._sync_selection()
             if self._tick < TICKS_PER_SLOT:
@@ -402,10 +444,9 @@ class Simulator:
         fit, mmr = self._rates()
         pipe = self._pub.pipeline(transaction=False)
         for agg, trade_list in rows.items():
-            pipe.publish(
-                channels.aggregator_events(agg, self.config.config_id),
-                self.events.trade_event(trade_list, self._tree(agg), fit, mmr),
-            )
+            payload = self.events.trade_event(trade_list, self._tree(agg), fit, mmr)
+            self.counts.bytes_sent += len(payload)
+            pipe.publish(channels.aggregator_events(agg, self.config.config_id), payload)
         self.counts.events_sent += len(rows)
         pipe.execute()
 
@@ -426,8 +467,12 @@ class Simulator:
             tree = self._tree(agg)
             ch = channels.aggregator_events(agg, cid)
             if market:
-                pipe.publish(ch, env("market", slot, 0, tree, fit, mmr))
-            pipe.publish(ch, env("tick", slot, completion, tree, fit, mmr))
+                payload = env("market", slot, 0, tree, fit, mmr)
+                self.counts.bytes_sent += len(payload)
+                pipe.publish(ch, payload)
+            payload = env("tick", slot, completion, tree, fit, mmr)
+            self.counts.bytes_sent += len(payload)
+            pipe.publish(ch, payload)
         self._direct_asset_events(pipe, market, completion)
         sent = time.time()
         if self._slot > 0:  # no answer is expected to the first slot's empty trees

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from gridfleet.platform.simulator import profiles
-from gridfleet.platform.simulator.grid import Grid, Kind
+from gridfleet.platform.simulator.grid import LOAD, PV, Grid, Kind
 from gridfleet.platform.simulator.matching import EPS_KWH, OrderBook, Trades, match
 from gridfleet.platform.simulator.stats import MarketStats, compute_stats
 
@@ -63,6 +63,7 @@ class ExchangeState:
         self.slot_index = -1
         self.slot_start = start
         self.market_slot = start.strftime(MARKET_SLOT_FORMAT)
+        self._time_slot = start.strftime("%Y-%m-%dT%H:%M:%S")
         self.demand = np.zeros(n)  # load requirement / PV production of the open slot (kWh)
         self.bought = np.zeros(n)
         self.sold = np.zeros(n)
@@ -113,6 +114,7 @@ class ExchangeState:
         self.slot_index = index
         self.slot_start = self.start + index * self.slot_length
         self.market_slot = self.slot_start.strftime(MARKET_SLOT_FORMAT)
+        self._time_slot = self.slot_start.strftime("%Y-%m-%dT%H:%M:%S")
         hour = self.slot_start.hour + self.slot_start.minute / 60.0
         self.demand = profiles.slot_energy(self.grid, hour, self.slot_hours)
         for (asset, slot), kwh in self.forecast.items():
@@ -157,17 +159,17 @@ class ExchangeState:
 
     def asset_info(self, a: int) -> dict[str, float]:
         """The ``asset_info`` / ``device_info`` dict of one asset, as gsy-e shapes it per kind."""
-        kind = self.grid.kind[a]
+        kind = self.grid.kind_list[a]
         traded = round(float(self.bought[a] + self.sold[a]), 8)
         cost = round(float(self.cost[a]), 8)
-        if kind == Kind.LOAD:
+        if kind == LOAD:
             return {
                 "energy_requirement_kWh": round(self.requirement(a), 8),
                 "energy_active_in_bids": round(float(self.active_bid[a]), 8),
                 "energy_traded": traded,
                 "total_cost": cost,
             }
-        if kind == Kind.PV:
+        if kind == PV:
             return {
                 "available_energy_kWh": round(self.available(a), 8),
                 "energy_active_in_offers": round(float(self.active_offer[a]), 8),
@@ -197,14 +199,16 @@ class ExchangeState:
         self, a: int, is_bid: bool, energy: float, price: float | int, creation_time: str
     ) -> Order:
         """Place an already validated order."""
-        rate = float(price) / energy
-        o = Order(self.next_order_id(), a, is_bid, energy, rate, price, creation_time)
+        rate = price / energy
+        self._order_seq += 1
+        oid = f"00000000-0000-4000-8000-{self._order_seq:012x}"
+        o = Order(oid, a, is_bid, energy, rate, price, creation_time)
+        # gsy-e's rendering (json.dumps with ", " and ": "), formatted directly: 5x faster
         o.json = (
-            f'{{"type": "{"Bid" if is_bid else "Offer"}", "id": "{o.id}", "energy": {energy!r}, '
-            f'"energy_rate": {round(rate, 8)!r}, "price": {round(float(price), 8)!r}, '
+            f'{{"type": "{"Bid" if is_bid else "Offer"}", "id": "{oid}", "energy": {energy!r}, '
+            f'"energy_rate": {round(rate, 8)!r}, "price": {round(price, 8)!r}, '
             f'"original_price": {price!r}, "creation_time": "{creation_time}", '
-            f'"time_slot": "{self.slot_start:%Y-%m-%dT%H:%M:%S}", '
-            f'"{"buyer" if is_bid else "seller"}": {self._party[a]}}}'
+            f'"time_slot": "{self._time_slot}", "{"buyer" if is_bid else "seller"}": {self._party[a]}}}'
         )
         self.orders[o.id] = o
         self.asset_orders[a].append(o)

@@ -1,0 +1,244 @@
+"""The fleet file: which aggregators run, what they control, with which strategies.
+
+```yaml
+exchange:
+  url: redis://127.0.0.1:6379/0      # or url_env: GRIDFLEET_EXCHANGE_URL (default)
+broker:
+  url_env: GRIDFLEET_BROKER_URL        # Celery broker + shard state; may be the same Redis
+grid_file: grid-assets.json            # names the exchange knows (for globs and "all")
+aggregators:
+  - name: north
+    assets: ["House 1 *", "PV 3"]      # names or shell globs; ["*"] = every known asset
+    markets: ["Community"]             # grid-operator role, by name or glob
+    strategy: {name: linear_ramp}      # default for this aggregator's assets
+    by_kind: {storage: {name: fixed_rate, params: {rate: 20}}}
+    by_asset: {"PV 3": {name: fixed_rate, params: {rate: 12}}}
+    market_strategy: {name: grid_fee_tou, params: {tou_file: ToU.csv}}
+shard_size: 2000
+tick_budget_s: null                    # null: derived from the observed tick interval
+```
+
+Every error names the path of the bad field (``aggregators.0.by_kind.storage.name: ...``).
+Secrets stay out of the file: give ``url_env`` and put the URL (with its password) in the
+environment.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AssetKindName = Literal["load", "pv", "storage", "smart_meter"]
+
+
+class ConfigError(ValueError):
+    """The fleet file is wrong; the message names the file and the bad field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisEndpoint(_Model):
+    """A Redis URL given directly, or (better for secrets) through an environment variable."""
+
+    url: str | None = None
+    url_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RedisEndpoint:
+        if self.url is None and self.url_env is None:
+            raise ValueError("give `url` or `url_env`")
+        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        return self
+
+    def resolve(self, override: str | None = None) -> str:
+        """The URL to connect to: an explicit override, then ``url``, then ``$url_env``."""
+        if override:
+            return override
+        if self.url:
+            return self.url
+        assert self.url_env is not None
+        value = os.environ.get(self.url_env)
+        if not value:
+            raise ConfigError(f"environment variable {self.url_env} is not set (it should hold a redis:// URL)")
+        return value
+
+
+class StrategySpec(_Model):
+    """A strategy by registered name or dotted path, with its parameters."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable identity for this spec (same name and params -> same key)."""
+        return orjson.dumps({"name": self.name, "params": self.params}, option=orjson.OPT_SORT_KEYS).decode()
+
+
+class AggregatorSpec(_Model):
+    name: str = Field(min_length=1)
+    assets: list[str] = Field(default_factory=list)
+    markets: list[str] = Field(default_factory=list)
+    strategy: StrategySpec = StrategySpec(name="linear_ramp")
+    by_kind: dict[AssetKindName, StrategySpec] = Field(default_factory=dict)
+    by_asset: dict[str, StrategySpec] = Field(default_factory=dict)
+    market_strategy: StrategySpec | None = None
+
+    @model_validator(mode="after")
+    def _controls_something(self) -> AggregatorSpec:
+        if not self.assets and not self.markets:
+            raise ValueError("an aggregator needs `assets` or `markets`")
+        if self.markets and self.market_strategy is None:
+            raise ValueError("`markets` needs a `market_strategy`")
+        return self
+
+    def strategy_for(self, asset_name: str, kind: AssetKindName | None) -> StrategySpec:
+        if asset_name in self.by_asset:
+            return self.by_asset[asset_name]
+        if kind is not None and kind in self.by_kind:
+            return self.by_kind[kind]
+        return self.strategy
+
+
+class FleetConfig(_Model):
+    exchange: RedisEndpoint = RedisEndpoint(url_env="GRIDFLEET_EXCHANGE_URL")
+    exchange_config_id: str = ""
+    broker: RedisEndpoint = RedisEndpoint(url_env="GRIDFLEET_BROKER_URL")
+    grid_file: Path | None = None
+    aggregators: list[AggregatorSpec] = Field(min_length=1)
+    shard_size: int = Field(default=2000, ge=1, le=1_000_000)
+    tick_budget_s: float | None = Field(default=None, gt=0)
+    hedge_margin_s: float = Field(default=0.15, ge=0)
+    coalesce_window_s: float = Field(default=0.05, ge=0, le=1)
+    namespace: str = Field(default="gf", pattern=r"^[A-Za-z0-9_.-]+$")
+    flower_events: bool = False
+    accepts_requirements: bool = False  # the exchange takes degrees of freedom on bids
+    state_ttl_s: int = Field(default=86_400, ge=60)
+
+    @field_validator("aggregators")
+    @classmethod
+    def _unique_names(cls, v: list[AggregatorSpec]) -> list[AggregatorSpec]:
+        names = [a.name for a in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"aggregator names must be unique; repeated: {dupes}")
+        return v
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the fleet file"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<fleet>") -> FleetConfig:
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> FleetConfig:
+    """Read and validate a YAML (or JSON) fleet file. Relative paths inside are resolved from it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read fleet file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the fleet file must be a mapping at the top level")
+    config = parse_config(data, str(path))
+    if config.grid_file is not None and not config.grid_file.is_absolute():
+        config = config.model_copy(update={"grid_file": (path.parent / config.grid_file).resolve()})
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving names and globs against what the exchange knows
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def resolve_names(patterns: list[str], known: list[str] | None, what: str, owner: str) -> list[str]:
+    """Expand names and globs against ``known`` names, keeping ``known``'s order.
+
+    Plain names need no list of known names; globs do (``grid_file`` in the fleet file).
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        if not _is_glob(pattern):
+            if known is not None and pattern not in set(known):
+                raise ConfigError(f"aggregator {owner!r}: {what} {pattern!r} is not in the grid file")
+            matches = [pattern]
+        else:
+            if known is None:
+                raise ConfigError(f"aggregator {owner!r}: the glob {pattern!r} needs `grid_file` to list the {what}s")
+            matches = fnmatch.filter(known, pattern)
+            if not matches:
+                raise ConfigError(f"aggregator {owner!r}: the glob {pattern!r} matches no {what}")
+        for name in matches:
+            if name not in seen:
+                seen.add(name)
+                out.append(name)
+    return out
+
+
+class GridCatalog(_Model):
+    """Names of the assets and markets an exchange has, and (optionally) a suggested owner."""
+
+    assets: list[str]
+    markets: list[str] = Field(default_factory=list)
+    kinds: dict[str, AssetKindName] = Field(default_factory=dict)
+
+
+def load_catalog(path: Path) -> GridCatalog:
+    """Read the asset and market names from a grid file.
+
+    Accepts gridfleet's own catalog (``{"assets": [...], "markets": [...], "kinds": {...}}``,
+    as ``gridfleet sim --fleet-out`` writes it) and the simulation configuration a user downloads
+    from the exchange (a ``registry`` tree of areas).
+    """
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read grid file {path}: {exc}") from None
+    if isinstance(data, dict) and "registry" in data:
+        assets: list[str] = []
+        markets: list[str] = []
+        kinds: dict[str, AssetKindName] = {}
+        type_to_kind: dict[str, AssetKindName] = {"Load": "load", "PV": "pv", "Storage": "storage", "SmartMeter": "smart_meter"}
+
+        def walk(node: dict[str, Any]) -> None:
+            if node.get("children") is not None or node.get("type") == "Area":
+                markets.append(node["name"])
+                for child in node.get("children") or []:
+                    walk(child)
+            elif node.get("type") in type_to_kind:
+                assets.append(node["name"])
+                kinds[node["name"]] = type_to_kind[node["type"]]
+
+        walk(data["registry"])
+        return GridCatalog(assets=assets, markets=markets, kinds=kinds)
+    try:
+        return GridCatalog.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(str(path), exc)) from None

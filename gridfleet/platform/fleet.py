@@ -1,0 +1,174 @@
+"""From a fleet file to a live fleet: aggregators created, assets and markets selected.
+
+:func:`plan_fleet` resolves names and globs into a :class:`FleetPlan` (pure);
+:func:`connect_fleet` creates the aggregators on the exchange, registers and selects everything in
+bulk, and returns a :class:`Fleet` with the uuids and the strategy tables the pipeline uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from gridfleet.config import (
+    AggregatorSpec,
+    FleetConfig,
+    GridCatalog,
+    StrategySpec,
+    load_catalog,
+    resolve_names,
+)
+from gridfleet.platform.channels import slugify
+from gridfleet.platform.exchange import ExchangeLink
+from gridfleet.platform.shard import FleetSpec
+from gridfleet.strategies import registry
+from gridfleet.strategies.context import AssetKind
+
+log = logging.getLogger(__name__)
+
+KIND_NAMES = {AssetKind.LOAD: "load", AssetKind.PV: "pv", AssetKind.STORAGE: "storage", AssetKind.SMART_METER: "smart_meter"}
+
+
+@dataclass
+class AggregatorPlan:
+    spec: AggregatorSpec
+    assets: list[str]
+    markets: list[str]
+
+
+@dataclass
+class FleetPlan:
+    config: FleetConfig
+    aggregators: list[AggregatorPlan]
+
+    @property
+    def asset_count(self) -> int:
+        return sum(len(a.assets) for a in self.aggregators)
+
+
+def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> FleetPlan:
+    """Resolve every aggregator's names and globs; check every strategy builds (fail at start)."""
+    if catalog is None and config.grid_file is not None:
+        catalog = load_catalog(config.grid_file)
+    known_assets = catalog.assets if catalog else None
+    known_markets = catalog.markets if catalog else None
+    plans = []
+    owner: dict[str, str] = {}
+    for spec in config.aggregators:
+        assets = resolve_names(spec.assets, known_assets, "asset", spec.name)
+        markets = resolve_names(spec.markets, known_markets, "market", spec.name)
+        for name in assets:
+            if name in owner:
+                raise ValueError(f"asset {name!r} is in aggregators {owner[name]!r} and {spec.name!r}")
+            owner[name] = spec.name
+        plans.append(AggregatorPlan(spec, assets, markets))
+    for spec in config.aggregators:
+        specs = [spec.strategy, *spec.by_kind.values(), *spec.by_asset.values()]
+        specs += [spec.market_strategy] if spec.market_strategy else []
+        for s in specs:
+            registry.build(s.name, s.params)  # raises a clear error for a bad name or parameter
+    return FleetPlan(config, plans)
+
+
+@dataclass
+class Fleet:
+    """A connected fleet: uuids and the tables that map each asset to its strategy."""
+
+    plan: FleetPlan
+    aggregator_uuid: dict[str, str]  # name -> uuid
+    asset_uuid: dict[str, str]  # name -> uuid
+    market_uuid: dict[str, str]  # name -> uuid
+    owner_of: dict[str, str]  # device uuid -> aggregator uuid
+    spec: FleetSpec
+    # strategy index tables
+    by_asset: dict[str, int] = field(default_factory=dict)  # asset uuid -> index
+    by_kind: dict[str, list[int]] = field(default_factory=dict)  # aggregator uuid -> index per kind
+    market_strategy: dict[str, int] = field(default_factory=dict)  # market uuid -> index
+    own_markets: dict[str, frozenset[str]] = field(default_factory=dict)  # aggregator uuid -> markets
+    selection_errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def aggregator_name(self) -> dict[str, str]:
+        return {u: n for n, u in self.aggregator_uuid.items()}
+
+    def strategy_index(self, asset_uuid: str, aggregator: str, kind: int) -> int:
+        idx = self.by_asset.get(asset_uuid)
+        return idx if idx is not None else self.by_kind[aggregator][kind]
+
+
+def build_tables(plan: FleetPlan, aggregator_uuid: dict[str, str], asset_uuid: dict[str, str], market_uuid: dict[str, str]) -> Fleet:
+    """Strategy tables for a fleet whose uuids are known (no I/O)."""
+    asset_specs: list[StrategySpec] = []
+    market_specs: list[StrategySpec] = []
+    index: dict[str, int] = {}
+    m_index: dict[str, int] = {}
+
+    def idx(spec: StrategySpec, specs: list[StrategySpec], table: dict[str, int]) -> int:
+        key = spec.key()
+        if key not in table:
+            table[key] = len(specs)
+            specs.append(spec)
+        return table[key]
+
+    fleet_by_asset: dict[str, int] = {}
+    by_kind: dict[str, list[int]] = {}
+    market_strategy: dict[str, int] = {}
+    own_markets: dict[str, frozenset[str]] = {}
+    owner_of: dict[str, str] = {}
+    for agg in plan.aggregators:
+        a_uuid = aggregator_uuid[agg.spec.name]
+        by_kind[a_uuid] = [idx(agg.spec.strategy_for("", KIND_NAMES[k]), asset_specs, index) for k in AssetKind]  # type: ignore[arg-type]
+        for name, spec in agg.spec.by_asset.items():
+            if name in asset_uuid:
+                fleet_by_asset[asset_uuid[name]] = idx(spec, asset_specs, index)
+        for name in agg.assets:
+            owner_of[asset_uuid[name]] = a_uuid
+        mine = frozenset(market_uuid[m] for m in agg.markets)
+        own_markets[a_uuid] = mine
+        for m in mine:
+            owner_of[m] = a_uuid
+            assert agg.spec.market_strategy is not None
+            market_strategy[m] = idx(agg.spec.market_strategy, market_specs, m_index)
+    needs_names = any(s.name == "requirements" for s in asset_specs)
+    spec = FleetSpec(
+        strategies=[{"name": s.name, "params": s.params} for s in asset_specs],
+        market_strategies=[{"name": s.name, "params": s.params} for s in market_specs],
+        accepts_requirements=plan.config.accepts_requirements,
+        asset_uuids_by_name=dict(asset_uuid) if needs_names else None,
+    )
+    return Fleet(
+        plan=plan,
+        aggregator_uuid=aggregator_uuid,
+        asset_uuid=asset_uuid,
+        market_uuid=market_uuid,
+        owner_of=owner_of,
+        spec=spec,
+        by_asset=fleet_by_asset,
+        by_kind=by_kind,
+        market_strategy=market_strategy,
+        own_markets=own_markets,
+    )
+
+
+def connect_fleet(link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0) -> Fleet:
+    """Create aggregators, register and select assets and markets in bulk (pipelined)."""
+    names = [a.spec.name for a in plan.aggregators]
+    aggregator_uuid = link.create_aggregators(names, timeout=timeout)
+    asset_names = [n for a in plan.aggregators for n in a.assets]
+    market_names = [m for a in plan.aggregators for m in a.markets]
+    asset_uuid = link.register(asset_names, timeout=timeout) if asset_names else {}
+    slug_uuid = link.register([slugify(m) for m in market_names], timeout=timeout) if market_names else {}
+    market_uuid = {m: slug_uuid[slugify(m)] for m in market_names}
+    errors: dict[str, str] = {}
+    for agg in plan.aggregators:
+        devices = [asset_uuid[n] for n in agg.assets] + [market_uuid[m] for m in agg.markets]
+        if devices:
+            report = link.select(aggregator_uuid[agg.spec.name], devices, timeout=timeout)
+            errors.update(report.errors)
+    if errors:
+        sample = "; ".join(f"{d}: {m}" for d, m in list(errors.items())[:3])
+        log.error("%d devices could not be selected (%s)", len(errors), sample)
+    fleet = build_tables(plan, aggregator_uuid, asset_uuid, market_uuid)
+    fleet.selection_errors = errors
+    log.info("fleet connected: %d aggregators, %d assets, %d markets", len(names), len(asset_names), len(market_names))
+    return fleet

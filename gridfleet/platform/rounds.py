@@ -1,0 +1,262 @@
+"""An *event round*: the events of every aggregator for one (market slot, tick index).
+
+The exchange sends each aggregator its own event within milliseconds of the others. Ingress
+coalesces them into one round, and this module turns the round into what strategies read: one
+:class:`~gridfleet.strategies.context.TickContext` and one columnar
+:class:`~gridfleet.strategies.context.AssetBatch` of every asset of every aggregator, with the
+grid fee along each asset's path to the Market Maker computed once per market node, not once per
+asset.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gridfleet.platform.protocol import (
+    UNSET,
+    AssetInfo,
+    GridNode,
+    MarketEvent,
+    MarketStats,
+    TickEvent,
+    slot_tick_index,
+)
+from gridfleet.strategies.context import AssetBatch, AssetKind, MarketView, TickContext
+
+MARKET_MAKER_NAMES = frozenset({"Market Maker", "MarketMaker", "market maker"})
+
+
+class RoundError(ValueError):
+    """An event that cannot be used (empty tree, missing rates, malformed structure)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RoundKey:
+    """Identifies an event round: the market slot and the tick index within it."""
+
+    market_slot: str
+    tick_index: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.market_slot}#{self.tick_index}"
+
+    @classmethod
+    def of(cls, event: MarketEvent | TickEvent) -> RoundKey:
+        return cls(event.market_slot, slot_tick_index(event.slot_completion))
+
+
+def next_slot(market_slot: str, slot_length_s: int) -> str:
+    start = dt.datetime.strptime(market_slot, "%Y-%m-%dT%H:%M")
+    return (start + dt.timedelta(seconds=slot_length_s)).strftime("%Y-%m-%dT%H:%M")
+
+
+def kind_of(info: AssetInfo) -> AssetKind:
+    """What kind of asset ``asset_info`` describes (gsy-e sends no explicit type)."""
+    if info.energy_to_buy is not UNSET or info.energy_to_sell is not UNSET:
+        return AssetKind.STORAGE
+    has_need = info.energy_requirement_kWh is not UNSET
+    has_supply = info.available_energy_kWh is not UNSET
+    if has_need and has_supply:
+        return AssetKind.SMART_METER
+    if has_supply:
+        return AssetKind.PV
+    return AssetKind.LOAD
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+@dataclass(slots=True)
+class _Rows:
+    uuid: list[str] = field(default_factory=list)
+    name: list[str] = field(default_factory=list)
+    aggregator: list[str] = field(default_factory=list)
+    parent: list[str] = field(default_factory=list)
+    kind: list[int] = field(default_factory=list)
+    need: list[float] = field(default_factory=list)
+    avail: list[float] = field(default_factory=list)
+    buy: list[float] = field(default_factory=list)
+    sell: list[float] = field(default_factory=list)
+    used: list[float] = field(default_factory=list)
+    free: list[float] = field(default_factory=list)
+    fee: list[float] = field(default_factory=list)
+    deviation: list[dict[str, float] | None] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RoundInput:
+    """Everything the strategies of one round need."""
+
+    key: RoundKey
+    ctx: TickContext
+    assets: AssetBatch
+    markets: list[MarketView]
+    aggregators: list[str]  # uuids of the aggregators whose events made this round
+
+
+def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
+    """For each market on the way from the root to the Market Maker: the fees strictly below it
+    on that way. Without a Market Maker in the tree, it is taken to hang off the root."""
+
+    def walk(nodes: dict[str, GridNode], path: list[tuple[str, float]]) -> list[tuple[str, float]] | None:
+        for uid, node in nodes.items():
+            if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
+                return path
+            if isinstance(node.children, dict):
+                found = walk(node.children, [*path, (uid, _num(node.current_market_fee))])
+                if found is not None:
+                    return found
+        return None
+
+    path = walk(tree, [])
+    if path is None:
+        return {uid: 0.0 for uid in tree}
+    return {uid: sum(fee for _, fee in path[i + 1 :]) for i, (uid, _) in enumerate(path)}
+
+
+def stats_dict(stats: object) -> dict[str, float | None]:
+    if not isinstance(stats, MarketStats):
+        return {}
+    return {
+        "min_trade_rate": stats.min_trade_rate,
+        "max_trade_rate": stats.max_trade_rate,
+        "avg_trade_rate": stats.avg_trade_rate,
+        "median_trade_rate": stats.median_trade_rate,
+        "total_traded_energy_kWh": stats.total_traded_energy_kWh,
+    }
+
+
+def _opt(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def flatten_tree(
+    tree: dict[str, GridNode],
+    aggregator: str,
+    rows: _Rows,
+    markets: list[MarketView],
+    own_markets: frozenset[str] = frozenset(),
+    fee_cache: dict[str, float] | None = None,
+) -> None:
+    """Append the aggregator's own assets (rows) and own markets found in ``tree``.
+
+    A market's fee to the Market Maker is ``fee + fees down the MM's way`` if the Market Maker
+    hangs below it, else ``fee + its parent's fee to the MM``; an asset pays its parent's.
+    ``fee_cache`` (market uuid -> fee to MM) is shared by every tree of a round, so each market
+    is worked out once even when a thousand aggregators' trees contain it.
+    """
+    cache = {} if fee_cache is None else fee_cache
+    down = market_maker_down_fees(tree) if not cache else {}
+    stack: list[tuple[dict[str, GridNode], str, float]] = [(tree, "", 0.0)]
+    while stack:
+        nodes, parent_name, parent_fee = stack.pop()
+        for uid, node in nodes.items():
+            children = node.children
+            if isinstance(children, dict):
+                to_mm = cache.get(uid)
+                if to_mm is None:
+                    fee = _num(node.current_market_fee)
+                    below = down.get(uid)
+                    if below is None and not down:
+                        down = market_maker_down_fees(tree)
+                        below = down.get(uid)
+                    to_mm = fee + below if below is not None else fee + parent_fee
+                    cache[uid] = to_mm
+                if uid in own_markets:
+                    markets.append(
+                        MarketView(
+                            uuid=uid,
+                            name=node.area_name,
+                            aggregator=aggregator,
+                            last_market_fee=_opt(node.last_market_fee),
+                            current_market_fee=_opt(node.current_market_fee),
+                            last_market_stats=stats_dict(node.last_market_stats),
+                        )
+                    )
+                stack.append((children, node.area_name, to_mm))
+                continue
+            info = node.asset_info
+            if not isinstance(info, AssetInfo):
+                continue  # another aggregator's asset, or a plain leaf such as the Market Maker
+            rows.uuid.append(uid)
+            rows.name.append(node.area_name)
+            rows.aggregator.append(aggregator)
+            rows.parent.append(parent_name)
+            rows.kind.append(int(kind_of(info)))
+            rows.need.append(_num(info.energy_requirement_kWh))
+            rows.avail.append(_num(info.available_energy_kWh))
+            rows.buy.append(_num(info.energy_to_buy))
+            # gsy-e reports "-0.0" and tiny negatives for an empty storage; nothing to sell then.
+            rows.sell.append(max(0.0, _num(info.energy_to_sell)))
+            rows.used.append(_num(info.used_storage))
+            rows.free.append(_num(info.free_storage))
+            rows.fee.append(parent_fee)
+            dev = info.unsettled_deviation_kWh
+            rows.deviation.append(dict(dev) if isinstance(dev, dict) and dev else None)
+
+
+def rows_to_batch(rows: _Rows) -> AssetBatch:
+    f64 = np.float64
+    return AssetBatch(
+        uuid=rows.uuid,
+        name=rows.name,
+        aggregator=rows.aggregator,
+        parent_market=rows.parent,
+        kind=np.asarray(rows.kind, dtype=np.int8),
+        energy_requirement_kwh=np.asarray(rows.need, dtype=f64),
+        available_energy_kwh=np.asarray(rows.avail, dtype=f64),
+        energy_to_buy_kwh=np.asarray(rows.buy, dtype=f64),
+        energy_to_sell_kwh=np.asarray(rows.sell, dtype=f64),
+        used_storage_kwh=np.asarray(rows.used, dtype=f64),
+        free_storage_kwh=np.asarray(rows.free, dtype=f64),
+        grid_fee=np.asarray(rows.fee, dtype=f64),
+        unsettled_deviation_kwh=rows.deviation if any(d is not None for d in rows.deviation) else [],
+    )
+
+
+def build_round(
+    events: list[tuple[str, MarketEvent | TickEvent]],
+    own_markets: dict[str, frozenset[str]] | None = None,
+    slot_length_s: int = 900,
+) -> RoundInput:
+    """One round from ``(aggregator uuid, event)`` pairs of the same slot and tick.
+
+    Raises RoundError for a round that cannot be evaluated (the first slot's empty trees and null
+    rates); the caller counts and skips it.
+    """
+    if not events:
+        raise RoundError("no events")
+    first = events[0][1]
+    key = RoundKey.of(first)
+    rates = [(e.feed_in_tariff_rate, e.market_maker_rate) for _, e in events if e.grid_tree]
+    if not rates or rates[0][0] is None or rates[0][1] is None:
+        raise RoundError(f"round {key.id}: empty grid tree or null rates (the exchange's first slot)")
+    fit, mmr = rates[0]
+    assert fit is not None and mmr is not None
+    rows = _Rows()
+    markets: list[MarketView] = []
+    cache: dict[str, float] = {}
+    seen: list[str] = []
+    own = own_markets or {}
+    for aggregator, event in events:
+        if RoundKey.of(event) != key:
+            raise RoundError(f"event of {aggregator} is for {RoundKey.of(event).id}, not {key.id}")
+        seen.append(aggregator)
+        if event.grid_tree:
+            flatten_tree(event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), cache)
+    ctx = TickContext(
+        market_slot=key.market_slot,
+        next_market_slot=next_slot(key.market_slot, slot_length_s),
+        tick_index=key.tick_index,
+        num_ticks=int(first.num_ticks),
+        is_market_event=any(isinstance(e, MarketEvent) for _, e in events),
+        feed_in_tariff_rate=float(fit),
+        market_maker_rate=float(mmr),
+        slot_length_s=slot_length_s,
+    )
+    return RoundInput(key=key, ctx=ctx, assets=rows_to_batch(rows), markets=markets, aggregators=seen)

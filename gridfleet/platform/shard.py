@@ -1,0 +1,279 @@
+"""A shard's trip through Redis: load its input and state, evaluate, store the result, say done.
+
+Idempotent per (round, shard). State is stored per uuid as ``[round id, before, after]``: a run
+for round R reads ``before`` if the entry was already written by round R (a retry, a hedge, a
+late duplicate) and ``after`` otherwise, so running a shard twice gives the same state and the
+same commands. The coordinator counts a shard once however many times it is reported done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+
+from gridfleet.platform.codec import (
+    batch_from_dict,
+    batch_to_dict,
+    ctx_from_dict,
+    ctx_to_dict,
+    market_from_dict,
+    market_to_dict,
+    packb,
+    unpackb,
+)
+from gridfleet.platform.commands import ExchangeProfile
+from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
+from gridfleet.platform.keys import Keys
+from gridfleet.strategies import registry
+from gridfleet.strategies.base import DSO_MARKET_STATS_KEY, AssetStrategy, MarketStrategy
+from gridfleet.strategies.context import AssetBatch, MarketView, State, TickContext
+
+ROUND_TTL_S = 120
+"""Round data (inputs, outputs, manifests) expire: nothing needs them a minute later."""
+
+REJECTED_KEY = "rejected"
+"""Key under which an asset's last rejected command is shown to its strategy (not persisted)."""
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """What workers need to know of the fleet, written by ingress to ``Keys.spec``."""
+
+    strategies: list[dict[str, Any]]  # [{"name", "params"}], indexed by strategy_index
+    market_strategies: list[dict[str, Any]] = field(default_factory=list)
+    accepts_requirements: bool = False
+    asset_uuids_by_name: dict[str, str] | None = None  # only when a strategy needs names
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(packb(self.to_dict())).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategies": self.strategies,
+            "market_strategies": self.market_strategies,
+            "accepts_requirements": self.accepts_requirements,
+            "asset_uuids_by_name": self.asset_uuids_by_name,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FleetSpec:
+        return cls(
+            strategies=list(d["strategies"]),
+            market_strategies=list(d.get("market_strategies", [])),
+            accepts_requirements=bool(d.get("accepts_requirements", False)),
+            asset_uuids_by_name=d.get("asset_uuids_by_name"),
+        )
+
+
+class Runtime:
+    """Strategies built from a spec, cached by the spec's version (built once per process)."""
+
+    def __init__(self, spec: FleetSpec) -> None:
+        self.spec = spec
+        self.version = spec.version
+        self.strategies: list[AssetStrategy] = []
+        for s in spec.strategies:
+            built = registry.build(s["name"], s.get("params") or {})
+            if not isinstance(built, AssetStrategy):
+                raise TypeError(f"strategy {s['name']!r} is not an asset strategy")
+            self.strategies.append(built)
+        self.market_strategies: list[MarketStrategy] = []
+        for s in spec.market_strategies:
+            built = registry.build(s["name"], s.get("params") or {})
+            if not isinstance(built, MarketStrategy):
+                raise TypeError(f"strategy {s['name']!r} is not a market strategy")
+            self.market_strategies.append(built)
+        self.profile = ExchangeProfile(accepts_requirements=spec.accepts_requirements)
+
+
+_runtimes: dict[str, Runtime] = {}
+
+
+def runtime_for(r: redis.Redis, keys: Keys, version: str) -> Runtime:
+    rt = _runtimes.get(version)
+    if rt is None:
+        raw = r.hget(keys.spec, version)
+        if raw is None:
+            raise LookupError(f"fleet spec {version} is not in Redis ({keys.spec}); is ingress running?")
+        rt = _runtimes[version] = Runtime(FleetSpec.from_dict(unpackb(raw)))  # type: ignore[arg-type]
+    return rt
+
+
+def publish_spec(r: redis.Redis, keys: Keys, spec: FleetSpec) -> str:
+    version = spec.version
+    r.hset(keys.spec, version, packb(spec.to_dict()))
+    return version
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a round (ingress) and reading/writing a shard (workers, coordinator)
+
+
+@dataclass(slots=True)
+class ShardInput:
+    batch: AssetBatch
+    strategy_index: np.ndarray
+    markets: list[MarketView] = field(default_factory=list)
+    market_strategy_index: list[int] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return packb(
+            {
+                "batch": batch_to_dict(self.batch),
+                "strategy_index": np.ascontiguousarray(self.strategy_index, dtype="<i4").tobytes(),
+                "markets": [market_to_dict(m) for m in self.markets],
+                "market_strategy_index": self.market_strategy_index,
+            }
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ShardInput:
+        d = unpackb(raw)
+        return cls(
+            batch=batch_from_dict(d["batch"]),
+            strategy_index=np.frombuffer(d["strategy_index"], dtype="<i4").astype(np.int64),
+            markets=[market_from_dict(m) for m in d["markets"]],
+            market_strategy_index=list(d["market_strategy_index"]),
+        )
+
+
+@dataclass(slots=True)
+class Manifest:
+    """What the coordinator and workers know of a dispatched round."""
+
+    round_id: str
+    ctx: TickContext
+    spec_version: str
+    shards: int
+    aggregators: list[str]
+    received_at: float  # wall clock, first event of the round
+    deadline: float  # wall clock by which batches must be published
+    skipped_aggregators: list[str] = field(default_factory=list)
+
+    def pack(self) -> bytes:
+        return packb(
+            {
+                "round_id": self.round_id,
+                "ctx": ctx_to_dict(self.ctx),
+                "spec_version": self.spec_version,
+                "shards": self.shards,
+                "aggregators": self.aggregators,
+                "received_at": self.received_at,
+                "deadline": self.deadline,
+                "skipped_aggregators": self.skipped_aggregators,
+            }
+        )
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Manifest:
+        d = unpackb(raw)
+        d["ctx"] = ctx_from_dict(d["ctx"])
+        return cls(**d)
+
+
+def write_round(r: redis.Redis, keys: Keys, manifest: Manifest, shards: list[ShardInput]) -> None:
+    """Store a round's manifest and shard inputs in one pipeline (with a TTL)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.set(keys.manifest(manifest.round_id), manifest.pack(), ex=ROUND_TTL_S)
+    for i, shard in enumerate(shards):
+        pipe.set(keys.shard_input(manifest.round_id, i), shard.pack(), ex=ROUND_TTL_S)
+    pipe.execute()
+
+
+def _read_state(entries: list[bytes | None], uuids: list[str], round_id: str) -> dict[str, State]:
+    state: dict[str, State] = {}
+    for uuid, raw in zip(uuids, entries, strict=True):
+        if raw is None:
+            continue
+        written_for, before, after = unpackb(raw)
+        chosen = before if written_for == round_id else after
+        if chosen is not None:
+            state[uuid] = chosen
+    return state
+
+
+@dataclass(slots=True)
+class ShardRun:
+    output: ShardOutput
+    duration_s: float
+    already_done: bool = False
+
+
+def run_shard(r: redis.Redis, keys: Keys, round_id: str, shard: int, *, worker: str | None = None) -> ShardRun:
+    """Evaluate one stored shard and store its result; safe to run more than once."""
+    t0 = time.perf_counter()
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.manifest(round_id))
+    pipe.get(keys.shard_input(round_id, shard))
+    raw_manifest, raw_input = pipe.execute()
+    if raw_manifest is None or raw_input is None:
+        raise LookupError(f"round {round_id} shard {shard}: input expired or never written")
+    manifest = Manifest.unpack(raw_manifest)
+    shard_in = ShardInput.unpack(raw_input)
+    rt = runtime_for(r, keys, manifest.spec_version)
+
+    asset_uuids = shard_in.batch.uuid
+    market_uuids = [m.uuid for m in shard_in.markets]
+    uuids = asset_uuids + market_uuids
+    pipe = r.pipeline(transaction=False)
+    pipe.hmget(keys.state, uuids) if uuids else pipe.echo("")
+    pipe.hmget(keys.rejections, asset_uuids) if asset_uuids else pipe.echo("")
+    pipe.hmget(keys.market_answers, market_uuids) if market_uuids else pipe.echo("")
+    raw_state, raw_rejected, raw_answers = pipe.execute()
+    stored = _read_state(raw_state, uuids, round_id) if uuids else {}
+
+    # What strategies see: stored state plus what the exchange said since (not persisted as is).
+    seen: dict[str, State] = dict(stored)
+    if asset_uuids:
+        for uuid, raw in zip(asset_uuids, raw_rejected, strict=True):
+            if raw is not None:
+                seen[uuid] = {**seen.get(uuid, {}), REJECTED_KEY: unpackb(raw)}
+    answered: list[str] = []
+    if market_uuids:
+        for uuid, raw in zip(market_uuids, raw_answers, strict=True):
+            if raw is not None:
+                seen[uuid] = {**seen.get(uuid, {}), DSO_MARKET_STATS_KEY: unpackb(raw)}
+                answered.append(uuid)
+
+    ctx = manifest.ctx
+    if rt.spec.asset_uuids_by_name is not None:
+        ctx = TickContext(**{**ctx_to_dict(ctx), "asset_uuids_by_name": rt.spec.asset_uuids_by_name})
+    output = evaluate_shard(
+        ctx,
+        shard_in.batch,
+        shard_in.strategy_index,
+        rt.strategies,
+        seen,
+        shard_in.markets,
+        shard_in.market_strategy_index,
+        rt.market_strategies,
+        rt.profile,
+    )
+    duration = time.perf_counter() - t0
+    result = {
+        "fragments": output.fragments,
+        "commands": output.commands,
+        "refusals": [x.as_dict() for x in output.refusals],
+        "errors": [x.as_dict() for x in output.errors],
+        "duration_s": duration,
+        "worker": worker or socket.gethostname(),
+    }
+    pipe = r.pipeline(transaction=False)
+    for uuid, new in output.state.items():
+        new.pop(REJECTED_KEY, None)
+        pipe.hset(keys.state, uuid, packb([round_id, stored.get(uuid), new]))
+    if answered:
+        pipe.hdel(keys.market_answers, *answered)
+    pipe.set(keys.shard_output(round_id, shard), packb(result), ex=ROUND_TTL_S)
+    pipe.rpush(keys.done(round_id), shard)
+    pipe.expire(keys.done(round_id), ROUND_TTL_S)
+    pipe.execute()
+    return ShardRun(output=output, duration_s=duration)

@@ -1,0 +1,40 @@
+"""The one task gridfleet runs: evaluate a stored shard of a round.
+
+The message carries keys, not payloads (kombu base64-encodes and re-JSONs bodies: big payloads
+stay in Redis). The task is idempotent per (round, shard); see :mod:`gridfleet.platform.shard`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from gridfleet.platform.dispatch import TASK_NAME
+from gridfleet.platform.keys import Keys
+from gridfleet.platform.shard import run_shard
+from gridfleet.workers.app import app
+
+log = logging.getLogger(__name__)
+
+
+
+@lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+
+
+@app.task(name=TASK_NAME, ignore_result=True)
+def evaluate_shard(namespace: str, round_id: str, shard: int) -> None:
+    """Load shard ``shard`` of ``round_id``, run its strategies, store commands and state."""
+    try:
+        run = run_shard(_redis(app.conf.broker_url), Keys(namespace), round_id, shard)
+    except SoftTimeLimitExceeded:
+        log.error("round %s shard %d: soft time limit; the coordinator hedges it", round_id, shard)
+        return
+    except LookupError as exc:
+        log.warning("round %s shard %d: %s (dropped)", round_id, shard, exc)
+        return
+    log.debug("round %s shard %d: %d commands in %.1f ms", round_id, shard, run.output.commands, run.duration_s * 1e3)
