@@ -1,0 +1,155 @@
+"""Benchmark the embedded exchange: event-round build+publish time and matching time.
+
+For each size N (assets) the grid is generated with houses of 10 assets and split between
+N/100 aggregators (1 000 at 100 000 assets), every asset selected, ``--tree pruned``. Each
+measured round: every aggregator's batch (one bid per load, one offer per PV, a bid and an
+offer per storage) is applied through the real batch handler, then the round is dispatched:
+matching, trade events, and every aggregator's tick event built and published to a real Redis
+with a pattern subscriber (another process) draining all event channels.
+
+    .venv/bin/python bench/bench_simulator.py --sizes 1000 10000 100000 --rounds 6 \
+        --out bench/results/simulator.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gridfleet.platform.redis_server import RedisServer
+from gridfleet.platform.simulator import SimConfig, Simulator, assign_aggregators, generate_grid
+from gridfleet.platform.simulator.grid import Kind
+
+# A subscriber in its own process: reads and discards everything published to the event channels,
+# so Redis really delivers the bytes (publishing to nobody would flatter the figures).
+DRAIN = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$32\r\nexternal-aggregator//*/events/all\r\n")
+while s.recv(1 << 20):
+    pass
+"""
+
+
+def batches(sim: Simulator, owners: dict[str, str], tick: int) -> dict[str, dict[str, Any]]:
+    """One BATCHED message per aggregator, as a fleet would send after an event."""
+    st, g = sim.state, sim.grid
+    out: dict[str, dict[str, Any]] = {}
+    for name, agg in owners.items():
+        cmds: dict[str, list[dict[str, Any]]] = {}
+        for a in sim._own_assets.get(agg, []):
+            k = g.kind[a]
+            ramp = tick / 10
+            if k == Kind.LOAD and st.requirement(a) > 1e-4:
+                e = st.requirement(a)
+                cmds[g.asset_uuid[a]] = [{"type": "bid", "energy": e, "price": e * (22 + 20 * ramp), "replace_existing": True}]
+            elif k == Kind.PV and st.available(a) > 1e-4:
+                e = st.available(a)
+                cmds[g.asset_uuid[a]] = [{"type": "offer", "energy": e, "price": e * (24 - 14 * ramp), "replace_existing": True}]
+            elif k == Kind.STORAGE:
+                c = []
+                if st.to_buy(a) + st.active_bid[a] > 1e-4:
+                    e = float(st.to_buy(a) + st.active_bid[a]) / 2
+                    c.append({"type": "bid", "energy": e, "price": e * (8 + 4 * ramp), "replace_existing": True})
+                if st.to_sell(a) + st.active_offer[a] > 1e-4:
+                    e = float(st.to_sell(a) + st.active_offer[a]) / 2
+                    c.append({"type": "offer", "energy": e, "price": e * 29, "replace_existing": True})
+                if c:
+                    cmds[g.asset_uuid[a]] = c
+        out[agg] = {"type": "BATCHED", "transaction_id": f"{name}-{tick}", "aggregator_uuid": agg, "batch_commands": cmds}
+    return out
+
+
+def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    grid = generate_grid(n, houses_size=10, seed=seed)
+    gen_s = time.perf_counter() - t0
+    n_aggs = max(1, n // 100)
+    fleet = assign_aggregators(grid, n_aggs)
+    # Midday start so PVs produce and both sides of the book are full.
+    sim = Simulator(grid, redis_url=url, config=SimConfig(slots=1000, tick_interval=None, tree="pruned",
+                                                          start=__import__("datetime").datetime(2024, 6, 1, 11, 45)))
+    owners = sim.preselect(fleet)
+    sim.start(engine=False)
+    for _ in range(11):  # the first slot (empty trees), up to the market event of slot 1
+        sim.step()
+    apply_ms, round_ms, match_ms, sizes, trades, commands = [], [], [], [], [], []
+    for tick in range(rounds):
+        msgs = batches(sim, owners, tick + 1)
+        t = time.perf_counter()
+        n_cmds = 0
+        for agg, msg in msgs.items():
+            resp = sim.handler.handle(msg, sim.registry.selected[agg])
+            n_cmds += sum(len(v) for v in (resp or {}).values())
+        apply_ms.append((time.perf_counter() - t) * 1000)
+        commands.append(n_cmds)
+        before_bytes, before_trades = sim.counts.bytes_sent, sim.counts.trades
+        sim.step()
+        round_ms.append(sim.counts.round_ms[-1])
+        match_ms.append(sim.counts.match_ms[-1])
+        sizes.append(sim.counts.bytes_sent - before_bytes)
+        trades.append(sim.counts.trades - before_trades)
+    sim.stop()
+    event_ms = [r - m for r, m in zip(round_ms, match_ms, strict=True)]
+    return {
+        "assets": n, "aggregators": n_aggs, "markets": len(grid.markets), "tree": "pruned",
+        "rounds_measured": rounds, "grid_generation_s": round(gen_s, 3),
+        "event_round_build_publish_ms": _summary(event_ms),
+        "matching_ms": _summary(match_ms),
+        "round_total_ms": _summary(round_ms),
+        "batch_apply_ms": _summary(apply_ms),
+        "commands_per_round": int(statistics.median(commands)),
+        "trades_per_round": int(statistics.median(trades)),
+        "event_bytes_per_round": int(statistics.median(sizes)),
+    }
+
+
+def _summary(v: list[float]) -> dict[str, float]:
+    a = np.array(v)
+    return {"median": round(float(np.median(a)), 2), "max": round(float(a.max()), 2), "min": round(float(a.min()), 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    p.add_argument("--rounds", type=int, default=6, help="measured rounds per size (keep it short: shared machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    results = []
+    with RedisServer() as server:
+        drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(server.port)])
+        time.sleep(0.3)
+        try:
+            for n in args.sizes:
+                r = bench_size(server.url, n, args.rounds, args.seed)
+                print(json.dumps(r), flush=True)
+                results.append(r)
+        finally:
+            drain.terminate()
+            drain.wait(timeout=5)
+    out = {
+        "command": " ".join([".venv/bin/python", "bench/bench_simulator.py", *sys.argv[1:]]),
+        "machine": {"host": socket.gethostname(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": "event_round_build_publish_ms = one tick round minus matching: own asset leaves, every "
+                "aggregator's pruned tree and event, published to Redis with a live subscriber",
+        "results": results,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
