@@ -52,21 +52,49 @@ def batches(sim: Simulator, owners: dict[str, str], tick: int) -> dict[str, dict
             ramp = tick / 10
             if k == Kind.LOAD and st.requirement(a) > 1e-4:
                 e = st.requirement(a)
-                cmds[g.asset_uuid[a]] = [{"type": "bid", "energy": e, "price": e * (22 + 20 * ramp), "replace_existing": True}]
+                cmds[g.asset_uuid[a]] = [
+                    {
+                        "type": "bid",
+                        "energy": e,
+                        "price": e * (22 + 20 * ramp),
+                        "replace_existing": True,
+                    }
+                ]
             elif k == Kind.PV and st.available(a) > 1e-4:
                 e = st.available(a)
-                cmds[g.asset_uuid[a]] = [{"type": "offer", "energy": e, "price": e * (24 - 14 * ramp), "replace_existing": True}]
+                cmds[g.asset_uuid[a]] = [
+                    {
+                        "type": "offer",
+                        "energy": e,
+                        "price": e * (24 - 14 * ramp),
+                        "replace_existing": True,
+                    }
+                ]
             elif k == Kind.STORAGE:
                 c = []
                 if st.to_buy(a) + st.active_bid[a] > 1e-4:
                     e = float(st.to_buy(a) + st.active_bid[a]) / 2
-                    c.append({"type": "bid", "energy": e, "price": e * (8 + 4 * ramp), "replace_existing": True})
+                    c.append(
+                        {
+                            "type": "bid",
+                            "energy": e,
+                            "price": e * (8 + 4 * ramp),
+                            "replace_existing": True,
+                        }
+                    )
                 if st.to_sell(a) + st.active_offer[a] > 1e-4:
                     e = float(st.to_sell(a) + st.active_offer[a]) / 2
-                    c.append({"type": "offer", "energy": e, "price": e * 29, "replace_existing": True})
+                    c.append(
+                        {"type": "offer", "energy": e, "price": e * 29, "replace_existing": True}
+                    )
                 if c:
                     cmds[g.asset_uuid[a]] = c
-        out[agg] = {"type": "BATCHED", "transaction_id": f"{name}-{tick}", "aggregator_uuid": agg, "batch_commands": cmds}
+        out[agg] = {
+            "type": "BATCHED",
+            "transaction_id": f"{name}-{tick}",
+            "aggregator_uuid": agg,
+            "batch_commands": cmds,
+        }
     return out
 
 
@@ -77,13 +105,23 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
     n_aggs = max(1, n // 100)
     fleet = assign_aggregators(grid, n_aggs)
     # Midday start so PVs produce and both sides of the book are full.
-    sim = Simulator(grid, redis_url=url, config=SimConfig(slots=1000, tick_interval=None, tree="pruned",
-                                                          start=__import__("datetime").datetime(2024, 6, 1, 11, 45)))
+    sim = Simulator(
+        grid,
+        redis_url=url,
+        config=SimConfig(
+            slots=1000,
+            tick_interval=None,
+            tree="pruned",
+            start=__import__("datetime").datetime(2024, 6, 1, 11, 45),
+        ),
+    )
     owners = sim.preselect(fleet)
     sim.start(engine=False)
     for _ in range(11):  # the first slot (empty trees), up to the market event of slot 1
         sim.step()
     apply_ms, round_ms, match_ms, sizes, trades, commands = [], [], [], [], [], []
+    event_ms: list[float] = []
+    trade_ms: list[float] = []
     for tick in range(rounds):
         msgs = batches(sim, owners, tick + 1)
         t = time.perf_counter()
@@ -97,15 +135,23 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
         sim.step()
         round_ms.append(sim.counts.round_ms[-1])
         match_ms.append(sim.counts.match_ms[-1])
+        event_ms.append(sim.counts.event_round_ms[-1])
+        trade_ms.append(
+            sim.counts.trade_events_ms[-1] if sim.counts.trades > before_trades else 0.0
+        )
         sizes.append(sim.counts.bytes_sent - before_bytes)
         trades.append(sim.counts.trades - before_trades)
     sim.stop()
-    event_ms = [r - m for r, m in zip(round_ms, match_ms, strict=True)]
     return {
-        "assets": n, "aggregators": n_aggs, "markets": len(grid.markets), "tree": "pruned",
-        "rounds_measured": rounds, "grid_generation_s": round(gen_s, 3),
+        "assets": n,
+        "aggregators": n_aggs,
+        "markets": len(grid.markets),
+        "tree": "pruned",
+        "rounds_measured": rounds,
+        "grid_generation_s": round(gen_s, 3),
         "event_round_build_publish_ms": _summary(event_ms),
         "matching_ms": _summary(match_ms),
+        "trade_events_ms": _summary(trade_ms),
         "round_total_ms": _summary(round_ms),
         "batch_apply_ms": _summary(apply_ms),
         "commands_per_round": int(statistics.median(commands)),
@@ -116,13 +162,22 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
 
 def _summary(v: list[float]) -> dict[str, float]:
     a = np.array(v)
-    return {"median": round(float(np.median(a)), 2), "max": round(float(a.max()), 2), "min": round(float(a.min()), 2)}
+    return {
+        "median": round(float(np.median(a)), 2),
+        "max": round(float(a.max()), 2),
+        "min": round(float(a.min()), 2),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--rounds", type=int, default=6, help="measured rounds per size (keep it short: shared machine)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="measured rounds per size (keep it short: shared machine)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -140,10 +195,17 @@ def main() -> None:
             drain.wait(timeout=5)
     out = {
         "command": " ".join([".venv/bin/python", "bench/bench_simulator.py", *sys.argv[1:]]),
-        "machine": {"host": socket.gethostname(), "python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+            "cpus": __import__("os").cpu_count(),
+        },
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "note": "event_round_build_publish_ms = one tick round minus matching: own asset leaves, every "
-                "aggregator's pruned tree and event, published to Redis with a live subscriber",
+        "note": "event_round_build_publish_ms: one tick event round: refresh own asset leaves and market "
+        "heads, build every aggregator's pruned tree and tick event, publish to Redis with a live "
+        "subscriber. matching_ms: matching every open order. trade_events_ms: building and "
+        "publishing trade events (0 when the round had no trade). round_total_ms: all of it. "
+        "batch_apply_ms: applying one BATCHED message per aggregator (all commands, responses built).",
         "results": results,
     }
     if args.out:

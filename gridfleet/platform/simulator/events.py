@@ -73,6 +73,8 @@ class EventBuilder:
         self.pool: list[str] = [""] * n_m + [""] * n_a + other + [",", "}}", mm]
         self._tail: list[str] = [""] * n_a  # last-slot part of own leaves, rebuilt per slot
         self._tail_slot = -1
+        self._last_cols: np.ndarray | None = None
+        self._last_idx: np.ndarray | None = None
         self._templates: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ shared pieces
@@ -102,28 +104,49 @@ class EventBuilder:
         if len(idx) == 0:
             return
         g = self.grid
-        if self._tail_slot != state.slot_index:
+        fresh = self._tail_slot != state.slot_index
+        if fresh:
             l_tr, l_co = r8(state.last_traded), r8(state.last_cost)
             self._tail = [
                 f',"last_slot_asset_info":{{"energy_traded":{t!r},"total_cost":{c!r}}},"asset_bill":null,"area_name":{n}}}'
                 for t, c, n in zip(l_tr, l_co, self._name_js, strict=True)
             ]
             self._tail_slot = state.slot_index
+        cols = np.stack(
+            (
+                state.bought[idx] + state.sold[idx],
+                state.cost[idx],
+                np.maximum(state.demand[idx] - state.bought[idx], 0.0),
+                np.maximum(state.demand[idx] - state.sold[idx], 0.0),
+                state.active_bid[idx],
+                state.active_offer[idx],
+                np.maximum(state.buy_limit[idx] - state.bought[idx] - state.active_bid[idx], 0.0),
+                np.maximum(state.sell_limit[idx] - state.sold[idx] - state.active_offer[idx], 0.0),
+                state.used[idx],
+                g.storage_capacity_kwh[idx] - state.used[idx],
+            )
+        )
+        cols = np.round(cols, 8)
+        # Only re-render leaves whose numbers changed since the last tick (a re-sent bid of
+        # the same energy changes nothing); a new slot re-renders everything.
+        prev = self._last_cols
+        if (
+            fresh
+            or prev is None
+            or self._last_idx is None
+            or prev.shape != cols.shape
+            or not np.array_equal(self._last_idx, idx)
+        ):
+            changed = np.arange(len(idx))
+        else:
+            changed = np.flatnonzero((cols != prev).any(axis=0))
+        self._last_cols, self._last_idx = cols, idx
+        if len(changed) == 0:
+            return
+        sub = cols[:, changed].tolist()
+        traded, cost, req, avail, a_bid, a_off, to_buy, to_sell, used, free = sub
+        idx = idx[changed]
         kind = g.kind[idx].tolist()
-        traded = r8(state.bought[idx] + state.sold[idx])
-        cost = r8(state.cost[idx])
-        req = r8(np.maximum(state.demand[idx] - state.bought[idx], 0.0))
-        avail = r8(np.maximum(state.demand[idx] - state.sold[idx], 0.0))
-        a_bid = r8(state.active_bid[idx])
-        a_off = r8(state.active_offer[idx])
-        to_buy = r8(
-            np.maximum(state.buy_limit[idx] - state.bought[idx] - state.active_bid[idx], 0.0)
-        )
-        to_sell = r8(
-            np.maximum(state.sell_limit[idx] - state.sold[idx] - state.active_offer[idx], 0.0)
-        )
-        used = r8(state.used[idx])
-        free = r8(g.storage_capacity_kwh[idx] - state.used[idx])
         pool, tail, uuids, own0 = self.pool, self._tail, self._uuid_js, self._own0
         for i, a in enumerate(idx.tolist()):
             k = kind[i]
@@ -238,12 +261,13 @@ class EventBuilder:
         )
 
     def trade_event(
-        self, trade_list: list[dict[str, object]], tree: bytes, fit: float | None, mmr: float | None
+        self, trade_list: list[str], tree: bytes, fit: float | None, mmr: float | None
     ) -> bytes:
         return b"".join(
             (
-                b'{"trade_list":',
-                orjson.dumps(trade_list),
+                b'{"trade_list":[',
+                ",".join(trade_list).encode(),
+                b"]",
                 b',"grid_tree":',
                 tree,
                 b',"feed_in_tariff_rate":',
@@ -260,44 +284,42 @@ FINISH_EVENT = b'{"event":"finish","simulation_id":null,"num_ticks":10.0}'
 
 def trade_rows(
     report: TradeReport, grid: Grid, owner: dict[int, str], time_str: str, seq: int
-) -> dict[str, list[dict[str, object]]]:
-    """Trade-list entries per aggregator key: each side of a trade goes to its asset's owner,
-    with the counterparty shown as ``anonymous`` (as gsy-e does)."""
-    out: dict[str, list[dict[str, object]]] = {}
-    names = grid.asset_name
-    mm = grid.market_maker_name
+) -> dict[str, list[str]]:
+    """Serialised trade-list entries per aggregator key: each side of a trade goes to its
+    asset's owner, the counterparty shown as ``anonymous`` (as gsy-e does). Entries are
+    rendered with f-strings: a slot end can settle 100 000 trades in one tick."""
+    out: dict[str, list[str]] = {}
+    names = [_js(n) for n in (grid.market_maker_name,)]
+    mm = names[0]
     for i in range(len(report)):
         b, s = report.buyer[i], report.seller[i]
+        b_agg = owner.get(b) if b >= 0 else None
+        s_agg = owner.get(s) if s >= 0 else None
+        if b_agg is None and s_agg is None:
+            continue
         price, fee = round(report.price[i], 8), round(report.fee[i], 8)
-        base = {
-            "trade_id": f"00000000-0000-4000-9000-{seq + i:012x}",
-            "time": time_str,
-            "trade_price": price,
-            "traded_energy": report.energy[i],
-            "total_fee": fee,
-            "local_market_fee": fee,
-        }
-        b_name = names[b] if b >= 0 else mm
-        s_name = names[s] if s >= 0 else mm
-        residual_bid = report.bid_id[i] if report.bid_residual[i] else "None"
-        residual_offer = report.offer_id[i] if report.offer_residual[i] else "None"
-        for asset, is_buyer in ((b, True), (s, False)):
-            agg = owner.get(asset) if asset >= 0 else None
-            if agg is None:
-                continue
-            out.setdefault(agg, []).append(
-                {
-                    "event": "trade",
-                    "asset_id": grid.asset_uuid[asset],
-                    **base,
-                    "seller": "anonymous" if is_buyer else s_name,
-                    "buyer": b_name if is_buyer else "anonymous",
-                    "seller_origin": s_name,
-                    "buyer_origin": b_name,
-                    "bid_id": report.bid_id[i],
-                    "offer_id": report.offer_id[i],
-                    "residual_bid_id": residual_bid,
-                    "residual_offer_id": residual_offer,
-                }
+        b_name = _js(grid.asset_name[b]) if b >= 0 else mm
+        s_name = _js(grid.asset_name[s]) if s >= 0 else mm
+        bid_id, offer_id = report.bid_id[i], report.offer_id[i]
+        res_b = bid_id if report.bid_residual[i] else "None"
+        res_o = offer_id if report.offer_residual[i] else "None"
+        common = (
+            f'"trade_id":"00000000-0000-4000-9000-{seq + i:012x}","time":"{time_str}",'
+            f'"trade_price":{price!r},"traded_energy":{report.energy[i]!r},"total_fee":{fee!r},'
+            f'"local_market_fee":{fee!r}'
+        )
+        ids = (
+            f'"seller_origin":{s_name},"buyer_origin":{b_name},"bid_id":"{bid_id}",'
+            f'"offer_id":"{offer_id}","residual_bid_id":"{res_b}","residual_offer_id":"{res_o}"}}'
+        )
+        if b_agg is not None:
+            out.setdefault(b_agg, []).append(
+                f'{{"event":"trade","asset_id":"{grid.asset_uuid[b]}",{common},'
+                f'"seller":"anonymous","buyer":{b_name},{ids}'
+            )
+        if s_agg is not None:
+            out.setdefault(s_agg, []).append(
+                f'{{"event":"trade","asset_id":"{grid.asset_uuid[s]}",{common},'
+                f'"seller":{s_name},"buyer":"anonymous",{ids}'
             )
     return out

@@ -77,6 +77,8 @@ class Counts:
     bytes_sent: int = 0  # event payload bytes (market, tick, trade)
     round_ms: list[float] = field(default_factory=list)  # match + build + publish of each round
     match_ms: list[float] = field(default_factory=list)  # the matching part of it
+    event_round_ms: list[float] = field(default_factory=list)  # refresh + build + publish ticks
+    trade_events_ms: list[float] = field(default_factory=list)
 
 
 class Simulator:
@@ -126,6 +128,7 @@ class Simulator:
         self._tick = 0
         self._heads_slot = -2
         self._trade_seq = 0
+        self._refresh_ms = 0.0
         self._asset_owner: dict[int, str] = {}
         self._own_assets: dict[str, list[int]] = {}
         self.error: BaseException | None = None
@@ -214,6 +217,8 @@ class Simulator:
         c = asdict(self.counts)
         round_ms = c.pop("round_ms")
         match_ms = c.pop("match_ms")
+        event_ms = c.pop("event_round_ms")
+        c.pop("trade_events_ms")
         cfg = asdict(self.config)
         cfg["slot_length"] = self.config.slot_length.total_seconds()
         cfg["start"] = self.config.start.isoformat()
@@ -224,6 +229,9 @@ class Simulator:
                 "counts": c,
                 "round_build_publish_ms": {
                     k: None if v is None else round(v, 3) for k, v in percentiles(round_ms).items()
+                },
+                "event_round_ms": {
+                    k: None if v is None else round(v, 3) for k, v in percentiles(event_ms).items()
                 },
                 "match_ms": {
                     k: None if v is None else round(v, 3) for k, v in percentiles(match_ms).items()
@@ -382,6 +390,7 @@ class Simulator:
                 if len(report):
                     self._refresh()
                     self._trade_events(report)
+                    self._refresh_ms = 0.0  # that refresh served the trade events only
                 self.state.close_slot()
                 if self._slot + 1 >= self.config.slots:
                     self._finish()
@@ -413,6 +422,11 @@ class Simulator:
         reg.changed.clear()
 
     def _refresh(self) -> None:
+        t0 = time.perf_counter()
+        self._refresh_pieces()
+        self._refresh_ms += (time.perf_counter() - t0) * 1000
+
+    def _refresh_pieces(self) -> None:
         if self._slot == 0:
             return  # first-slot trees are empty
         if self._heads_slot != self._slot or self.state.fee_changed:
@@ -435,6 +449,7 @@ class Simulator:
     def _trade_events(self, report: TradeReport) -> None:
         if not len(report):
             return
+        t0 = time.perf_counter()
         assert self._pub is not None
         self.counts.trades += len(report)
         self.counts.energy_traded_kwh += float(sum(report.energy))
@@ -449,10 +464,12 @@ class Simulator:
             pipe.publish(channels.aggregator_events(agg, self.config.config_id), payload)
         self.counts.events_sent += len(rows)
         pipe.execute()
+        self.counts.trade_events_ms.append((time.perf_counter() - t0) * 1000)
 
     def _round(self, market: bool, refreshed: bool = False) -> None:
         """Build and publish one tick event (plus the market event) to every aggregator."""
         assert self._pub is not None
+        t0 = time.perf_counter()
         self._sync_selection()
         if not refreshed:
             self._refresh()
@@ -481,6 +498,8 @@ class Simulator:
         pipe.execute()
         self.counts.rounds += 1
         self.counts.events_sent += len(aggs) * (2 if market else 1)
+        self.counts.event_round_ms.append((time.perf_counter() - t0) * 1000 + self._refresh_ms)
+        self._refresh_ms = 0.0
 
     def _direct_asset_events(self, pipe: Any, market: bool, completion: int) -> None:
         """Registered but unselected assets get gsy-e's per-asset events (08_direct_asset_*)."""
