@@ -34,6 +34,10 @@ class BatchHandler:
         self.state = state
         self.devices = devices
         self.sim_time = state.slot_start.strftime("%Y-%m-%dT%H:%M:%S")
+        # Set once the slot's 90 % tick went out: gsy-e then refuses orders that name the
+        # closing slot in ``time_slot`` (07_batch_response_late_at_90pct_current_slot), while
+        # orders without ``time_slot`` still land in the open market.
+        self.closing = False
 
     def handle(self, batch: dict[str, Any], selected: set[str]) -> dict[str, list[Response]] | None:
         """Responses per device uuid; None when no device of the batch is the sender's (no answer)."""
@@ -155,7 +159,9 @@ class BatchHandler:
                     a, uuid, cmd, tid, verb, f"Invalid arguments: '{key}' must be a number."
                 )
         slot = cmd.get("time_slot")
-        if slot is not None and (not isinstance(slot, str) or slot[:16] != st.market_slot):
+        if slot is not None and (
+            not isinstance(slot, str) or slot[:16] != st.market_slot or self.closing
+        ):
             return self._order_error(a, uuid, cmd, tid, verb)
         assert energy is not None and price is not None
         if energy <= MIN_ENERGY_KWH or price < 0:

@@ -236,10 +236,8 @@ def _walk(b: _Builder, node: Any, path: str, parent: int) -> None:
     name = node.get("name")
     if not isinstance(name, str) or not name.strip():
         raise GridError(f"{path}.name: every node needs a non-empty string name")
-    if name in b.names:
-        raise GridError(
-            f"{path}.name: {name!r} is used twice; names must be unique (they are how clients register)"
-        )
+    # Duplicate names are allowed, as in gsy-e's own default community ("Load 81 L20" sits in
+    # two buildings); registration by name then resolves to the first one.
     b.names.add(name)
     kind = str(node.get("type", "market" if "children" in node else "")).lower()
     if kind in MARKET_MAKER_TYPES:

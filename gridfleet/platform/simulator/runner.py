@@ -108,10 +108,10 @@ class Simulator:
         devices.update({m.uuid: (MARKET, m.index) for m in grid.markets})
         self.devices = devices
         self.registry = AggregatorRegistry(devices={u: "" for u in devices})
-        self.registry.names.update(
-            {n: u for n, u in zip(grid.asset_name, grid.asset_uuid, strict=True)}
-        )
-        self.registry.names.update({m.slug: m.uuid for m in grid.markets})
+        for n, u in zip(grid.asset_name, grid.asset_uuid, strict=True):
+            self.registry.names.setdefault(n, u)  # duplicate names: the first one registers
+        for m in grid.markets:
+            self.registry.names.setdefault(m.slug, m.uuid)
         self.handler = BatchHandler(self.state, devices)
         self.events = EventBuilder(grid, self.config.tree)
         self.deadline = DeadlineTracker()
@@ -474,6 +474,7 @@ class Simulator:
         if not refreshed:
             self._refresh()
         self.handler.sim_time = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S")
+        self.handler.closing = self._tick == TICKS_PER_SLOT - 1
         slot, completion = self.state.market_slot, self._tick * 10
         fit, mmr = self._rates()
         cid = self.config.config_id
