@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from gridfleet.platform.simulator.deadline import LATE, MISSING, ON_TIME, OPEN, DeadlineTracker, percentiles
+from gridfleet.platform.simulator.deadline import (
+    LATE,
+    MISSING,
+    ON_TIME,
+    OPEN,
+    DeadlineTracker,
+    percentiles,
+)
 
 
 def test_classification() -> None:
@@ -18,7 +25,11 @@ def test_classification() -> None:
     d.batch_arrived("c", 12.05)  # c's answer to round 1: late too (round 2 was sent)
     d.finish(13.0)
     recs = {agg: [r.status for r in rs] for agg, rs in d.per_agg.items()}
-    assert recs == {"a": [ON_TIME, ON_TIME, MISSING], "b": [ON_TIME, MISSING, MISSING], "c": [LATE, LATE, MISSING]}
+    assert recs == {
+        "a": [ON_TIME, ON_TIME, MISSING],
+        "b": [ON_TIME, MISSING, MISSING],
+        "c": [LATE, LATE, MISSING],
+    }
     a0 = d.per_agg["a"][0]
     assert (a0.batches, a0.first, a0.last) == (2, 10.1, 10.2)
     rep = d.report({"x": 1}, names={"a": "agg-a"})

@@ -24,7 +24,12 @@ def books(draw: st.DrawFn) -> tuple[OrderBook, np.ndarray, float, float]:
     fees = np.array(draw(st.lists(st.floats(0, 3, allow_nan=False), min_size=6, max_size=6)))
     fit = draw(st.floats(0, 20, allow_nan=False))
     mmr = fit + draw(st.floats(0.01, 20, allow_nan=False))
-    book = OrderBook(np.array(market, dtype=np.int64), np.array(is_bid, dtype=bool), np.array(rate), np.array(energy))
+    book = OrderBook(
+        np.array(market, dtype=np.int64),
+        np.array(is_bid, dtype=bool),
+        np.array(rate),
+        np.array(energy),
+    )
     return book, fees, mmr, fit
 
 
@@ -39,7 +44,11 @@ def test_energy_and_money_are_conserved(case: tuple[OrderBook, np.ndarray, float
     # every trade pairs one bid with one offer: energy sold == energy bought, per order within its size
     sold = np.bincount(t.offer, weights=t.energy, minlength=n + 2)[:n]
     bought = np.bincount(t.bid, weights=t.energy, minlength=n + 2)[:n]
-    assert np.isclose(sold.sum() + t.energy[t.offer == n].sum(), bought.sum() + t.energy[t.bid == n + 1].sum(), atol=1e-9)
+    assert np.isclose(
+        sold.sum() + t.energy[t.offer == n].sum(),
+        bought.sum() + t.energy[t.bid == n + 1].sum(),
+        atol=1e-9,
+    )
     assert np.all(sold <= np.where(~book.is_bid, book.energy, 0) + 1e-9)
     assert np.all(bought <= np.where(book.is_bid, book.energy, 0) + 1e-9)
     # the Market Maker never trades with itself; bids are never matched with bids
@@ -71,7 +80,16 @@ def test_local_match_before_market_maker_and_fees_along_the_path() -> None:
     )
     fees = np.array([1.0, 2.0, 2.0, 0.0, 0.0, 0.0])
     t = match(book, PARENT, DEPTH, fees, 28.0, 5.0)
-    rows = sorted(zip(t.bid.tolist(), t.offer.tolist(), t.energy.round(6).tolist(), t.market.tolist(), t.fee_rate.tolist(), strict=True))
+    rows = sorted(
+        zip(
+            t.bid.tolist(),
+            t.offer.tolist(),
+            t.energy.round(6).tolist(),
+            t.market.tolist(),
+            t.fee_rate.tolist(),
+            strict=True,
+        )
+    )
     # house 3: 0.4 kWh local at 25 ct, no fee. Root: bid 2 (30 ct) meets house-5's offer at
     # 10 + 2 (B) and pays 1 (root) + 2 (A); what is left of both bids buys from the market maker
     # only if 28 + fees fits: bid 2 (30 - 2 - 1 = 27 < 28) does not, bid 0 neither.
@@ -81,10 +99,20 @@ def test_local_match_before_market_maker_and_fees_along_the_path() -> None:
 
 
 def test_median_and_self_sufficiency() -> None:
-    book = OrderBook(np.array([3, 3, 3, 3]), np.array([True, True, False, False]), np.array([30.0, 20.0, 10.0, 15.0]), np.array([1.0, 1.0, 1.0, 1.0]))
+    book = OrderBook(
+        np.array([3, 3, 3, 3]),
+        np.array([True, True, False, False]),
+        np.array([30.0, 20.0, 10.0, 15.0]),
+        np.array([1.0, 1.0, 1.0, 1.0]),
+    )
     t = match(book, PARENT, DEPTH, np.zeros(6), 50.0, 1.0)
     s = compute_stats(t, PARENT, np.zeros(6), mm_offer=len(book), mm_bid=len(book) + 1)
-    assert s.last_market_stats(3) == {"min_trade_rate": 20.0, "max_trade_rate": 30.0, "avg_trade_rate": 25.0,
-                                      "median_trade_rate": 25.0, "total_traded_energy_kWh": 2.0}
+    assert s.last_market_stats(3) == {
+        "min_trade_rate": 20.0,
+        "max_trade_rate": 30.0,
+        "avg_trade_rate": 25.0,
+        "median_trade_rate": 25.0,
+        "total_traded_energy_kWh": 2.0,
+    }
     assert s.self_sufficiency(3) == 1.0
     assert s.last_market_stats(5)["avg_trade_rate"] is None

@@ -21,7 +21,12 @@ pytestmark = pytest.mark.integration
 def _shape(value: Any) -> Any:
     """Keys, statuses and command names; not values (ids, rates and times differ)."""
     if isinstance(value, dict):
-        return {k: _shape(v) if k in ("responses", "status", "command") or isinstance(v, dict | list) else type(v).__name__ for k, v in value.items()}
+        return {
+            k: _shape(v)
+            if k in ("responses", "status", "command") or isinstance(v, dict | list)
+            else type(v).__name__
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [_shape(v) for v in value]
     if isinstance(value, str):
@@ -32,19 +37,28 @@ def _shape(value: Any) -> Any:
 def _response_shape(resp: dict[str, Any]) -> dict[str, Any]:
     out = {k: type(v).__name__ for k, v in resp.items() if k != "responses"}
     out["responses"] = [
-        [(r.get("command"), r.get("status"), tuple(sorted(r))) for r in cmds] for cmds in resp["responses"].values()
+        [(r.get("command"), r.get("status"), tuple(sorted(r))) for r in cmds]
+        for cmds in resp["responses"].values()
     ]
     return out
 
 
-def replay(name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: int) -> tuple[int, int]:
+def replay(
+    name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: int
+) -> tuple[int, int]:
     rows = session_rows(name)
     sim = make_sim(grid, tick_interval=None, slots=max_ticks // 10 + 1)
     ours: dict[str, str] = {}  # recorded device uuid -> ours
     recorded_batch_responses = {
-        json.loads(r["data"])["transaction_id"]: json.loads(r["data"]) for r in rows if r["channel"].endswith("/response/batch_commands")
+        json.loads(r["data"])["transaction_id"]: json.loads(r["data"])
+        for r in rows
+        if r["channel"].endswith("/response/batch_commands")
     }
-    recorded_register = {r["channel"]: json.loads(r["data"]) for r in rows if r["channel"].endswith("/response/register_participant")}
+    recorded_register = {
+        r["channel"]: json.loads(r["data"])
+        for r in rows
+        if r["channel"].endswith("/response/register_participant")
+    }
     ticks = compared = 0
     for row in rows:
         ch, data = row["channel"], json.loads(row["data"])
@@ -57,12 +71,18 @@ def replay(name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: i
             data = {k: ours.get(v, v) if isinstance(v, str) else v for k, v in data.items()}
             client.send(ch, data)
             if data["type"] in ("CREATE", "SELECT"):
-                _, got = client.wait_for(lambda c, d, t=data["transaction_id"]: c == channels.AGGREGATOR_RESPONSE and d.get("transaction_id") == t)
+                _, got = client.wait_for(
+                    lambda c, d, t=data["transaction_id"]: (
+                        c == channels.AGGREGATOR_RESPONSE and d.get("transaction_id") == t
+                    )
+                )
                 assert got["status"] in ("ready", "SELECTED"), got
         elif ch.endswith("/register_participant") and "/response/" not in ch:
             name_ = ch[: -len("/register_participant")]
             client.send(ch, data)
-            _, got = client.wait_for(lambda c, d, n=name_: c == channels.register_participant_response(n))
+            _, got = client.wait_for(
+                lambda c, d, n=name_: c == channels.register_participant_response(n)
+            )
             recorded = recorded_register[channels.register_participant_response(name_)]
             ours[recorded["device_uuid"]] = got["device_uuid"]
             assert _shape(got) == _shape(recorded)
@@ -71,7 +91,11 @@ def replay(name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: i
             assert got["status"] == "success"
         elif ch == channels.batch_commands():
             commands = {ours.get(k, k): v for k, v in data["batch_commands"].items()}
-            resp = client.batch(data["aggregator_uuid"], commands, timeout=1.0 if data["transaction_id"] in recorded_batch_responses else 0.15)
+            resp = client.batch(
+                data["aggregator_uuid"],
+                commands,
+                timeout=1.0 if data["transaction_id"] in recorded_batch_responses else 0.15,
+            )
             recorded = recorded_batch_responses.get(data["transaction_id"])
             if recorded is None:
                 assert resp is None, f"no answer expected to {data}"
@@ -79,7 +103,13 @@ def replay(name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: i
             assert resp is not None, f"no answer to {data}"
             want = _response_shape(recorded)
             got_shape = _response_shape(resp)
-            diff = [(i, g, w) for i, (g, w) in enumerate(zip(got_shape["responses"], want["responses"], strict=False)) if g != w]
+            diff = [
+                (i, g, w)
+                for i, (g, w) in enumerate(
+                    zip(got_shape["responses"], want["responses"], strict=False)
+                )
+                if g != w
+            ]
             assert got_shape == want, f"tick {ticks}: {data['batch_commands']}\n{diff}"
             # the answer lists the same devices, in the same order
             theirs = list(recorded["responses"])
@@ -90,10 +120,14 @@ def replay(name: str, grid: Any, make_sim: Any, client: WireClient, max_ticks: i
 
 
 def test_replay_sdk_session(make_sim: Any, sdk_grid: Any, client: WireClient) -> None:
-    ticks, compared = replay("sdk_basic_strategies_default_community.jsonl", sdk_grid, make_sim, client, max_ticks=80)
+    ticks, compared = replay(
+        "sdk_basic_strategies_default_community.jsonl", sdk_grid, make_sim, client, max_ticks=80
+    )
     assert ticks == 80 and compared == 196
 
 
 def test_replay_raw_probe_session(make_sim: Any, raw_grid: Any, client: WireClient) -> None:
-    ticks, compared = replay("raw_client_10_assets_with_error_probes.jsonl", raw_grid, make_sim, client, max_ticks=80)
+    ticks, compared = replay(
+        "raw_client_10_assets_with_error_probes.jsonl", raw_grid, make_sim, client, max_ticks=80
+    )
     assert ticks == 80 and compared >= 80
