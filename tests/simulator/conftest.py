@@ -152,6 +152,8 @@ class WireClient:
                     return
                 continue
             ch = msg["channel"].decode()
+            if msg.get("pattern") == b"*/events/*" and ch.startswith("external-aggregator/"):
+                continue  # also matched by the external-aggregator/* pattern: deliver once
             try:
                 data = orjson.loads(msg["data"])
             except orjson.JSONDecodeError:

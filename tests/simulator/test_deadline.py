@@ -53,3 +53,56 @@ def test_percentiles_nearest_rank() -> None:
     assert percentiles([]) == {"p50": None, "p95": None, "p99": None, "max": None}
     p = percentiles([float(i) for i in range(1, 101)])
     assert (p["p50"], p["p95"], p["p99"], p["max"]) == (50.0, 95.0, 99.0, 100.0)
+
+
+def test_exchange_measures_a_prompt_and_a_slow_aggregator(make_sim, raw_grid, client) -> None:  # type: ignore[no-untyped-def]
+    """Real time, 0.1 s ticks: one aggregator answers at once, the other 0.15 s later (late)."""
+    import time
+
+    from gridfleet.platform import channels
+
+    sim = make_sim(raw_grid, tick_interval=0.1, slots=2, paused=True)
+    fast, slow = client.create("fast"), client.create("slow")
+    dev = {n: client.register(n) for n in ("H1 Load0", "H2 Load3")}
+    client.select(fast, dev["H1 Load0"])
+    client.select(slow, dev["H2 Load3"])
+    client.send("/resume", {"transaction_id": "go"})
+    pending: list[tuple[float, str, str]] = []
+    end = time.monotonic() + 5
+    while not sim.finished.is_set() and time.monotonic() < end:
+        client.pump(0.005)
+        for ch, data in client.take(
+            lambda c, d: (
+                c.endswith("/events/all") and isinstance(d, dict) and d.get("event") == "tick"
+            )
+        ):
+            if data["grid_tree"]:
+                agg = channels.aggregator_of(ch)
+                assert agg is not None
+                delay = 0.0 if agg == fast else 0.15
+                pending.append(
+                    (
+                        time.monotonic() + delay,
+                        agg,
+                        dev["H1 Load0"] if agg == fast else dev["H2 Load3"],
+                    )
+                )
+        now = time.monotonic()
+        for item in [p for p in pending if p[0] <= now]:
+            pending.remove(item)
+            client.send(
+                channels.batch_commands(),
+                {
+                    "type": "BATCHED",
+                    "transaction_id": "t",
+                    "aggregator_uuid": item[1],
+                    "batch_commands": {item[2]: [{"type": "device_info"}]},
+                },
+            )
+        client.inbox.clear()
+    assert sim.wait(2)
+    rep = sim.report()
+    by_name = {v["name"]: v for v in rep["aggregators"].values()}
+    assert by_name["fast"]["on_time"] == 10 and by_name["fast"]["late"] == 0
+    assert by_name["slow"]["late"] >= 8 and by_name["slow"]["on_time"] == 0, by_name
+    assert rep["summary"]["first_batch_ms"]["p50"] is not None and len(rep["ticks"]) == 10
