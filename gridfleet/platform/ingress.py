@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import kombu.exceptions
 import numpy as np
 import orjson
 import redis
@@ -119,6 +120,12 @@ class Ingress:
         self.spec_version = ""
         self._events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
+        # Counted here, not only in Redis: a broker restart must not erase the count of its losses.
+        self.lost_rounds = 0
+        self.lost_records = 0
+        self.bad_events = 0
+        self.broker_outages = 0
+        self._broker_ok = True
 
     def _reconnected(self, who: str) -> None:
         self.metrics.reconnects.inc()
@@ -130,6 +137,14 @@ class Ingress:
     def connect(self) -> Fleet:
         fleet = connect_fleet(self.link, self.plan)
         self.fleet = fleet
+        self._publish_fleet()
+        self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
+        return fleet
+
+    def _publish_fleet(self) -> None:
+        """Write what workers and the coordinator read (again after the broker lost it)."""
+        fleet = self.fleet
+        assert fleet is not None
         self.spec_version = publish_spec(self.broker, self.keys, fleet.spec)
         registry = {
             "aggregators": fleet.aggregator_name,
@@ -137,8 +152,6 @@ class Ingress:
             "markets": {u: n for n, u in fleet.market_uuid.items()},
         }
         self.broker.hset(f"{self.keys.ns}:fleet", f"p{self.partition[0]}", orjson.dumps(registry))
-        self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
-        return fleet
 
     def _on_event(self, channel: str, raw: bytes, t: float) -> None:
         # Runs on a reader thread: only hand the bytes over (a slow reader gets dropped by Redis).
@@ -168,7 +181,18 @@ class Ingress:
             for channel, raw, t_mono, t_wall in batch:
                 self._take(collector, channel, raw, t_mono, t_wall)
             for pending in collector.ready():
-                self._dispatch(pending)
+                try:
+                    if not self._broker_ok:
+                        self._publish_fleet()
+                        self._broker_ok = True
+                        log.warning("broker is back: fleet spec published again; %d rounds were lost meanwhile", self.lost_rounds)
+                    self._dispatch(pending)
+                except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                    self.lost_rounds += 1
+                    if self._broker_ok:
+                        self.broker_outages += 1
+                    self._broker_ok = False
+                    log.error("round %s lost: broker unreachable (%s)", pending.id, exc, extra={"slot": pending.key.market_slot, "tick": pending.key.tick_index})
                 dispatched += 1
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
@@ -176,7 +200,10 @@ class Ingress:
                 break
             if max_rounds is not None and dispatched >= max_rounds:
                 break
-        self._write_counters(collector)
+        try:
+            self._write_counters(collector)
+        except redis.RedisError as exc:
+            log.error("final counters not written (%s): %s", exc, collector.stats)
 
     def _take(self, collector: RoundCollector, channel: str, raw: bytes, t_mono: float, t_wall: float) -> None:
         aggregator = channels.aggregator_of(channel)
@@ -186,7 +213,7 @@ class Ingress:
             event = decode_event(raw)
         except ProtocolError as exc:
             self.metrics.bad_events.inc()
-            self.broker.hincrby(self.keys.counters, "bad_events", 1)
+            self.bad_events += 1
             log.error("aggregator %s: unusable event skipped: %s", aggregator, exc, extra={"aggregator": aggregator})
             return
         kind = type(event).__name__.removesuffix("Event").lower()
@@ -196,10 +223,15 @@ class Ingress:
         if isinstance(slot, str) and isinstance(completion, str):
             self.clock.observe(slot, completion, t_mono)
         out = collector.add(aggregator, event, t_mono, t_wall)
-        for agg, trade_event in out.trades:
-            self._record_trades(agg, trade_event)
-        if out.finished:
-            self.broker.xadd(self.keys.events, {"kind": "finish", "aggregator": out.finished[0]}, maxlen=100_000, approximate=True)
+        try:
+            for agg, trade_event in out.trades:
+                self._record_trades(agg, trade_event)
+            for agg in out.finished:
+                record = {"kind": "finish", "aggregator": agg}
+                self.broker.xadd(self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True)
+        except redis.RedisError as exc:
+            self.lost_records += 1
+            log.error("trade/finish record of %s lost: broker unreachable (%s)", aggregator, exc, extra={"aggregator": aggregator})
 
     def _record_trades(self, aggregator: str, event: TradeEvent) -> None:
         energy = sum(t.traded_energy for t in event.trade_list)
@@ -260,8 +292,14 @@ class Ingress:
                 "skipped_empty": s.skipped_empty,
                 "late_events": s.late_events,
                 "incomplete_rounds": s.incomplete_rounds,
+                "twin_events": s.twin_events,
+                "bad_events": self.bad_events,
+                "lost_rounds": self.lost_rounds,
+                "lost_records": self.lost_records,
+                "broker_outages": self.broker_outages,
             },
         )
+        self.stats = s
 
     def close(self) -> None:
         self.stop_event.set()

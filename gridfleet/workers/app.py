@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 
-import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
+from gridfleet.workers.heartbeat import Heartbeat, heartbeat_key
 from gridfleet.workers.settings import celery_settings
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-HEARTBEAT_EVERY_S = 5
-HEARTBEAT_TTL_S = 30
 
 
 def broker_url() -> str:
@@ -28,37 +25,26 @@ def broker_url() -> str:
 def make_app(url: str | None = None, *, task_events: bool | None = None) -> Celery:
     if task_events is None:
         task_events = os.environ.get("GRIDFLEET_TASK_EVENTS", "0") == "1"
+    soft_shutdown = float(os.environ.get("GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT", "10"))
     app = Celery("gridfleet", include=["gridfleet.workers.tasks"])
-    app.conf.update(celery_settings(url or broker_url(), task_events=task_events))
+    app.conf.update(celery_settings(url or broker_url(), task_events=task_events, soft_shutdown_timeout=soft_shutdown))
     return app
 
 
 app = make_app()
-
-_stop_heartbeat = threading.Event()
-
-
-def heartbeat_key(namespace: str, hostname: str) -> str:
-    return f"{namespace}:alive:worker:{hostname}"
-
-
-def _heartbeat(url: str, key: str) -> None:
-    client = redis.Redis.from_url(url)
-    while not _stop_heartbeat.is_set():
-        try:
-            client.set(key, "1", ex=HEARTBEAT_TTL_S)
-        except redis.RedisError:
-            pass  # the broker is away; liveness will say so when the key expires
-        _stop_heartbeat.wait(HEARTBEAT_EVERY_S)
+_heartbeat: Heartbeat | None = None
 
 
 @worker_ready.connect
 def _start_heartbeat(sender: object = None, **_: object) -> None:
+    global _heartbeat
     ns = os.environ.get("GRIDFLEET_NAMESPACE", "gf")
     key = heartbeat_key(ns, os.environ.get("HOSTNAME") or socket.gethostname())
-    threading.Thread(target=_heartbeat, args=(app.conf.broker_url, key), daemon=True, name="gridfleet-heartbeat").start()
+    _heartbeat = Heartbeat(str(app.conf.broker_url), key)
+    _heartbeat.start()
 
 
 @worker_shutdown.connect
-def _stop(sender: object = None, **_: object) -> None:
-    _stop_heartbeat.set()
+def _stop_heartbeat(sender: object = None, **_: object) -> None:
+    if _heartbeat is not None:
+        _heartbeat.halt.set()

@@ -7,7 +7,9 @@ from typing import Any
 from gridfleet.platform.dispatch import QUEUE
 
 
-def celery_settings(broker_url: str, *, task_events: bool = False, soft_time_limit: float = 5.0) -> dict[str, Any]:
+def celery_settings(
+    broker_url: str, *, task_events: bool = False, soft_time_limit: float = 5.0, soft_shutdown_timeout: float = 10.0
+) -> dict[str, Any]:
     return {
         "broker_url": broker_url,
         # msgpack only: a worker must never unpickle what arrives on the broker.
@@ -34,7 +36,8 @@ def celery_settings(broker_url: str, *, task_events: bool = False, soft_time_lim
         "broker_connection_max_retries": None,
         # Redeliver a dead worker's shard soon (the default is an hour); expiry drops stale ones.
         "broker_transport_options": {"visibility_timeout": 30},
-        "worker_soft_shutdown_timeout": 10.0,
+        # On SIGTERM (remapped to SIGQUIT in containers) finish the running shard for this long.
+        "worker_soft_shutdown_timeout": soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,

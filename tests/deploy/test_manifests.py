@@ -612,11 +612,14 @@ def _python_constant(path: str, pattern: str) -> str | None:
 def test_soft_shutdown_timeout_matches_the_worker_settings(rendered: Rendered) -> None:
     (container,) = containers(get(rendered["prod"], "Deployment", "worker"))
     declared = float(env_map(container)["GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"]["value"])
-    in_code = _python_constant(
-        "gridfleet/workers/settings.py", r'"worker_soft_shutdown_timeout":\s*([0-9.]+)'
+    # The worker reads the manifest's variable; its default must not exceed what the pod allows.
+    default = _python_constant(
+        "gridfleet/workers/app.py", r'GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT",\s*"([0-9.]+)"'
     )
-    if in_code is not None:
-        assert float(in_code) <= declared, "the grace period is computed from the declared value"
+    assert default is not None, "gridfleet/workers/app.py no longer reads GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"
+    assert float(default) <= declared
+    grace = get(rendered["prod"], "Deployment", "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > declared
 
 
 def test_keda_reads_the_shard_queue(rendered: Rendered) -> None:

@@ -1,0 +1,149 @@
+"""The same fleet in one process: no Celery, no shards in Redis.
+
+This is the baseline the pipeline is measured against (``bench/bench_pipeline.py``) and the
+reference its commands are checked against in tests: the same collector, the same round builder
+and the same shard evaluation, over the whole fleet at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gridfleet.config import FleetConfig
+from gridfleet.platform import channels
+from gridfleet.platform.collector import RoundCollector
+from gridfleet.platform.evaluate import merge_fragments
+from gridfleet.platform.exchange import ExchangeLink
+from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
+from gridfleet.platform.protocol import MarketEvent, ProtocolError, TickEvent, decode_event
+from gridfleet.platform.rounds import RoundError, RoundInput, build_round
+from gridfleet.platform.shard import Runtime
+from gridfleet.strategies.context import State
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_round(fleet: Fleet, runtime: Runtime, rnd: RoundInput, state: dict[str, State]) -> dict[str, bytes]:
+    """Every aggregator's ``batch_commands`` JSON for one round, evaluated in this process.
+
+    ``state`` is updated in place with the strategies' new state.
+    """
+    from gridfleet.platform.evaluate import evaluate_shard
+
+    batch = rnd.assets
+    idx = np.fromiter(
+        (fleet.strategy_index(u, a, k) for u, a, k in zip(batch.uuid, batch.aggregator, batch.kind.tolist(), strict=True)),
+        dtype=np.int64,
+        count=len(batch),
+    )
+    out = evaluate_shard(
+        rnd.ctx,
+        batch,
+        idx,
+        runtime.strategies,
+        state,
+        rnd.markets,
+        [fleet.market_strategy[m.uuid] for m in rnd.markets],
+        runtime.market_strategies,
+        runtime.profile,
+    )
+    state.update(out.state)
+    return {agg: merge_fragments([out.fragments.get(agg, b"")]) for agg in rnd.aggregators}
+
+
+@dataclass
+class LoopStats:
+    rounds: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+
+class LocalLoop:
+    """Connect a fleet and answer every round from this one process."""
+
+    def __init__(self, config: FleetConfig, exchange_url: str) -> None:
+        self.config = config
+        self.plan = plan_fleet(config)
+        self.link = ExchangeLink(exchange_url, config_id=config.exchange_config_id)
+        self.events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.stats = LoopStats()
+        self.state: dict[str, State] = {}
+        self.fleet: Fleet | None = None
+
+    def connect(self) -> Fleet:
+        self.fleet = connect_fleet(self.link, self.plan)
+        self.runtime = Runtime(self.fleet.spec)
+        self.link.subscribe_events(self.fleet.aggregator_uuid.values(), lambda ch, raw, t: self.events.put((ch, raw, t, time.time())))
+        return self.fleet
+
+    def run(self) -> None:
+        fleet = self.fleet or self.connect()
+        collector = RoundCollector(fleet.aggregator_uuid.values(), self.config.coalesce_window_s)
+        while not self.stop_event.is_set():
+            due = collector.next_due()
+            try:
+                items = [self.events.get(timeout=0.5 if due is None else max(0.0, due - time.monotonic()))]
+            except queue.Empty:
+                items = []
+            while True:
+                try:
+                    items.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            for channel, raw, t_mono, t_wall in items:
+                agg = channels.aggregator_of(channel)
+                if agg is None:
+                    continue
+                try:
+                    collector.add(agg, decode_event(raw), t_mono, t_wall)
+                except ProtocolError as exc:
+                    log.error("aggregator %s: unusable event skipped: %s", agg, exc)
+            for pending in collector.ready():
+                try:
+                    rnd = build_round(list(pending.events.items()), fleet.own_markets)
+                except RoundError as exc:
+                    log.warning("round %s skipped: %s", pending.id, exc)
+                    continue
+                batches = evaluate_round(fleet, self.runtime, rnd, self.state)
+                self.link.publish_batches(self.link.batch_message(agg, body)[1] for agg, body in batches.items())
+                self.stats.rounds += 1
+                self.stats.latencies_s.append(time.time() - pending.first_wall)
+            if collector.all_finished:
+                break
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.link.close()
+
+
+def replay_rounds(fleet: Fleet, runtime: Runtime, events: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+    """Evaluate recorded events (aggregator -> raw events in arrival order) round by round.
+
+    Returns aggregator -> the ``batch_commands`` JSON of each round in order: what a correct
+    pipeline must have sent.
+    """
+    by_key: dict[tuple[str, int], dict[str, MarketEvent | TickEvent]] = {}
+    for agg, raws in events.items():
+        for raw in raws:
+            ev = decode_event(raw)
+            if not isinstance(ev, MarketEvent | TickEvent) or not ev.grid_tree or ev.market_maker_rate is None:
+                continue
+            from gridfleet.platform.rounds import RoundKey
+
+            key = RoundKey.of(ev)
+            slot = by_key.setdefault((key.market_slot, key.tick_index), {})
+            if agg not in slot or isinstance(ev, MarketEvent):
+                slot[agg] = ev
+    state: dict[str, State] = {}
+    out: dict[str, list[bytes]] = {}
+    for key in sorted(by_key):
+        rnd = build_round(sorted(by_key[key].items()), fleet.own_markets)
+        for agg, body in evaluate_round(fleet, runtime, rnd, state).items():
+            out.setdefault(agg, []).append(body)
+    return out

@@ -1,0 +1,154 @@
+"""A whole fleet on one machine for integration tests: real Redis, the embedded exchange,
+ingress and coordinator (threads of the test process), and real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+import redis
+
+from gridfleet.config import FleetConfig, parse_config
+from gridfleet.platform import channels
+from gridfleet.platform.coordinator import Coordinator
+from gridfleet.platform.ingress import Ingress
+from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.platform.simulator.runner import SimConfig, Simulator
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Recorder(threading.Thread):
+    """Everything that crosses the exchange's Redis: events per aggregator and batches, in order."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.events: dict[str, list[bytes]] = defaultdict(list)
+        self.batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.halt = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        ps = self.client.pubsub()
+        ps.psubscribe(channels.aggregator_events_pattern())
+        ps.subscribe(channels.batch_commands())
+        self.ready.set()
+        while not self.halt.is_set():
+            msg = ps.get_message(timeout=0.2)
+            if not msg or msg["type"] not in ("message", "pmessage"):
+                continue
+            ch = msg["channel"].decode()
+            if ch == channels.batch_commands():
+                body = orjson.loads(msg["data"])
+                self.batches[body["aggregator_uuid"]].append(body)
+            else:
+                agg = channels.aggregator_of(ch)
+                assert agg is not None
+                self.events[agg].append(msg["data"])
+        ps.close()
+
+
+def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GRIDFLEET_BROKER_URL": broker_url, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gridfleet.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "ERROR"],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Wait until the pool is up, so the first round does not pay for Celery's start-up.
+    deadline = time.monotonic() + 60
+    client = redis.Redis.from_url(broker_url)
+    while time.monotonic() < deadline:
+        if any(k.startswith(b"gf:alive:worker:") for k in client.keys("gf:alive:worker:*")):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}")
+        time.sleep(0.2)
+    raise TimeoutError("worker did not come up in 60 s")
+
+
+def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=15)
+
+
+def pool_children(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+@dataclass
+class Fleet:
+    exchange_url: str
+    broker_url: str
+    assets: int = 2000
+    aggregators: int = 20
+    slots: int = 3
+    tick_interval: float = 0.5
+    tree: str = "pruned"
+    shard_size: int = 500
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "linear_ramp"})
+
+    def __post_init__(self) -> None:
+        self.grid = generate_grid(self.assets, houses_size=10, seed=7)
+        self.assignment = assign_aggregators(self.grid, self.aggregators)
+        self.config: FleetConfig = parse_config(
+            {
+                "exchange": {"url": self.exchange_url},
+                "broker": {"url": self.broker_url},
+                "aggregators": [{"name": n, "assets": e["assets"], "strategy": self.strategy} for n, e in self.assignment.items()],
+                "shard_size": self.shard_size,
+                **self.extra_config,
+            }
+        )
+        self.sim = Simulator(self.grid, self.exchange_url, SimConfig(slots=self.slots, tick_interval=self.tick_interval, tree=self.tree, paused=True))  # type: ignore[arg-type]
+        self.recorder = Recorder(self.exchange_url)
+
+    def start(self) -> None:
+        self.recorder.start()
+        self.recorder.ready.wait(5)
+        self.sim.start()
+        self.ingress = Ingress(self.config, self.exchange_url, self.broker_url)
+        self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
+        self.ingress.connect()
+        self._threads = [
+            threading.Thread(target=self.ingress.run, daemon=True, name="ingress"),
+            threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator"),
+        ]
+        for t in self._threads:
+            t.start()
+        time.sleep(0.5)
+        self.sim.resume()
+
+    def wait(self, timeout: float = 180) -> dict[str, Any]:
+        assert self.sim.wait(timeout), "the simulation did not finish"
+        time.sleep(0.3)
+        return self.sim.report()
+
+    def stop(self) -> None:
+        self.ingress.stop_event.set()
+        self.coordinator.stop_event.set()
+        for t in getattr(self, "_threads", []):
+            t.join(timeout=5)
+        self.ingress.close()
+        self.coordinator.close()
+        self.sim.stop()
+        self.recorder.halt.set()
+        self.recorder.join(timeout=2)
