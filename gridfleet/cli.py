@@ -287,28 +287,17 @@ def run(config_path: str | None, exchange_url: str | None, broker_url: str | Non
     sys.exit(procs.run())
 
 
-def _register_optional_commands() -> None:
-    try:
-        from gridfleet.platform.simulator.cli import sim
+def _add_commands() -> None:
+    # Imported here: `gridfleet health worker` must start fast, so heavy modules load only when
+    # the command line is built, and each module stays importable on its own.
+    from gridfleet.demo import demo
+    from gridfleet.platform.simulator.cli import sim
 
-        cli.add_command(sim)
-    except ImportError:  # pragma: no cover - the simulator ships with gridfleet
-        pass
-    try:
-        from gridfleet.demo import demo
-
-        cli.add_command(demo)
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from gridfleet.benchcli import bench
-
-        cli.add_command(bench)
-    except ImportError:  # pragma: no cover
-        pass
+    cli.add_command(sim)
+    cli.add_command(demo)
 
 
-_register_optional_commands()
+_add_commands()
 
 
 def main() -> None:

@@ -106,3 +106,39 @@ def test_exchange_measures_a_prompt_and_a_slow_aggregator(make_sim, raw_grid, cl
     assert by_name["fast"]["on_time"] == 10 and by_name["fast"]["late"] == 0
     assert by_name["slow"]["late"] >= 8 and by_name["slow"]["on_time"] == 0, by_name
     assert rep["summary"]["first_batch_ms"]["p50"] is not None and len(rep["ticks"]) == 10
+
+
+def test_a_tagged_batch_is_attributed_to_the_round_it_names() -> None:
+    from gridfleet.platform.simulator.deadline import DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("2024-06-01T00:15", 10, 1.0, ["a"])
+    t.round_sent("2024-06-01T00:15", 20, 2.0, ["a"])  # round 0 got no batch: lost
+    t.round_sent("2024-06-01T00:15", 30, 3.0, ["a"])
+    # The answer to 20 % arrives before 30 % went out: on time, and 10 % stays missing.
+    t.batch_arrived("a", 2.1, "2024-06-01T00:15/20%/x")
+    t.batch_arrived("a", 3.1, "2024-06-01T00:15/30%/y")
+    t.finish(4.0)
+    s = t.report()["summary"]
+    assert (s["on_time"], s["late"], s["missing"]) == (2, 0, 1)
+
+
+def test_a_tag_cannot_name_a_round_not_yet_sent() -> None:
+    from gridfleet.platform.simulator.deadline import DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("2024-06-01T00:15", 10, 1.0, ["a"])
+    t.round_sent("2024-06-01T00:15", 20, 2.0, ["a"])
+    # Claims 20 % but arrived before it was sent: falls back to timing (answers 10 %, late? no: on time).
+    rec = t.batch_arrived("a", 1.5, "2024-06-01T00:15/20%/z")
+    assert rec is not None and rec.round == 0
+
+
+def test_untagged_batches_keep_the_timing_rule() -> None:
+    from gridfleet.platform.simulator.deadline import DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("s", 10, 1.0, ["a"])
+    t.round_sent("s", 20, 2.0, ["a"])
+    rec = t.batch_arrived("a", 2.5, "0b5c4f1e-uuid-like")
+    assert rec is not None and rec.round == 0  # the oldest unanswered of the last two: late

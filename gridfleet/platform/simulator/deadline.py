@@ -4,9 +4,13 @@ A *round* is one dispatch of events to an aggregator that expects an answer: a t
 ``market`` event and the 0 % tick travel together and count as one round). The deadline of a
 round is the moment the next round is sent to that aggregator (or the finish event).
 
-Attribution of a batch that arrives at time ``t`` (batches carry no round id):
+Attribution of a batch that arrives at time ``t``:
 
-- it belongs to the oldest of the aggregator's last two rounds that has no batch yet;
+- when its ``transaction_id`` starts with ``<market slot>/<completion>%/`` (gridfleet's clients
+  tag their batches so) and names a round already sent to this aggregator, it belongs to that
+  round: a lost round then costs one round, not every later one;
+- otherwise (the SDK sends plain uuids) it belongs to the oldest of the aggregator's last two
+  rounds that has no batch yet;
 - if both have one, it is an extra batch of the latest round (updates its last arrival).
 
 So a batch that answers round ``k`` after round ``k+1`` went out is counted *late* for ``k``.
@@ -81,11 +85,19 @@ class DeadlineTracker:
             recs.append(RoundRecord(number, sent))
         return number
 
-    def batch_arrived(self, agg: str, at: float) -> RoundRecord | None:
+    def batch_arrived(self, agg: str, at: float, transaction_id: object = None) -> RoundRecord | None:
         recs = self.per_agg.get(agg)
         if not recs:
             self.unattributed += 1
             return None
+        tagged = self._tagged(recs, transaction_id, at)
+        if tagged is not None:
+            target = tagged
+            if target.first is None:
+                target.first = at
+            target.last = at
+            target.batches += 1
+            return target
         candidates = recs[-2:]
         target = next((r for r in candidates if r.first is None and r.sent <= at), None)
         if target is None:
@@ -98,6 +110,25 @@ class DeadlineTracker:
         target.last = at
         target.batches += 1
         return target
+
+    def _tagged(self, recs: list[RoundRecord], transaction_id: object, at: float) -> RoundRecord | None:
+        """The round a batch names in its transaction id (``<slot>/<n>%/...``), if it is one of
+        this aggregator's rounds already sent. A client can only name a round it was sent, so a
+        tag can make a batch count as late, never earlier than it arrived."""
+        if not isinstance(transaction_id, str) or transaction_id.count("/") < 2:
+            return None
+        slot, completion, _ = transaction_id.split("/", 2)
+        if not completion.endswith("%"):
+            return None
+        try:
+            pct = int(completion[:-1])
+        except ValueError:
+            return None
+        for rec in reversed(recs[-64:]):
+            info = self.rounds[rec.round]
+            if info.market_slot == slot and info.completion == pct and rec.sent <= at:
+                return rec
+        return None
 
     def finish(self, at: float) -> None:
         """The run ended: the open rounds' deadline is the finish event."""

@@ -347,7 +347,7 @@ class Simulator:
         if not isinstance(agg, str) or agg not in self.registry.aggregators:
             return
         if self.registry.selected.get(agg) and self._opened and self._slot > 0:
-            self.deadline.batch_arrived(agg, at)
+            self.deadline.batch_arrived(agg, at, data.get("transaction_id"))
         if self.finished.is_set():
             return  # answered after the final tick: no response, as gsy-e
         responses = self.handler.handle(data, self.registry.selected.get(agg, set()))
