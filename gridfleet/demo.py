@@ -277,7 +277,7 @@ def run_demo(opts: DemoOptions) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console(stderr=False)
+    console = Console(soft_wrap=True)
     demo = Demo(opts)
     console.print(f"[bold]gridfleet demo[/]: {opts.assets} assets in {opts.aggregators} aggregators, {opts.slots} slots, a tick every {opts.tick_interval:g} s ({opts.tree} trees)")
     console.print(f"run directory: {demo.run_dir}")
