@@ -270,7 +270,8 @@ def health_worker(broker_url: str | None, hostname: str | None, namespace: str) 
 @log_option
 @click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True, help="Worker processes to start here (0: use workers started elsewhere).")
 @click.option("--no-workers", is_flag=True, help="Same as --workers 0.")
-def run(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, workers: int, no_workers: bool) -> None:
+@click.option("--single-process", is_flag=True, help="No Celery, no broker: evaluate the whole fleet in this process (the baseline; fine for small fleets).")
+def run(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, workers: int, no_workers: bool, single_process: bool) -> None:
     """Run a fleet against an exchange that is already running: ingress, coordinator and workers.
 
     The exchange is the embedded simulator (`gridfleet sim`) or a real gsy-e started with
@@ -281,6 +282,23 @@ def run(config_path: str | None, exchange_url: str | None, broker_url: str | Non
 
     setup_logging(log_level)
     config = _load_config(config_path)
+    if single_process:
+        from gridfleet.config import ConfigError
+        from gridfleet.platform.local_loop import LocalLoop
+
+        try:
+            ex = config.exchange.resolve(exchange_url)
+        except ConfigError as exc:
+            raise BadInput(f"{exc}; or pass --exchange-url") from None
+        check_redis(ex, "--exchange-url (or GRIDFLEET_EXCHANGE_URL)")
+        loop = LocalLoop(config, ex)
+        _stop_on_signals(loop.stop_event)
+        try:
+            loop.connect()
+            loop.run()
+        finally:
+            loop.close()
+        return
     ex, br = _urls(config, exchange_url, broker_url)
     procs = FleetProcesses(config_path or os.environ["GRIDFLEET_CONFIG"], ex, br, workers=0 if no_workers else workers, metrics_port=metrics_port)
     _stop_on_signals(procs.stop_event)

@@ -23,6 +23,11 @@ class ShardDispatcher:
             broker_transport_options={"visibility_timeout": 30},
         )
 
+    def warm_up(self) -> None:
+        """Open the broker connection now rather than on the first round."""
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=3)
+
     def send(self, namespace: str, round_id: str, shards: int, expires_at: float) -> None:
         """One task per shard; a task still queued at ``expires_at`` (wall clock) is dropped."""
         from datetime import UTC, datetime

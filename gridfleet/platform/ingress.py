@@ -138,6 +138,7 @@ class Ingress:
         fleet = connect_fleet(self.link, self.plan)
         self.fleet = fleet
         self._publish_fleet()
+        self.dispatcher.warm_up()
         self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
         return fleet
 

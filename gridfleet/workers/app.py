@@ -6,11 +6,12 @@ strategy state live. Task events (for Flower) are on when ``GRIDFLEET_TASK_EVENT
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from gridfleet.workers.heartbeat import Heartbeat, heartbeat_key
 from gridfleet.workers.settings import celery_settings
@@ -33,6 +34,19 @@ def make_app(url: str | None = None, *, task_events: bool | None = None) -> Cele
 
 app = make_app()
 _heartbeat: Heartbeat | None = None
+
+
+@worker_process_init.connect
+def _warm_up(**_: object) -> None:
+    """Import what a shard needs before the first one arrives: the first round of a run must not
+    pay for module loading in every pool process."""
+    import gridfleet.platform.shard  # noqa: F401
+    import gridfleet.strategies.builtin  # noqa: F401
+    from gridfleet.strategies import registry
+
+    for name in registry.names():
+        with contextlib.suppress(Exception):  # a user strategy may need parameters; it loads later
+            registry.get(name)
 
 
 @worker_ready.connect

@@ -1,0 +1,163 @@
+"""Event-to-batch latency and deadline hit rate of the whole pipeline, measured by the exchange.
+
+    .venv/bin/python -m bench.bench_pipeline                       # the committed matrix
+    .venv/bin/python -m bench.bench_pipeline --sizes 1000 --trees pruned --slots 2
+
+For each fleet size (1 000 assets in 10 aggregators, 10 000 in 100, 100 000 in 1 000), each tree
+mode and each client, it runs the embedded exchange in this process and the client in others:
+
+- ``pipeline``: ``gridfleet ingress`` + ``gridfleet coordinator`` + ``gridfleet worker -c 2``;
+- ``single``: ``gridfleet run --single-process`` (the same strategies in one process, no Celery).
+
+The figures are the exchange's own deadline report (first batch after each event, on time when
+before the next tick event). Results: ``bench/results/pipeline.json`` and ``pipeline.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from bench._util import RESULTS, write_results
+from gridfleet.platform.processes import ProcessGroup, gridfleet_command
+from gridfleet.platform.redis_server import RedisServer
+from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.platform.simulator.runner import SimConfig, Simulator
+
+AGGREGATORS = {1_000: 10, 10_000: 100, 100_000: 1_000}
+
+
+def run_case(assets: int, aggregators: int, tree: str, client: str, slots: int, tick_interval: float, workdir: Path) -> dict[str, Any]:
+    grid = generate_grid(assets, houses_size=10, seed=1)
+    assignment = assign_aggregators(grid, aggregators)
+    case_dir = workdir / f"{assets}-{tree}-{client}"
+    case_dir.mkdir(parents=True, exist_ok=True)
+    fleet_file = case_dir / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump({
+        "exchange": {"url_env": "GRIDFLEET_EXCHANGE_URL"},
+        "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
+        "shard_size": max(500, assets // 8),
+        "aggregators": [{"name": n, "assets": e["assets"]} for n, e in assignment.items()],
+    }))
+    with RedisServer() as exchange, RedisServer() as broker:
+        sim = Simulator(grid, exchange.url, SimConfig(slots=slots, tick_interval=tick_interval, tree=tree, paused=True)).start()  # type: ignore[arg-type]
+        env = {"GRIDFLEET_EXCHANGE_URL": exchange.url, "GRIDFLEET_BROKER_URL": broker.url, "GRIDFLEET_CONFIG": str(fleet_file), "GRIDFLEET_LOG_FORMAT": "text"}
+        group = ProcessGroup(log_dir=case_dir / "logs")
+        base = gridfleet_command()
+        try:
+            if client == "pipeline":
+                group.start("worker", [*base, "worker", "--concurrency", "2", "--loglevel", "ERROR"], env)
+                group.start("coordinator", [*base, "coordinator", "--metrics-port", "0", "--log-level", "WARNING"], env)
+                group.start("ingress", [*base, "ingress", "--metrics-port", "0", "--log-level", "WARNING"], env)
+            else:
+                group.start("single", [*base, "run", "--single-process", "--log-level", "WARNING"], env)
+            t0 = time.monotonic()
+            while sum(len(v) for v in sim.registry.selected.values()) < assets:
+                if time.monotonic() - t0 > 600 or group.dead():
+                    raise RuntimeError(f"client did not select the fleet; see {case_dir / 'logs'}")
+                time.sleep(0.2)
+            setup_s = time.monotonic() - t0
+            time.sleep(3.0 if client == "pipeline" else 0.5)  # Celery's pool is up and warm
+            sim.resume()
+            if not sim.wait(timeout=slots * 10 * tick_interval * 4 + 120):
+                raise RuntimeError("the simulation did not finish")
+            time.sleep(0.5)
+            report = sim.report()
+        finally:
+            group.stop()
+            sim.stop()
+    s = report["summary"]
+    meta = report["meta"]
+    return {
+        "assets": assets,
+        "aggregators": aggregators,
+        "tree": tree,
+        "client": client,
+        "rounds": s["rounds"],
+        "aggregator_rounds": s["aggregator_rounds"],
+        "on_time_ratio": s["on_time_ratio"],
+        "late": s["late"],
+        "missing": s["missing"],
+        "latency_ms": s["first_batch_ms"],
+        "setup_s": round(setup_s, 1),
+        "exchange_round_ms": meta.get("round_build_publish_ms"),
+        "event_mb_per_round": round(meta["counts"]["bytes_sent"] / max(1, meta["counts"]["rounds"]) / 1e6, 2),
+    }
+
+
+def plot(rows: list[dict[str, Any]], path: Path, tick_interval: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for tree, marker in (("pruned", "o"), ("full", "s")):
+        for client, color in (("pipeline", "tab:blue"), ("single", "tab:gray")):
+            pts = sorted((r["assets"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["on_time_ratio"]) for r in rows if r["tree"] == tree and r["client"] == client and r["latency_ms"]["p99"] is not None)
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            label = f"{client}, {tree} trees"
+            axes[0].plot(xs, [p[2] for p in pts], marker=marker, color=color, linestyle="-" if tree == "pruned" else "--", label=f"{label} (p99)")
+            axes[0].plot(xs, [p[1] for p in pts], marker=marker, color=color, alpha=0.4, linestyle=":", label=f"{label} (p50)")
+            axes[1].plot(xs, [100 * (p[3] or 0) for p in pts], marker=marker, color=color, linestyle="-" if tree == "pruned" else "--", label=label)
+    axes[0].axhline(tick_interval * 1000, color="tab:red", linewidth=1, label="deadline (tick interval)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("assets")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("event -> first batch (ms, measured by the exchange)")
+    axes[1].set_ylabel("batches on time (%)")
+    axes[1].set_ylim(0, 105)
+    axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("gridfleet pipeline (2 workers) vs one process, 2-core machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    ap.add_argument("--trees", nargs="+", default=["pruned", "full"], choices=["pruned", "full"])
+    ap.add_argument("--clients", nargs="+", default=["pipeline", "single"], choices=["pipeline", "single"])
+    ap.add_argument("--full-max-assets", type=int, default=10_000, help="full trees are gigabytes per tick beyond this")
+    ap.add_argument("--slots", type=int, default=3, help="market slots (the first is the exchange's warm-up)")
+    ap.add_argument("--tick-interval", type=float, default=1.0)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/gridfleet-bench"))
+    args = ap.parse_args()
+    rows = []
+    for assets in args.sizes:
+        for tree in args.trees:
+            if tree == "full" and assets > args.full_max_assets:
+                print(f"{assets:>7} {tree:6}: skipped (a full tree to each of {AGGREGATORS.get(assets)} aggregators is gigabytes per tick)", flush=True)
+                continue
+            for client in args.clients:
+                row = run_case(assets, AGGREGATORS.get(assets, max(1, assets // 100)), tree, client, args.slots, args.tick_interval, args.workdir)
+                rows.append(row)
+                lat = row["latency_ms"]
+                print(f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms", flush=True)
+    overhead = {}
+    for assets in args.sizes:
+        for tree in args.trees:
+            p = next((r for r in rows if r["assets"] == assets and r["tree"] == tree and r["client"] == "pipeline"), None)
+            s = next((r for r in rows if r["assets"] == assets and r["tree"] == tree and r["client"] == "single"), None)
+            if p and s and s["latency_ms"]["p50"]:
+                overhead[f"{assets}-{tree}"] = {"p50_ratio": round(p["latency_ms"]["p50"] / s["latency_ms"]["p50"], 2), "p99_ratio": round(p["latency_ms"]["p99"] / s["latency_ms"]["p99"], 2)}
+    png = RESULTS / "pipeline.png"
+    plot(rows, png, args.tick_interval)
+    path = write_results("pipeline", {"tick_interval_s": args.tick_interval, "workers": 2, "cpus": os.cpu_count(), "rows": rows, "pipeline_over_single": overhead, "plot": png.name})
+    print(f"wrote {path} and {png}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
