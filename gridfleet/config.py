@@ -163,10 +163,39 @@ def load_config(path: str | Path) -> FleetConfig:
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the fleet file must be a mapping at the top level")
+    _resolve_data_paths(data, path.parent.resolve())
     config = parse_config(data, str(path))
     if config.grid_file is not None and not config.grid_file.is_absolute():
         config = config.model_copy(update={"grid_file": (path.parent / config.grid_file).resolve()})
     return config
+
+
+PATH_PARAMS = ("path", "profile_dir")
+"""Strategy parameters that name data files; relative ones are taken from the fleet file's folder."""
+
+
+def _resolve_data_paths(data: dict[str, Any], base: Path) -> None:
+    def fix(spec: Any) -> None:
+        if not isinstance(spec, dict) or not isinstance(spec.get("params"), dict):
+            return
+        params = spec["params"]
+        for key in PATH_PARAMS:
+            if isinstance(params.get(key), str) and not Path(params[key]).is_absolute():
+                params[key] = str(base / params[key])
+        if isinstance(params.get("profiles"), dict):
+            params["profiles"] = {k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v for k, v in params["profiles"].items()}
+        for child in params.get("strategies", []) if isinstance(params.get("strategies"), list) else []:
+            fix(child)
+
+    for agg in data.get("aggregators") or []:
+        if not isinstance(agg, dict):
+            continue
+        for key in ("strategy", "market_strategy"):
+            fix(agg.get(key))
+        for key in ("by_kind", "by_asset"):
+            if isinstance(agg.get(key), dict):
+                for spec in agg[key].values():
+                    fix(spec)
 
 
 # ---------------------------------------------------------------------------------------------
