@@ -308,11 +308,13 @@ def run(config_path: str | None, exchange_url: str | None, broker_url: str | Non
 def _add_commands() -> None:
     # Imported here: `gridfleet health worker` must start fast, so heavy modules load only when
     # the command line is built, and each module stays importable on its own.
+    from gridfleet.benchcli import bench
     from gridfleet.demo import demo
     from gridfleet.platform.simulator.cli import sim
 
     cli.add_command(sim)
     cli.add_command(demo)
+    cli.add_command(bench)
 
 
 _add_commands()
