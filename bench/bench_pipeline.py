@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 
 from bench._util import RESULTS, write_results
@@ -34,30 +33,63 @@ from gridfleet.platform.simulator.runner import SimConfig, Simulator
 AGGREGATORS = {1_000: 10, 10_000: 100, 100_000: 1_000}
 
 
-def run_case(assets: int, aggregators: int, tree: str, client: str, slots: int, tick_interval: float, workdir: Path) -> dict[str, Any]:
+def run_case(
+    assets: int,
+    aggregators: int,
+    tree: str,
+    client: str,
+    slots: int,
+    tick_interval: float,
+    workdir: Path,
+) -> dict[str, Any]:
     grid = generate_grid(assets, houses_size=10, seed=1)
     assignment = assign_aggregators(grid, aggregators)
     case_dir = workdir / f"{assets}-{tree}-{client}"
     case_dir.mkdir(parents=True, exist_ok=True)
     fleet_file = case_dir / "fleet.yaml"
-    fleet_file.write_text(yaml.safe_dump({
-        "exchange": {"url_env": "GRIDFLEET_EXCHANGE_URL"},
-        "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
-        "shard_size": max(500, assets // 8),
-        "aggregators": [{"name": n, "assets": e["assets"]} for n, e in assignment.items()],
-    }))
+    fleet_file.write_text(
+        yaml.safe_dump(
+            {
+                "exchange": {"url_env": "GRIDFLEET_EXCHANGE_URL"},
+                "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
+                "shard_size": max(500, assets // 8),
+                "aggregators": [{"name": n, "assets": e["assets"]} for n, e in assignment.items()],
+            }
+        )
+    )
     with RedisServer() as exchange, RedisServer() as broker:
-        sim = Simulator(grid, exchange.url, SimConfig(slots=slots, tick_interval=tick_interval, tree=tree, paused=True)).start()  # type: ignore[arg-type]
-        env = {"GRIDFLEET_EXCHANGE_URL": exchange.url, "GRIDFLEET_BROKER_URL": broker.url, "GRIDFLEET_CONFIG": str(fleet_file), "GRIDFLEET_LOG_FORMAT": "text"}
+        sim = Simulator(
+            grid,
+            exchange.url,
+            SimConfig(slots=slots, tick_interval=tick_interval, tree=tree, paused=True),
+        ).start()  # type: ignore[arg-type]
+        env = {
+            "GRIDFLEET_EXCHANGE_URL": exchange.url,
+            "GRIDFLEET_BROKER_URL": broker.url,
+            "GRIDFLEET_CONFIG": str(fleet_file),
+            "GRIDFLEET_LOG_FORMAT": "text",
+        }
         group = ProcessGroup(log_dir=case_dir / "logs")
         base = gridfleet_command()
         try:
             if client == "pipeline":
-                group.start("worker", [*base, "worker", "--concurrency", "2", "--loglevel", "ERROR"], env)
-                group.start("coordinator", [*base, "coordinator", "--metrics-port", "0", "--log-level", "WARNING"], env)
-                group.start("ingress", [*base, "ingress", "--metrics-port", "0", "--log-level", "WARNING"], env)
+                group.start(
+                    "worker", [*base, "worker", "--concurrency", "2", "--loglevel", "ERROR"], env
+                )
+                group.start(
+                    "coordinator",
+                    [*base, "coordinator", "--metrics-port", "0", "--log-level", "WARNING"],
+                    env,
+                )
+                group.start(
+                    "ingress",
+                    [*base, "ingress", "--metrics-port", "0", "--log-level", "WARNING"],
+                    env,
+                )
             else:
-                group.start("single", [*base, "run", "--single-process", "--log-level", "WARNING"], env)
+                group.start(
+                    "single", [*base, "run", "--single-process", "--log-level", "WARNING"], env
+                )
             t0 = time.monotonic()
             while sum(len(v) for v in sim.registry.selected.values()) < assets:
                 if time.monotonic() - t0 > 600 or group.dead():
@@ -88,7 +120,9 @@ def run_case(assets: int, aggregators: int, tree: str, client: str, slots: int, 
         "latency_ms": s["first_batch_ms"],
         "setup_s": round(setup_s, 1),
         "exchange_round_ms": meta.get("round_build_publish_ms"),
-        "event_mb_per_round": round(meta["counts"]["bytes_sent"] / max(1, meta["counts"]["rounds"]) / 1e6, 2),
+        "event_mb_per_round": round(
+            meta["counts"]["bytes_sent"] / max(1, meta["counts"]["rounds"]) / 1e6, 2
+        ),
     }
 
 
@@ -101,15 +135,45 @@ def plot(rows: list[dict[str, Any]], path: Path, tick_interval: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for tree, marker in (("pruned", "o"), ("full", "s")):
         for client, color in (("pipeline", "tab:blue"), ("single", "tab:gray")):
-            pts = sorted((r["assets"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["on_time_ratio"]) for r in rows if r["tree"] == tree and r["client"] == client and r["latency_ms"]["p99"] is not None)
+            pts = sorted(
+                (r["assets"], r["latency_ms"]["p50"], r["latency_ms"]["p99"], r["on_time_ratio"])
+                for r in rows
+                if r["tree"] == tree
+                and r["client"] == client
+                and r["latency_ms"]["p99"] is not None
+            )
             if not pts:
                 continue
             xs = [p[0] for p in pts]
             label = f"{client}, {tree} trees"
-            axes[0].plot(xs, [p[2] for p in pts], marker=marker, color=color, linestyle="-" if tree == "pruned" else "--", label=f"{label} (p99)")
-            axes[0].plot(xs, [p[1] for p in pts], marker=marker, color=color, alpha=0.4, linestyle=":", label=f"{label} (p50)")
-            axes[1].plot(xs, [100 * (p[3] or 0) for p in pts], marker=marker, color=color, linestyle="-" if tree == "pruned" else "--", label=label)
-    axes[0].axhline(tick_interval * 1000, color="tab:red", linewidth=1, label="deadline (tick interval)")
+            axes[0].plot(
+                xs,
+                [p[2] for p in pts],
+                marker=marker,
+                color=color,
+                linestyle="-" if tree == "pruned" else "--",
+                label=f"{label} (p99)",
+            )
+            axes[0].plot(
+                xs,
+                [p[1] for p in pts],
+                marker=marker,
+                color=color,
+                alpha=0.4,
+                linestyle=":",
+                label=f"{label} (p50)",
+            )
+            axes[1].plot(
+                xs,
+                [100 * (p[3] or 0) for p in pts],
+                marker=marker,
+                color=color,
+                linestyle="-" if tree == "pruned" else "--",
+                label=label,
+            )
+    axes[0].axhline(
+        tick_interval * 1000, color="tab:red", linewidth=1, label="deadline (tick interval)"
+    )
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("assets")
@@ -126,12 +190,23 @@ def plot(rows: list[dict[str, Any]], path: Path, tick_interval: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     ap.add_argument("--trees", nargs="+", default=["pruned", "full"], choices=["pruned", "full"])
-    ap.add_argument("--clients", nargs="+", default=["pipeline", "single"], choices=["pipeline", "single"])
-    ap.add_argument("--full-max-assets", type=int, default=10_000, help="full trees are gigabytes per tick beyond this")
-    ap.add_argument("--slots", type=int, default=3, help="market slots (the first is the exchange's warm-up)")
+    ap.add_argument(
+        "--clients", nargs="+", default=["pipeline", "single"], choices=["pipeline", "single"]
+    )
+    ap.add_argument(
+        "--full-max-assets",
+        type=int,
+        default=10_000,
+        help="full trees are gigabytes per tick beyond this",
+    )
+    ap.add_argument(
+        "--slots", type=int, default=3, help="market slots (the first is the exchange's warm-up)"
+    )
     ap.add_argument("--tick-interval", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gridfleet-bench"))
     args = ap.parse_args()
@@ -139,23 +214,64 @@ def main() -> None:
     for assets in args.sizes:
         for tree in args.trees:
             if tree == "full" and assets > args.full_max_assets:
-                print(f"{assets:>7} {tree:6}: skipped (a full tree to each of {AGGREGATORS.get(assets)} aggregators is gigabytes per tick)", flush=True)
+                print(
+                    f"{assets:>7} {tree:6}: skipped (a full tree to each of {AGGREGATORS.get(assets)} aggregators is gigabytes per tick)",
+                    flush=True,
+                )
                 continue
             for client in args.clients:
-                row = run_case(assets, AGGREGATORS.get(assets, max(1, assets // 100)), tree, client, args.slots, args.tick_interval, args.workdir)
+                row = run_case(
+                    assets,
+                    AGGREGATORS.get(assets, max(1, assets // 100)),
+                    tree,
+                    client,
+                    args.slots,
+                    args.tick_interval,
+                    args.workdir,
+                )
                 rows.append(row)
                 lat = row["latency_ms"]
-                print(f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms", flush=True)
+                print(
+                    f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms",
+                    flush=True,
+                )
     overhead = {}
     for assets in args.sizes:
         for tree in args.trees:
-            p = next((r for r in rows if r["assets"] == assets and r["tree"] == tree and r["client"] == "pipeline"), None)
-            s = next((r for r in rows if r["assets"] == assets and r["tree"] == tree and r["client"] == "single"), None)
+            p = next(
+                (
+                    r
+                    for r in rows
+                    if r["assets"] == assets and r["tree"] == tree and r["client"] == "pipeline"
+                ),
+                None,
+            )
+            s = next(
+                (
+                    r
+                    for r in rows
+                    if r["assets"] == assets and r["tree"] == tree and r["client"] == "single"
+                ),
+                None,
+            )
             if p and s and s["latency_ms"]["p50"]:
-                overhead[f"{assets}-{tree}"] = {"p50_ratio": round(p["latency_ms"]["p50"] / s["latency_ms"]["p50"], 2), "p99_ratio": round(p["latency_ms"]["p99"] / s["latency_ms"]["p99"], 2)}
+                overhead[f"{assets}-{tree}"] = {
+                    "p50_ratio": round(p["latency_ms"]["p50"] / s["latency_ms"]["p50"], 2),
+                    "p99_ratio": round(p["latency_ms"]["p99"] / s["latency_ms"]["p99"], 2),
+                }
     png = RESULTS / "pipeline.png"
     plot(rows, png, args.tick_interval)
-    path = write_results("pipeline", {"tick_interval_s": args.tick_interval, "workers": 2, "cpus": os.cpu_count(), "rows": rows, "pipeline_over_single": overhead, "plot": png.name})
+    path = write_results(
+        "pipeline",
+        {
+            "tick_interval_s": args.tick_interval,
+            "workers": 2,
+            "cpus": os.cpu_count(),
+            "rows": rows,
+            "pipeline_over_single": overhead,
+            "plot": png.name,
+        },
+    )
     print(f"wrote {path} and {png}")
 
 

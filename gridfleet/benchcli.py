@@ -19,7 +19,9 @@ SUITES = {
 def repo_root() -> Path:
     root = Path(__file__).resolve().parent.parent
     if not (root / "bench" / "bench_pipeline.py").exists():
-        raise click.ClickException("the benchmarks ship with the source repository; run this from a git checkout of gridfleet")
+        raise click.ClickException(
+            "the benchmarks ship with the source repository; run this from a git checkout of gridfleet"
+        )
     return root
 
 

@@ -35,7 +35,9 @@ def redact(url: str) -> str:
     """A Redis URL fit for a log line: the password replaced by ``***``."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+            f":{parts.port}" if parts.port else ""
+        )
         return urlunsplit(parts._replace(netloc=netloc))
     return url
 
@@ -49,10 +51,14 @@ def check_redis(url: str, flag: str) -> None:
         client.ping()
         client.close()
     except redis.AuthenticationError as exc:
-        raise Unreachable(f"Redis at {redact(url)} refused the password ({exc}); check the URL in {flag}") from None
+        raise Unreachable(
+            f"Redis at {redact(url)} refused the password ({exc}); check the URL in {flag}"
+        ) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         reason = str(exc).split(". ")[-1].strip(".") or type(exc).__name__
-        raise Unreachable(f"cannot reach Redis at {redact(url)}: {reason}; start one or pass {flag}") from None
+        raise Unreachable(
+            f"cannot reach Redis at {redact(url)}: {reason}; start one or pass {flag}"
+        ) from None
     except ValueError as exc:
         raise BadInput(f"{flag}: not a Redis URL ({exc})") from None
 
@@ -91,11 +97,37 @@ def _stop_on_signals(*stoppers: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-config_option = click.option("-c", "--config", "config_path", envvar="GRIDFLEET_CONFIG", help="Fleet file (YAML). [env: GRIDFLEET_CONFIG]")
-exchange_option = click.option("--exchange-url", envvar="GRIDFLEET_EXCHANGE_URL", help="Redis URL of the exchange. [env: GRIDFLEET_EXCHANGE_URL]")
-broker_option = click.option("--broker-url", envvar="GRIDFLEET_BROKER_URL", help="Redis URL of the broker and shard state. [env: GRIDFLEET_BROKER_URL]")
-metrics_option = click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="GRIDFLEET_METRICS_PORT", default=9100, show_default=True, help="Prometheus /metrics and /healthz port (0: off). [env: GRIDFLEET_METRICS_PORT]")
-log_option = click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO", show_default=True)
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="GRIDFLEET_CONFIG",
+    help="Fleet file (YAML). [env: GRIDFLEET_CONFIG]",
+)
+exchange_option = click.option(
+    "--exchange-url",
+    envvar="GRIDFLEET_EXCHANGE_URL",
+    help="Redis URL of the exchange. [env: GRIDFLEET_EXCHANGE_URL]",
+)
+broker_option = click.option(
+    "--broker-url",
+    envvar="GRIDFLEET_BROKER_URL",
+    help="Redis URL of the broker and shard state. [env: GRIDFLEET_BROKER_URL]",
+)
+metrics_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    envvar="GRIDFLEET_METRICS_PORT",
+    default=9100,
+    show_default=True,
+    help="Prometheus /metrics and /healthz port (0: off). [env: GRIDFLEET_METRICS_PORT]",
+)
+log_option = click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,8 +160,20 @@ def redis_binary() -> None:
 @broker_option
 @metrics_option
 @log_option
-@click.option("--partition", default="0/1", show_default=True, help="Take aggregators i modulo n of the fleet file, as i/n (several ingress processes).")
-def ingress(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, partition: str) -> None:
+@click.option(
+    "--partition",
+    default="0/1",
+    show_default=True,
+    help="Take aggregators i modulo n of the fleet file, as i/n (several ingress processes).",
+)
+def ingress(
+    config_path: str | None,
+    exchange_url: str | None,
+    broker_url: str | None,
+    metrics_port: int,
+    log_level: str,
+    partition: str,
+) -> None:
     """Create the fleet's aggregators, select their assets, fan every event round out to workers."""
     from gridfleet.platform.ingress import Ingress
     from gridfleet.platform.logs import setup_logging
@@ -141,7 +185,9 @@ def ingress(config_path: str | None, exchange_url: str | None, broker_url: str |
         if not 0 <= i < n:
             raise ValueError
     except ValueError:
-        raise BadInput(f"--partition must look like i/n with 0 <= i < n, got {partition!r}") from None
+        raise BadInput(
+            f"--partition must look like i/n with 0 <= i < n, got {partition!r}"
+        ) from None
     config = _load_config(config_path)
     ex, br = _urls(config, exchange_url, broker_url)
     metrics = Metrics()
@@ -165,7 +211,13 @@ def ingress(config_path: str | None, exchange_url: str | None, broker_url: str |
 @broker_option
 @metrics_option
 @log_option
-def coordinator(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str) -> None:
+def coordinator(
+    config_path: str | None,
+    exchange_url: str | None,
+    broker_url: str | None,
+    metrics_port: int,
+    log_level: str,
+) -> None:
     """Merge shard results into one batch per aggregator before each deadline; hedge late shards."""
     from gridfleet.platform.coordinator import Coordinator
     from gridfleet.platform.logs import setup_logging
@@ -187,12 +239,30 @@ def coordinator(config_path: str | None, exchange_url: str | None, broker_url: s
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @broker_option
-@click.option("-c", "--concurrency", type=click.IntRange(1, 256), default=None, help="Worker processes (default: CPU count).")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Worker processes (default: CPU count).",
+)
 @click.option("--loglevel", default="WARNING", show_default=True)
-@click.option("--task-events/--no-task-events", envvar="GRIDFLEET_TASK_EVENTS", default=False, help="Send task events for Flower (costs throughput).")
+@click.option(
+    "--task-events/--no-task-events",
+    envvar="GRIDFLEET_TASK_EVENTS",
+    default=False,
+    help="Send task events for Flower (costs throughput).",
+)
 @click.option("-n", "--hostname", default=None, help="Celery node name.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(broker_url: str | None, concurrency: int | None, loglevel: str, task_events: bool, hostname: str | None, celery_args: tuple[str, ...]) -> None:
+def worker(
+    broker_url: str | None,
+    concurrency: int | None,
+    loglevel: str,
+    task_events: bool,
+    hostname: str | None,
+    celery_args: tuple[str, ...],
+) -> None:
     """A Celery worker that evaluates shards (prefork, msgpack only). Extra args go to Celery."""
     url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
     check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
@@ -215,8 +285,18 @@ def worker(broker_url: str | None, concurrency: int | None, loglevel: str, task_
 @cli.command()
 @broker_option
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
-@click.option("--address", default="127.0.0.1", show_default=True, help="Listen address (0.0.0.0 in a container).")
-@click.option("--basic-auth", envvar="GRIDFLEET_FLOWER_BASIC_AUTH", default=None, help="user:password. [env: GRIDFLEET_FLOWER_BASIC_AUTH]")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Listen address (0.0.0.0 in a container).",
+)
+@click.option(
+    "--basic-auth",
+    envvar="GRIDFLEET_FLOWER_BASIC_AUTH",
+    default=None,
+    help="user:password. [env: GRIDFLEET_FLOWER_BASIC_AUTH]",
+)
 def flower(broker_url: str | None, port: int, address: str, basic_auth: str | None) -> None:
     """Flower on the broker: workers, shard tasks (when workers send task events), queue depth."""
     url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
@@ -224,7 +304,13 @@ def flower(broker_url: str | None, port: int, address: str, basic_auth: str | No
     from gridfleet.workers.app import make_app
 
     app = make_app(url)
-    argv = ["flower", f"--port={port}", f"--address={address}", "--unix_socket=", "--purge_offline_workers=60"]
+    argv = [
+        "flower",
+        f"--port={port}",
+        f"--address={address}",
+        "--unix_socket=",
+        "--purge_offline_workers=60",
+    ]
     if basic_auth:
         if ":" not in basic_auth:
             raise BadInput("--basic-auth must be user:password")
@@ -239,7 +325,12 @@ def health() -> None:
 
 @health.command("worker")
 @broker_option
-@click.option("--hostname", envvar="HOSTNAME", default=None, help="Whose heartbeat to check (default: this host).")
+@click.option(
+    "--hostname",
+    envvar="HOSTNAME",
+    default=None,
+    help="Whose heartbeat to check (default: this host).",
+)
 @click.option("--namespace", envvar="GRIDFLEET_NAMESPACE", default="gf", show_default=True)
 def health_worker(broker_url: str | None, hostname: str | None, namespace: str) -> None:
     """Exit 0 when this host's worker wrote its heartbeat within the last 30 s."""
@@ -252,7 +343,9 @@ def health_worker(broker_url: str | None, hostname: str | None, namespace: str) 
     url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
     host = hostname or socket.gethostname()
     try:
-        alive = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).exists(heartbeat_key(namespace, host))
+        alive = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).exists(
+            heartbeat_key(namespace, host)
+        )
     except redis.RedisError as exc:
         click.echo(f"unhealthy: broker unreachable ({exc})", err=True)
         sys.exit(EXIT_FAILED)
@@ -268,10 +361,29 @@ def health_worker(broker_url: str | None, hostname: str | None, namespace: str) 
 @broker_option
 @metrics_option
 @log_option
-@click.option("--workers", type=click.IntRange(0, 64), default=2, show_default=True, help="Worker processes to start here (0: use workers started elsewhere).")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=2,
+    show_default=True,
+    help="Worker processes to start here (0: use workers started elsewhere).",
+)
 @click.option("--no-workers", is_flag=True, help="Same as --workers 0.")
-@click.option("--single-process", is_flag=True, help="No Celery, no broker: evaluate the whole fleet in this process (the baseline; fine for small fleets).")
-def run(config_path: str | None, exchange_url: str | None, broker_url: str | None, metrics_port: int, log_level: str, workers: int, no_workers: bool, single_process: bool) -> None:
+@click.option(
+    "--single-process",
+    is_flag=True,
+    help="No Celery, no broker: evaluate the whole fleet in this process (the baseline; fine for small fleets).",
+)
+def run(
+    config_path: str | None,
+    exchange_url: str | None,
+    broker_url: str | None,
+    metrics_port: int,
+    log_level: str,
+    workers: int,
+    no_workers: bool,
+    single_process: bool,
+) -> None:
     """Run a fleet against an exchange that is already running: ingress, coordinator and workers.
 
     The exchange is the embedded simulator (`gridfleet sim`) or a real gsy-e started with
@@ -300,7 +412,13 @@ def run(config_path: str | None, exchange_url: str | None, broker_url: str | Non
             loop.close()
         return
     ex, br = _urls(config, exchange_url, broker_url)
-    procs = FleetProcesses(config_path or os.environ["GRIDFLEET_CONFIG"], ex, br, workers=0 if no_workers else workers, metrics_port=metrics_port)
+    procs = FleetProcesses(
+        config_path or os.environ["GRIDFLEET_CONFIG"],
+        ex,
+        br,
+        workers=0 if no_workers else workers,
+        metrics_port=metrics_port,
+    )
     _stop_on_signals(procs.stop_event)
     sys.exit(procs.run())
 
@@ -327,4 +445,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -56,7 +56,9 @@ class RedisEndpoint(_Model):
         if self.url is None and self.url_env is None:
             raise ValueError("give `url` or `url_env`")
         if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must start with redis://, rediss:// or unix://, got {self.url!r}")
+            raise ValueError(
+                f"url must start with redis://, rediss:// or unix://, got {self.url!r}"
+            )
         return self
 
     def resolve(self, override: str | None = None) -> str:
@@ -68,7 +70,9 @@ class RedisEndpoint(_Model):
         assert self.url_env is not None
         value = os.environ.get(self.url_env)
         if not value:
-            raise ConfigError(f"environment variable {self.url_env} is not set (it should hold a redis:// URL)")
+            raise ConfigError(
+                f"environment variable {self.url_env} is not set (it should hold a redis:// URL)"
+            )
         return value
 
 
@@ -80,7 +84,9 @@ class StrategySpec(_Model):
 
     def key(self) -> str:
         """A stable identity for this spec (same name and params -> same key)."""
-        return orjson.dumps({"name": self.name, "params": self.params}, option=orjson.OPT_SORT_KEYS).decode()
+        return orjson.dumps(
+            {"name": self.name, "params": self.params}, option=orjson.OPT_SORT_KEYS
+        ).decode()
 
 
 class AggregatorSpec(_Model):
@@ -160,7 +166,9 @@ def load_config(path: str | Path) -> FleetConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the fleet file must be a mapping at the top level")
     _resolve_data_paths(data, path.parent.resolve())
@@ -183,8 +191,13 @@ def _resolve_data_paths(data: dict[str, Any], base: Path) -> None:
             if isinstance(params.get(key), str) and not Path(params[key]).is_absolute():
                 params[key] = str(base / params[key])
         if isinstance(params.get("profiles"), dict):
-            params["profiles"] = {k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v for k, v in params["profiles"].items()}
-        for child in params.get("strategies", []) if isinstance(params.get("strategies"), list) else []:
+            params["profiles"] = {
+                k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+                for k, v in params["profiles"].items()
+            }
+        for child in (
+            params.get("strategies", []) if isinstance(params.get("strategies"), list) else []
+        ):
             fix(child)
 
     for agg in data.get("aggregators") or []:
@@ -216,11 +229,15 @@ def resolve_names(patterns: list[str], known: list[str] | None, what: str, owner
     for pattern in patterns:
         if not _is_glob(pattern):
             if known is not None and pattern not in set(known):
-                raise ConfigError(f"aggregator {owner!r}: {what} {pattern!r} is not in the grid file")
+                raise ConfigError(
+                    f"aggregator {owner!r}: {what} {pattern!r} is not in the grid file"
+                )
             matches = [pattern]
         else:
             if known is None:
-                raise ConfigError(f"aggregator {owner!r}: the glob {pattern!r} needs `grid_file` to list the {what}s")
+                raise ConfigError(
+                    f"aggregator {owner!r}: the glob {pattern!r} needs `grid_file` to list the {what}s"
+                )
             matches = fnmatch.filter(known, pattern)
             if not matches:
                 raise ConfigError(f"aggregator {owner!r}: the glob {pattern!r} matches no {what}")
@@ -254,7 +271,12 @@ def load_catalog(path: Path) -> GridCatalog:
         assets: list[str] = []
         markets: list[str] = []
         kinds: dict[str, AssetKindName] = {}
-        type_to_kind: dict[str, AssetKindName] = {"Load": "load", "PV": "pv", "Storage": "storage", "SmartMeter": "smart_meter"}
+        type_to_kind: dict[str, AssetKindName] = {
+            "Load": "load",
+            "PV": "pv",
+            "Storage": "storage",
+            "SmartMeter": "smart_meter",
+        }
 
         def walk(node: dict[str, Any]) -> None:
             if node.get("children") is not None or node.get("type") == "Area":
@@ -267,7 +289,11 @@ def load_catalog(path: Path) -> GridCatalog:
 
         walk(data["registry"])
         return GridCatalog(assets=assets, markets=markets, kinds=kinds)
-    if isinstance(data, dict) and data and all(isinstance(v, dict) and "assets" in v for v in data.values()):
+    if (
+        isinstance(data, dict)
+        and data
+        and all(isinstance(v, dict) and "assets" in v for v in data.values())
+    ):
         # `gridfleet sim --fleet-out`: {aggregator: {"assets": [...], "markets": [...], ...}}
         return GridCatalog(
             assets=[a for v in data.values() for a in v["assets"]],

@@ -77,7 +77,9 @@ class Demo:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.run_dir = (opts.report_dir or Path("runs") / stamp).resolve()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.grid = generate_grid(opts.assets, communities=opts.markets, houses_size=10, seed=opts.seed)
+        self.grid = generate_grid(
+            opts.assets, communities=opts.markets, houses_size=10, seed=opts.seed
+        )
         self.assignment = assign_aggregators(self.grid, opts.aggregators)
         self.stop_event = threading.Event()
         self.servers: list[RedisServer] = []
@@ -100,10 +102,16 @@ class Demo:
             "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
             "grid_file": grid_file.name,
             "shard_size": self.opts.shard_size,
-            "aggregators": [{"name": name, "assets": entry["assets"], "strategy": {"name": self.opts.strategy}} for name, entry in self.assignment.items()],
+            "aggregators": [
+                {"name": name, "assets": entry["assets"], "strategy": {"name": self.opts.strategy}}
+                for name, entry in self.assignment.items()
+            ],
         }
         path = self.run_dir / "fleet.yaml"
-        path.write_text("# Written by `gridfleet demo`: the fleet it ran.\n" + yaml.safe_dump(fleet, sort_keys=False))
+        path.write_text(
+            "# Written by `gridfleet demo`: the fleet it ran.\n"
+            + yaml.safe_dump(fleet, sort_keys=False)
+        )
         return path
 
     def start(self, say: Any) -> None:
@@ -118,11 +126,33 @@ class Demo:
         self.sim = Simulator(
             self.grid,
             exchange.url,
-            SimConfig(slots=self.opts.slots, tick_interval=self.opts.tick_interval, tree=self.opts.tree, paused=True),  # type: ignore[arg-type]
+            SimConfig(
+                slots=self.opts.slots,
+                tick_interval=self.opts.tick_interval,
+                tree=self.opts.tree,
+                paused=True,
+            ),  # type: ignore[arg-type]
         ).start()
-        env = {"GRIDFLEET_EXCHANGE_URL": exchange.url, "GRIDFLEET_BROKER_URL": broker.url, "GRIDFLEET_CONFIG": str(fleet_path), "GRIDFLEET_LOG_FORMAT": "text"}
+        env = {
+            "GRIDFLEET_EXCHANGE_URL": exchange.url,
+            "GRIDFLEET_BROKER_URL": broker.url,
+            "GRIDFLEET_CONFIG": str(fleet_path),
+            "GRIDFLEET_LOG_FORMAT": "text",
+        }
         base = gridfleet_command()
-        self.group.start("worker", [*base, "worker", "--concurrency", str(self.opts.workers), "--loglevel", "WARNING", *(["--task-events"] if self.opts.flower else [])], env)
+        self.group.start(
+            "worker",
+            [
+                *base,
+                "worker",
+                "--concurrency",
+                str(self.opts.workers),
+                "--loglevel",
+                "WARNING",
+                *(["--task-events"] if self.opts.flower else []),
+            ],
+            env,
+        )
         self.group.start("coordinator", [*base, "coordinator", "--metrics-port", "0"], env)
         self.group.start("ingress", [*base, "ingress", "--metrics-port", "0"], env)
         if self.opts.flower:
@@ -144,30 +174,40 @@ class Demo:
             fleet_ok = fleet_ok or bool(self.broker.hlen(f"{self.keys.ns}:fleet"))
             worker_ok = worker_ok or bool(self.broker.keys(f"{self.keys.ns}:alive:worker:*"))
             if fleet_ok and worker_ok:
-                say(f"fleet connected: {self.opts.aggregators} aggregators, {self.opts.assets} assets selected; workers up")
+                say(
+                    f"fleet connected: {self.opts.aggregators} aggregators, {self.opts.assets} assets selected; workers up"
+                )
                 return
             time.sleep(0.2)
         if not self.stop_event.is_set():
-            raise click.ClickException(f"the fleet did not come up in {timeout:.0f} s (fleet connected: {fleet_ok}, worker up: {worker_ok}); see {self.group.log_dir}")
+            raise click.ClickException(
+                f"the fleet did not come up in {timeout:.0f} s (fleet connected: {fleet_ok}, worker up: {worker_ok}); see {self.group.log_dir}"
+            )
 
     def _check_children(self) -> None:
         dead = [c for c in self.group.dead() if c.name != "flower"]
         if dead:
             c = dead[0]
-            raise click.ClickException(f"{c.name} exited with code {c.process.returncode if c.process else '?'}; its log: {c.log_path}")
+            raise click.ClickException(
+                f"{c.name} exited with code {c.process.returncode if c.process else '?'}; its log: {c.log_path}"
+            )
 
     # -- while it runs ------------------------------------------------------------------------
 
     def refresh(self) -> LiveFigures:
         live = self.live
         with contextlib.suppress(redis.RedisError):
-            for _, entries in self.broker.xread({self.keys.events: self._stream_id}, count=10_000) or []:
+            streams: Any = (
+                self.broker.xread({self.keys.events: self._stream_id}, count=10_000) or []
+            )
+            for _, entries in streams:
                 for entry_id, fields in entries:
                     self._stream_id = entry_id.decode()
                     data = fields.get(b"data")
                     if data:
                         live.records.append(orjson.loads(data))
-            counters = {k.decode(): v.decode() for k, v in self.broker.hgetall(self.keys.counters).items()}
+            raw_counters: Any = self.broker.hgetall(self.keys.counters)
+            counters = {k.decode(): v.decode() for k, v in raw_counters.items()}
             live.trades = int(counters.get("trades", 0))
             live.energy_kwh = float(counters.get("energy_traded_kwh", 0.0))
             live.commands = int(counters.get("commands_sent", 0))
@@ -193,7 +233,8 @@ class Demo:
         self.refresh()
         counters = {}
         with contextlib.suppress(redis.RedisError):
-            counters = {k.decode(): v.decode() for k, v in self.broker.hgetall(self.keys.counters).items()}
+            raw: Any = self.broker.hgetall(self.keys.counters)
+            counters = {k.decode(): v.decode() for k, v in raw.items()}
         return {"sim_report": self.sim.report(), "records": self.live.records, "counters": counters}
 
     def write_report(self, data: dict[str, Any]) -> Path:
@@ -211,8 +252,12 @@ class Demo:
             "duration_s": round(time.time() - self.started, 1),
             "command": " ".join(["gridfleet", *sys.argv[1:]]),
         }
-        (self.run_dir / "exchange-report.json").write_bytes(orjson.dumps(data["sim_report"], option=orjson.OPT_INDENT_2))
-        return write_report(self.run_dir, market_stats=market_stats_from_simulator(self.sim), meta=meta, **data)
+        (self.run_dir / "exchange-report.json").write_bytes(
+            orjson.dumps(data["sim_report"], option=orjson.OPT_INDENT_2)
+        )
+        return write_report(
+            self.run_dir, market_stats=market_stats_from_simulator(self.sim), meta=meta, **data
+        )
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -239,11 +284,23 @@ def _panel(live: LiveFigures, opts: DemoOptions, flower: str | None) -> Any:
     table.add_column()
     table.add_row("slot / tick", f"{live.slot}  tick {live.tick}/{TICKS_PER_SLOT - 1}")
     table.add_row("rounds", f"{live.rounds_done} of {live.rounds_total}")
-    table.add_row("batches on time", f"{on_time}  ({live.on_time} on time, {live.late} late, {live.missing} missing; measured by the exchange)")
-    fmt = (lambda v: "-" if v is None else f"{v:.0f} ms")
-    table.add_row("event -> batch", f"p50 {fmt(live.p50_ms)}   p99 {fmt(live.p99_ms)}   (deadline {opts.tick_interval * 1000:.0f} ms)")
+    table.add_row(
+        "batches on time",
+        f"{on_time}  ({live.on_time} on time, {live.late} late, {live.missing} missing; measured by the exchange)",
+    )
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.0f} ms"
+
+    table.add_row(
+        "event -> batch",
+        f"p50 {fmt(live.p50_ms)}   p99 {fmt(live.p99_ms)}   (deadline {opts.tick_interval * 1000:.0f} ms)",
+    )
     table.add_row("trades", f"{live.trades}   {live.energy_kwh:.1f} kWh")
-    table.add_row("commands", f"{live.commands} sent, {live.refused} refused before sending, {live.rejected} rejected by the exchange")
+    table.add_row(
+        "commands",
+        f"{live.commands} sent, {live.refused} refused before sending, {live.rejected} rejected by the exchange",
+    )
     table.add_row("hedged shards", str(live.hedged))
     if flower:
         table.add_row("Flower", flower)
@@ -254,7 +311,9 @@ def _panel(live: LiveFigures, opts: DemoOptions, flower: str | None) -> Any:
 def _summary_table(report: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    t = Table(title="gridfleet demo: what the exchange measured", show_header=True, header_style="bold")
+    t = Table(
+        title="gridfleet demo: what the exchange measured", show_header=True, header_style="bold"
+    )
     t.add_column("figure")
     t.add_column("value", justify="right")
     lat = report.get("latency_ms", {})
@@ -262,8 +321,17 @@ def _summary_table(report: dict[str, Any]) -> Any:
         ("assets / aggregators", f"{report['assets']} / {report['aggregators']}"),
         ("rounds (ticks) evaluated", str(report["ticks"])),
         ("batches expected", str(report["batches_expected"])),
-        ("on time / late / missing", f"{report['batches_on_time']} / {report['batches_late']} / {report['batches_missing']}"),
-        ("event -> batch p50 / p95 / p99 / max", " / ".join("-" if lat.get(k) is None else f"{lat[k]:.0f} ms" for k in ("p50", "p95", "p99", "max"))),
+        (
+            "on time / late / missing",
+            f"{report['batches_on_time']} / {report['batches_late']} / {report['batches_missing']}",
+        ),
+        (
+            "event -> batch p50 / p95 / p99 / max",
+            " / ".join(
+                "-" if lat.get(k) is None else f"{lat[k]:.0f} ms"
+                for k in ("p50", "p95", "p99", "max")
+            ),
+        ),
         ("commands sent / rejected", f"{report['commands_sent']} / {report['commands_rejected']}"),
         ("hedged shards", str(report["hedged_shards"])),
         ("trades / energy traded", f"{report['trades']} / {report['energy_traded_kwh']:.1f} kWh"),
@@ -279,7 +347,9 @@ def run_demo(opts: DemoOptions) -> int:
 
     console = Console(soft_wrap=True)
     demo = Demo(opts)
-    console.print(f"[bold]gridfleet demo[/]: {opts.assets} assets in {opts.aggregators} aggregators, {opts.slots} slots, a tick every {opts.tick_interval:g} s ({opts.tree} trees)")
+    console.print(
+        f"[bold]gridfleet demo[/]: {opts.assets} assets in {opts.aggregators} aggregators, {opts.slots} slots, a tick every {opts.tick_interval:g} s ({opts.tree} trees)"
+    )
     console.print(f"run directory: {demo.run_dir}")
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -296,9 +366,13 @@ def run_demo(opts: DemoOptions) -> int:
                 live = demo.refresh()
                 if live.slot != last_slot:
                     last_slot = live.slot
-                    console.print(f"  slot {live.slot}: {live.rounds_done}/{live.rounds_total} rounds, {live.on_time} batches on time, {live.late} late, {live.missing} missing, {live.trades} trades")
+                    console.print(
+                        f"  slot {live.slot}: {live.rounds_done}/{live.rounds_total} rounds, {live.on_time} batches on time, {live.late} late, {live.missing} missing, {live.trades} trades"
+                    )
         else:
-            with Live(_panel(demo.live, opts, demo.flower_url), console=console, refresh_per_second=4) as view:
+            with Live(
+                _panel(demo.live, opts, demo.flower_url), console=console, refresh_per_second=4
+            ) as view:
                 while not demo.finished() and not demo.stop_event.wait(0.25):
                     demo._check_children()
                     view.update(_panel(demo.refresh(), opts, demo.flower_url))
@@ -320,19 +394,87 @@ def run_demo(opts: DemoOptions) -> int:
 
 
 @click.command()
-@click.option("--assets", type=click.IntRange(1, 1_000_000), default=5000, show_default=True, help="Assets in the generated grid.")
-@click.option("--aggregators", type=click.IntRange(1, 10_000), default=50, show_default=True, help="Aggregators sharing them (whole houses each).")
-@click.option("--markets", type=click.IntRange(1, 10_000), default=None, help="Community markets (default: one per 100 houses).")
-@click.option("--slots", type=click.IntRange(2, 1000), default=4, show_default=True, help="Market slots; the first is the exchange's warm-up (its ticks carry no tree).")
-@click.option("--tick-interval", type=click.FloatRange(0.05, 60), default=1.0, show_default=True, help="Real seconds between tick events (the deadline).")
-@click.option("--tree", type=click.Choice(["full", "pruned"]), default="pruned", show_default=True, help="full: every aggregator gets the whole grid (gsy-e); pruned: only its paths.")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Celery worker processes.")
-@click.option("--shard-size", type=click.IntRange(1, 1_000_000), default=2000, show_default=True, help="Assets per shard task.")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Run directory for the report (default runs/<timestamp>).")
-@click.option("--no-flower", is_flag=True, help="Do not start Flower (saves the task-event overhead).")
+@click.option(
+    "--assets",
+    type=click.IntRange(1, 1_000_000),
+    default=5000,
+    show_default=True,
+    help="Assets in the generated grid.",
+)
+@click.option(
+    "--aggregators",
+    type=click.IntRange(1, 10_000),
+    default=50,
+    show_default=True,
+    help="Aggregators sharing them (whole houses each).",
+)
+@click.option(
+    "--markets",
+    type=click.IntRange(1, 10_000),
+    default=None,
+    help="Community markets (default: one per 100 houses).",
+)
+@click.option(
+    "--slots",
+    type=click.IntRange(2, 1000),
+    default=4,
+    show_default=True,
+    help="Market slots; the first is the exchange's warm-up (its ticks carry no tree).",
+)
+@click.option(
+    "--tick-interval",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    show_default=True,
+    help="Real seconds between tick events (the deadline).",
+)
+@click.option(
+    "--tree",
+    type=click.Choice(["full", "pruned"]),
+    default="pruned",
+    show_default=True,
+    help="full: every aggregator gets the whole grid (gsy-e); pruned: only its paths.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Celery worker processes.",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(1, 1_000_000),
+    default=2000,
+    show_default=True,
+    help="Assets per shard task.",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory for the report (default runs/<timestamp>).",
+)
+@click.option(
+    "--no-flower", is_flag=True, help="Do not start Flower (saves the task-event overhead)."
+)
 @click.option("--headless", is_flag=True, help="Plain progress lines instead of the live view.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated grid.")
-def demo(assets: int, aggregators: int, markets: int | None, slots: int, tick_interval: float, tree: str, workers: int, shard_size: int, report_dir: Path | None, no_flower: bool, headless: bool, seed: int) -> None:
+def demo(
+    assets: int,
+    aggregators: int,
+    markets: int | None,
+    slots: int,
+    tick_interval: float,
+    tree: str,
+    workers: int,
+    shard_size: int,
+    report_dir: Path | None,
+    no_flower: bool,
+    headless: bool,
+    seed: int,
+) -> None:
     """Run a fleet on the embedded exchange, show it live, and write a report.
 
     Starts private Redis servers, the exchange, Celery workers, coordinator, ingress and Flower;
@@ -340,7 +482,20 @@ def demo(assets: int, aggregators: int, markets: int | None, slots: int, tick_in
     """
     from gridfleet.platform.simulator.grid import GridError
 
-    opts = DemoOptions(assets=assets, aggregators=aggregators, markets=markets, slots=slots, tick_interval=tick_interval, tree=tree, workers=workers, shard_size=shard_size, report_dir=report_dir, flower=not no_flower, headless=headless, seed=seed)
+    opts = DemoOptions(
+        assets=assets,
+        aggregators=aggregators,
+        markets=markets,
+        slots=slots,
+        tick_interval=tick_interval,
+        tree=tree,
+        workers=workers,
+        shard_size=shard_size,
+        report_dir=report_dir,
+        flower=not no_flower,
+        headless=headless,
+        seed=seed,
+    )
     try:
         code = run_demo(opts)
     except GridError as exc:

@@ -13,7 +13,11 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yam
 
 
 def test_there_are_examples() -> None:
-    assert {p.name for p in EXAMPLES} >= {"ramp-trading.yaml", "grid-operator-tou.yaml", "mixed-fleet.yaml"}
+    assert {p.name for p in EXAMPLES} >= {
+        "ramp-trading.yaml",
+        "grid-operator-tou.yaml",
+        "mixed-fleet.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -26,7 +26,7 @@ _FLOAT_COLUMNS = (
 
 
 def packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(obj, use_bin_type=True)
 
 
 def unpackb(data: bytes) -> Any:

@@ -71,7 +71,13 @@ class Collected:
 
 
 class RoundCollector:
-    def __init__(self, expected: Iterable[str], window_s: float = 0.05, max_wait_s: float = 0.3, keep_done: int = 64) -> None:
+    def __init__(
+        self,
+        expected: Iterable[str],
+        window_s: float = 0.05,
+        max_wait_s: float = 0.3,
+        keep_done: int = 64,
+    ) -> None:
         self.expected = frozenset(expected)
         self.window_s = window_s  # a round is handed out after this long without a new event...
         self.max_wait_s = max_wait_s  # ...or this long after its first event, whichever is first
@@ -82,7 +88,13 @@ class RoundCollector:
         self.stats = CollectorStats()
         self.finished: set[str] = set()
 
-    def add(self, aggregator: str, event: AggregatorEvent, now: float | None = None, wall: float | None = None) -> Collected:
+    def add(
+        self,
+        aggregator: str,
+        event: AggregatorEvent,
+        now: float | None = None,
+        wall: float | None = None,
+    ) -> Collected:
         """Take one parsed event. Call :meth:`ready` afterwards to get complete rounds."""
         out = Collected()
         self.stats.events += 1
@@ -95,7 +107,11 @@ class RoundCollector:
             self.finished.add(aggregator)
             out.finished.append(aggregator)
             return out
-        if not event.grid_tree or event.market_maker_rate is None or event.feed_in_tariff_rate is None:
+        if (
+            not event.grid_tree
+            or event.market_maker_rate is None
+            or event.feed_in_tariff_rate is None
+        ):
             self.stats.skipped_empty += 1
             return out
         key = RoundKey.of(event)
@@ -110,7 +126,9 @@ class RoundCollector:
         now = time.monotonic() if now is None else now
         pending = self.pending.get(key)
         if pending is None:
-            pending = self.pending[key] = PendingRound(key, now, time.time() if wall is None else wall, seq=seq)
+            pending = self.pending[key] = PendingRound(
+                key, now, time.time() if wall is None else wall, seq=seq
+            )
         pending.last_at = now
         if isinstance(event, MarketEvent):
             pending.market_event = True

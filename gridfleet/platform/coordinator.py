@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 import redis
@@ -72,8 +73,14 @@ class Coordinator:
         self.config = config
         self.keys = Keys(config.namespace)
         self.metrics = metrics or Metrics()
-        self.broker = redis.Redis.from_url(broker_url, socket_keepalive=True, health_check_interval=10)
-        self.link = ExchangeLink(exchange_url, config_id=config.exchange_config_id, on_reconnect=lambda _: self.metrics.reconnects.inc())
+        self.broker = redis.Redis.from_url(
+            broker_url, socket_keepalive=True, health_check_interval=10
+        )
+        self.link = ExchangeLink(
+            exchange_url,
+            config_id=config.exchange_config_id,
+            on_reconnect=lambda _: self.metrics.reconnects.inc(),
+        )
         self.stop_event = threading.Event()
         self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed: set[str] = set()
@@ -81,7 +88,9 @@ class Coordinator:
         self.aggregator_names: dict[str, str] = {}
         self.outcomes: list[RoundOutcome] = []
         self.broker_errors = 0
-        self._response_thread = threading.Thread(target=self._response_loop, daemon=True, name="batch-responses")
+        self._response_thread = threading.Thread(
+            target=self._response_loop, daemon=True, name="batch-responses"
+        )
         self._response_thread.start()
 
     # -- fleet registry (written by ingress) ----------------------------------------------------
@@ -97,7 +106,9 @@ class Coordinator:
             self.asset_names.update(reg.get("markets", {}))
             new += [a for a in reg["aggregators"] if a not in self._subscribed]
         if new:
-            self.link.subscribe_batch_responses(new, lambda ch, raw, t: self._responses.put((ch, raw)))
+            self.link.subscribe_batch_responses(
+                new, lambda ch, raw, t: self._responses.put((ch, raw))
+            )
             self._subscribed.update(new)
 
     # -- rounds -------------------------------------------------------------------------------
@@ -117,7 +128,7 @@ class Coordinator:
                 if self.broker.hget(self.keys.counters, "finished"):
                     break
                 continue
-            round_id = item[1].decode()
+            round_id = cast(bytes, item[1]).decode()
             try:
                 self.handle_round(round_id)
             except (LookupError, redis.RedisError) as exc:
@@ -131,7 +142,7 @@ class Coordinator:
         raw = self.broker.get(self.keys.manifest(round_id))
         if raw is None:
             raise LookupError("manifest expired before the coordinator saw it")
-        manifest = Manifest.unpack(raw)
+        manifest = Manifest.unpack(cast(bytes, raw))
         if not self._subscribed.issuperset(manifest.aggregators):
             self.refresh_fleet()
         done: set[int] = set()
@@ -149,14 +160,16 @@ class Coordinator:
             run_shard(self.broker, self.keys, round_id, shard, worker="coordinator-hedge")
             log.warning("round %s: shard %d hedged by the coordinator", round_id, shard)
         # Results reported after this point are ignored: this round's batches are decided.
-        outputs = self.broker.mget([self.keys.shard_output(round_id, s) for s in range(manifest.shards)])
+        outputs = self.broker.mget(
+            [self.keys.shard_output(round_id, s) for s in range(manifest.shards)]
+        )
         fragments: dict[str, list[bytes]] = {a: [] for a in manifest.aggregators}
         commands = refusals = errors = 0
         shard_seconds = []
         for raw_out in outputs:
             if raw_out is None:
                 continue
-            out = unpackb(raw_out)
+            out = unpackb(cast(bytes, raw_out))
             commands += out["commands"]
             refusals += len(out["refusals"])
             errors += len(out["errors"])
@@ -216,7 +229,9 @@ class Coordinator:
             "shard_ms_max": round(max(o.shard_seconds, default=0.0) * 1e3, 2),
         }
         pipe = self.broker.pipeline(transaction=False)
-        pipe.xadd(self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True)
+        pipe.xadd(
+            self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
+        )
         pipe.hincrby(self.keys.counters, "rounds", 1)
         pipe.hincrby(self.keys.counters, "batches", o.aggregators)
         pipe.hincrby(self.keys.counters, "commands_sent", o.commands)
@@ -228,7 +243,13 @@ class Coordinator:
         self.outcomes.append(o)
         log.info(
             "round %s: %d batches, %d commands, %d refused, %d hedged, %.0f ms of %.0f ms",
-            record["round"], o.aggregators, o.commands, o.refusals, o.hedged, o.latency_s * 1e3, o.budget_s * 1e3,
+            record["round"],
+            o.aggregators,
+            o.commands,
+            o.refusals,
+            o.hedged,
+            o.latency_s * 1e3,
+            o.budget_s * 1e3,
             extra={"slot": manifest.ctx.market_slot, "tick": manifest.ctx.tick_index},
         )
 
@@ -237,7 +258,7 @@ class Coordinator:
     def _response_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                channel, raw = self._responses.get(timeout=0.5)
+                _channel, raw = self._responses.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
@@ -258,15 +279,37 @@ class Coordinator:
         for asset, answers in resp.responses.items():
             name = self.asset_names.get(asset)
             if name is None:
-                log.warning("batch response of %s names an asset the fleet does not know: %s", agg_name, asset, extra={"aggregator": agg_name})
+                log.warning(
+                    "batch response of %s names an asset the fleet does not know: %s",
+                    agg_name,
+                    asset,
+                    extra={"aggregator": agg_name},
+                )
                 continue
             for answer in answers:
                 command = answer.command if isinstance(answer.command, str) else "?"
                 if not answer.ok:
                     rejected += 1
                     reason = answer.reason or "no reason given"
-                    log.warning("exchange rejected %s of %s (%s): %s", command, name, agg_name, reason, extra={"aggregator": agg_name})
-                    pipe.hset(self.keys.rejections, asset, packb({"command": command, "reason": reason, "transaction_id": resp.transaction_id}))
+                    log.warning(
+                        "exchange rejected %s of %s (%s): %s",
+                        command,
+                        name,
+                        agg_name,
+                        reason,
+                        extra={"aggregator": agg_name},
+                    )
+                    pipe.hset(
+                        self.keys.rejections,
+                        asset,
+                        packb(
+                            {
+                                "command": command,
+                                "reason": reason,
+                                "transaction_id": resp.transaction_id,
+                            }
+                        ),
+                    )
                 elif command == "dso_market_stats" and isinstance(answer.market_stats, dict):
                     pipe.hset(self.keys.market_answers, asset, packb(answer.market_stats))
         if rejected:
@@ -279,4 +322,3 @@ class Coordinator:
         self.stop_event.set()
         self.link.close()
         self.broker.close()
-

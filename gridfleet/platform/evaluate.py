@@ -46,7 +46,12 @@ class Refusal:
     reason: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"aggregator": self.aggregator, "asset": self.asset, "command": self.command, "reason": self.reason}
+        return {
+            "aggregator": self.aggregator,
+            "asset": self.asset,
+            "command": self.command,
+            "reason": self.reason,
+        }
 
 
 @dataclass(slots=True)
@@ -94,7 +99,14 @@ def _run_guarded(
     except Exception as exc:
         aggs = sorted(set(batch.aggregator))
         if len(aggs) == 1:
-            log.error("strategy %s failed for aggregator %s at %s#%s: %r", strategy.name, aggs[0], ctx.market_slot, ctx.tick_index, exc)
+            log.error(
+                "strategy %s failed for aggregator %s at %s#%s: %r",
+                strategy.name,
+                aggs[0],
+                ctx.market_slot,
+                ctx.tick_index,
+                exc,
+            )
             errors.append(Refusal(aggs[0], "*", strategy.name, f"strategy raised {exc!r}"))
             return []
     out = []
@@ -105,7 +117,14 @@ def _run_guarded(
         try:
             out.append((rows, strategy.evaluate(ctx, sub, state)))
         except Exception as exc:
-            log.error("strategy %s failed for aggregator %s at %s#%s: %r", strategy.name, agg, ctx.market_slot, ctx.tick_index, exc)
+            log.error(
+                "strategy %s failed for aggregator %s at %s#%s: %r",
+                strategy.name,
+                agg,
+                ctx.market_slot,
+                ctx.tick_index,
+                exc,
+            )
             errors.append(Refusal(agg, "*", strategy.name, f"strategy raised {exc!r}"))
     return out
 
@@ -138,10 +157,14 @@ def evaluate_shard(
                 row = int(rows[local])
                 uuid = batch.uuid[row]
                 try:
-                    wire = validate_command(to_wire(command), _target(batch, row), markets_open, profile)
+                    wire = validate_command(
+                        to_wire(command), _target(batch, row), markets_open, profile
+                    )
                 except (OutboundRejected, TypeError) as exc:
                     reason = exc.reason if isinstance(exc, OutboundRejected) else str(exc)
-                    out.refusals.append(Refusal(batch.aggregator[row], uuid, type(command).__name__, reason))
+                    out.refusals.append(
+                        Refusal(batch.aggregator[row], uuid, type(command).__name__, reason)
+                    )
                     continue
                 per_asset.setdefault(uuid, []).append(wire)
                 owner[uuid] = batch.aggregator[row]
@@ -154,18 +177,35 @@ def evaluate_shard(
         try:
             mres = strategy_m.evaluate(ctx, group_m, state)
         except Exception as exc:
-            log.error("market strategy %s failed at %s#%s: %r", strategy_m.name, ctx.market_slot, ctx.tick_index, exc)
-            out.errors.extend(Refusal(m.aggregator, m.uuid, strategy_m.name, f"strategy raised {exc!r}") for m in group_m)
+            log.error(
+                "market strategy %s failed at %s#%s: %r",
+                strategy_m.name,
+                ctx.market_slot,
+                ctx.tick_index,
+                exc,
+            )
+            out.errors.extend(
+                Refusal(m.aggregator, m.uuid, strategy_m.name, f"strategy raised {exc!r}")
+                for m in group_m
+            )
             continue
         for market_uuid, command in mres.commands:
             market = by_uuid.get(market_uuid)
             if market is None:
-                out.refusals.append(Refusal("?", market_uuid, type(command).__name__, "not a market of this strategy"))
+                out.refusals.append(
+                    Refusal(
+                        "?", market_uuid, type(command).__name__, "not a market of this strategy"
+                    )
+                )
                 continue
             try:
-                wire = validate_command(to_wire(command), Target(market.uuid, market.name, None), markets_open, profile)
+                wire = validate_command(
+                    to_wire(command), Target(market.uuid, market.name, None), markets_open, profile
+                )
             except OutboundRejected as exc:
-                out.refusals.append(Refusal(market.aggregator, market_uuid, type(command).__name__, exc.reason))
+                out.refusals.append(
+                    Refusal(market.aggregator, market_uuid, type(command).__name__, exc.reason)
+                )
                 continue
             per_asset.setdefault(market_uuid, []).append(wire)
             owner[market_uuid] = market.aggregator
@@ -177,7 +217,13 @@ def evaluate_shard(
         out.commands += len(cmds)
     out.fragments = {agg: orjson.dumps(cmds)[1:-1] for agg, cmds in by_agg.items()}
     for refusal in out.refusals:
-        log.warning("refused %s for %s (aggregator %s): %s", refusal.command, refusal.asset, refusal.aggregator, refusal.reason)
+        log.warning(
+            "refused %s for %s (aggregator %s): %s",
+            refusal.command,
+            refusal.asset,
+            refusal.aggregator,
+            refusal.reason,
+        )
     return out
 
 
@@ -214,7 +260,9 @@ def _collect_orders(
     aggs = batch.aggregator
     for j, row in enumerate(r[ok].tolist()):
         uuid = uuids[row]
-        per_asset.setdefault(uuid, []).append({"type": side[j], "energy": energy[j], "price": price[j], "replace_existing": True})
+        per_asset.setdefault(uuid, []).append(
+            {"type": side[j], "energy": energy[j], "price": price[j], "replace_existing": True}
+        )
         owner[uuid] = aggs[row]
 
 

@@ -26,7 +26,12 @@ from gridfleet.strategies.context import AssetKind
 
 log = logging.getLogger(__name__)
 
-KIND_NAMES = {AssetKind.LOAD: "load", AssetKind.PV: "pv", AssetKind.STORAGE: "storage", AssetKind.SMART_METER: "smart_meter"}
+KIND_NAMES = {
+    AssetKind.LOAD: "load",
+    AssetKind.PV: "pv",
+    AssetKind.STORAGE: "storage",
+    AssetKind.SMART_METER: "smart_meter",
+}
 
 
 @dataclass
@@ -59,7 +64,9 @@ def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> Fleet
         markets = resolve_names(spec.markets, known_markets, "market", spec.name)
         for name in assets:
             if name in owner:
-                raise ValueError(f"asset {name!r} is in aggregators {owner[name]!r} and {spec.name!r}")
+                raise ValueError(
+                    f"asset {name!r} is in aggregators {owner[name]!r} and {spec.name!r}"
+                )
             owner[name] = spec.name
         plans.append(AggregatorPlan(spec, assets, markets))
     for spec in config.aggregators:
@@ -84,7 +91,9 @@ class Fleet:
     by_asset: dict[str, int] = field(default_factory=dict)  # asset uuid -> index
     by_kind: dict[str, list[int]] = field(default_factory=dict)  # aggregator uuid -> index per kind
     market_strategy: dict[str, int] = field(default_factory=dict)  # market uuid -> index
-    own_markets: dict[str, frozenset[str]] = field(default_factory=dict)  # aggregator uuid -> markets
+    own_markets: dict[str, frozenset[str]] = field(
+        default_factory=dict
+    )  # aggregator uuid -> markets
     selection_errors: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -96,7 +105,12 @@ class Fleet:
         return idx if idx is not None else self.by_kind[aggregator][kind]
 
 
-def build_tables(plan: FleetPlan, aggregator_uuid: dict[str, str], asset_uuid: dict[str, str], market_uuid: dict[str, str]) -> Fleet:
+def build_tables(
+    plan: FleetPlan,
+    aggregator_uuid: dict[str, str],
+    asset_uuid: dict[str, str],
+    market_uuid: dict[str, str],
+) -> Fleet:
     """Strategy tables for a fleet whose uuids are known (no I/O)."""
     asset_specs: list[StrategySpec] = []
     market_specs: list[StrategySpec] = []
@@ -117,7 +131,9 @@ def build_tables(plan: FleetPlan, aggregator_uuid: dict[str, str], asset_uuid: d
     owner_of: dict[str, str] = {}
     for agg in plan.aggregators:
         a_uuid = aggregator_uuid[agg.spec.name]
-        by_kind[a_uuid] = [idx(agg.spec.strategy_for("", KIND_NAMES[k]), asset_specs, index) for k in AssetKind]  # type: ignore[arg-type]
+        by_kind[a_uuid] = [
+            idx(agg.spec.strategy_for("", KIND_NAMES[k]), asset_specs, index) for k in AssetKind
+        ]  # type: ignore[arg-type]
         for name, spec in agg.spec.by_asset.items():
             if name in asset_uuid:
                 fleet_by_asset[asset_uuid[name]] = idx(spec, asset_specs, index)
@@ -130,7 +146,7 @@ def build_tables(plan: FleetPlan, aggregator_uuid: dict[str, str], asset_uuid: d
             assert agg.spec.market_strategy is not None
             market_strategy[m] = idx(agg.spec.market_strategy, market_specs, m_index)
     needs_names = any(s.name == "requirements" for s in asset_specs)
-    spec = FleetSpec(
+    fleet_spec = FleetSpec(
         strategies=[{"name": s.name, "params": s.params} for s in asset_specs],
         market_strategies=[{"name": s.name, "params": s.params} for s in market_specs],
         accepts_requirements=plan.config.accepts_requirements,
@@ -142,7 +158,7 @@ def build_tables(plan: FleetPlan, aggregator_uuid: dict[str, str], asset_uuid: d
         asset_uuid=asset_uuid,
         market_uuid=market_uuid,
         owner_of=owner_of,
-        spec=spec,
+        spec=fleet_spec,
         by_asset=fleet_by_asset,
         by_kind=by_kind,
         market_strategy=market_strategy,
@@ -157,7 +173,9 @@ def connect_fleet(link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0) ->
     asset_names = [n for a in plan.aggregators for n in a.assets]
     market_names = [m for a in plan.aggregators for m in a.markets]
     asset_uuid = link.register(asset_names, timeout=timeout) if asset_names else {}
-    slug_uuid = link.register([slugify(m) for m in market_names], timeout=timeout) if market_names else {}
+    slug_uuid = (
+        link.register([slugify(m) for m in market_names], timeout=timeout) if market_names else {}
+    )
     market_uuid = {m: slug_uuid[slugify(m)] for m in market_names}
     errors: dict[str, str] = {}
     for agg in plan.aggregators:
@@ -170,5 +188,10 @@ def connect_fleet(link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0) ->
         log.error("%d devices could not be selected (%s)", len(errors), sample)
     fleet = build_tables(plan, aggregator_uuid, asset_uuid, market_uuid)
     fleet.selection_errors = errors
-    log.info("fleet connected: %d aggregators, %d assets, %d markets", len(names), len(asset_names), len(market_names))
+    log.info(
+        "fleet connected: %d aggregators, %d assets, %d markets",
+        len(names),
+        len(asset_names),
+        len(market_names),
+    )
     return fleet

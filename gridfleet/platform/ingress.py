@@ -56,7 +56,9 @@ class TickClock:
         if self._last_key is not None:
             gap = at - self._last_at
             if 0.02 < gap < 60:
-                self.interval_s = gap if self.interval_s is None else 0.7 * self.interval_s + 0.3 * gap
+                self.interval_s = (
+                    gap if self.interval_s is None else 0.7 * self.interval_s + 0.3 * gap
+                )
         self._last_key, self._last_at = key, at
 
     def budget(self, configured: float | None, fallback: float = 0.8) -> float:
@@ -74,7 +76,10 @@ def cut_shards(fleet: Fleet, rnd: RoundInput, shard_size: int) -> list[ShardInpu
     if n:
         kinds = batch.kind.tolist()
         idx = np.fromiter(
-            (fleet.strategy_index(u, a, k) for u, a, k in zip(batch.uuid, batch.aggregator, kinds, strict=True)),
+            (
+                fleet.strategy_index(u, a, k)
+                for u, a, k in zip(batch.uuid, batch.aggregator, kinds, strict=True)
+            ),
             dtype=np.int64,
             count=n,
         )
@@ -111,8 +116,12 @@ class Ingress:
         self.plan.aggregators = [a for k, a in enumerate(self.plan.aggregators) if k % n == i]
         self.partition = partition
         self.metrics = metrics or Metrics()
-        self.broker = redis.Redis.from_url(broker_url, socket_keepalive=True, health_check_interval=10)
-        self.link = ExchangeLink(exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected)
+        self.broker = redis.Redis.from_url(
+            broker_url, socket_keepalive=True, health_check_interval=10
+        )
+        self.link = ExchangeLink(
+            exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
+        )
         self.dispatcher = ShardDispatcher(broker_url)
         self.run_id = uuid.uuid4().hex[:8]
         self.clock = TickClock()
@@ -130,7 +139,10 @@ class Ingress:
     def _reconnected(self, who: str) -> None:
         self.metrics.reconnects.inc()
         self.broker.hincrby(self.keys.counters, "reconnects", 1)
-        log.warning("exchange reader %s reconnected: events published meanwhile are lost and counted as missing rounds", who)
+        log.warning(
+            "exchange reader %s reconnected: events published meanwhile are lost and counted as missing rounds",
+            who,
+        )
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -163,7 +175,12 @@ class Ingress:
     def run(self, max_rounds: int | None = None) -> None:
         fleet = self.fleet or self.connect()
         collector = RoundCollector(fleet.aggregator_uuid.values(), self.config.coalesce_window_s)
-        log.info("ingress %s running: %d aggregators, %d assets", self.run_id, len(fleet.aggregator_uuid), self.plan.asset_count)
+        log.info(
+            "ingress %s running: %d aggregators, %d assets",
+            self.run_id,
+            len(fleet.aggregator_uuid),
+            self.plan.asset_count,
+        )
         dispatched = 0
         while not self.stop_event.is_set():
             self.metrics.beat()
@@ -186,14 +203,22 @@ class Ingress:
                     if not self._broker_ok:
                         self._publish_fleet()
                         self._broker_ok = True
-                        log.warning("broker is back: fleet spec published again; %d rounds were lost meanwhile", self.lost_rounds)
+                        log.warning(
+                            "broker is back: fleet spec published again; %d rounds were lost meanwhile",
+                            self.lost_rounds,
+                        )
                     self._dispatch(pending)
                 except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
                     self.lost_rounds += 1
                     if self._broker_ok:
                         self.broker_outages += 1
                     self._broker_ok = False
-                    log.error("round %s lost: broker unreachable (%s)", pending.id, exc, extra={"slot": pending.key.market_slot, "tick": pending.key.tick_index})
+                    log.error(
+                        "round %s lost: broker unreachable (%s)",
+                        pending.id,
+                        exc,
+                        extra={"slot": pending.key.market_slot, "tick": pending.key.tick_index},
+                    )
                 dispatched += 1
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
@@ -206,7 +231,9 @@ class Ingress:
         except redis.RedisError as exc:
             log.error("final counters not written (%s): %s", exc, collector.stats)
 
-    def _take(self, collector: RoundCollector, channel: str, raw: bytes, t_mono: float, t_wall: float) -> None:
+    def _take(
+        self, collector: RoundCollector, channel: str, raw: bytes, t_mono: float, t_wall: float
+    ) -> None:
         aggregator = channels.aggregator_of(channel)
         if aggregator is None:
             return
@@ -215,7 +242,12 @@ class Ingress:
         except ProtocolError as exc:
             self.metrics.bad_events.inc()
             self.bad_events += 1
-            log.error("aggregator %s: unusable event skipped: %s", aggregator, exc, extra={"aggregator": aggregator})
+            log.error(
+                "aggregator %s: unusable event skipped: %s",
+                aggregator,
+                exc,
+                extra={"aggregator": aggregator},
+            )
             return
         kind = type(event).__name__.removesuffix("Event").lower()
         self.metrics.events.labels(kind).inc()
@@ -229,18 +261,40 @@ class Ingress:
                 self._record_trades(agg, trade_event)
             for agg in out.finished:
                 record = {"kind": "finish", "aggregator": agg}
-                self.broker.xadd(self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True)
+                self.broker.xadd(
+                    self.keys.events,
+                    {"data": orjson.dumps(record)},
+                    maxlen=100_000,
+                    approximate=True,
+                )
         except redis.RedisError as exc:
             self.lost_records += 1
-            log.error("trade/finish record of %s lost: broker unreachable (%s)", aggregator, exc, extra={"aggregator": aggregator})
+            log.error(
+                "trade/finish record of %s lost: broker unreachable (%s)",
+                aggregator,
+                exc,
+                extra={"aggregator": aggregator},
+            )
 
     def _record_trades(self, aggregator: str, event: TradeEvent) -> None:
         energy = sum(t.traded_energy for t in event.trade_list)
         price = sum(t.trade_price for t in event.trade_list)
-        fees = sum(float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0 for t in event.trade_list)
-        record = {"kind": "trade", "aggregator": aggregator, "trades": len(event.trade_list), "energy_kwh": energy, "price_ct": price, "fees_ct": fees}
+        fees = sum(
+            float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
+            for t in event.trade_list
+        )
+        record = {
+            "kind": "trade",
+            "aggregator": aggregator,
+            "trades": len(event.trade_list),
+            "energy_kwh": energy,
+            "price_ct": price,
+            "fees_ct": fees,
+        }
         pipe = self.broker.pipeline(transaction=False)
-        pipe.xadd(self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True)
+        pipe.xadd(
+            self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
+        )
         pipe.hincrby(self.keys.counters, "trades", len(event.trade_list))
         pipe.hincrbyfloat(self.keys.counters, "energy_traded_kwh", energy)
         pipe.execute()
@@ -259,7 +313,11 @@ class Ingress:
         shards = cut_shards(fleet, rnd, self.config.shard_size)
         budget = self.clock.budget(self.config.tick_budget_s)
         round_id = f"{self.run_id}:{pending.id}"
-        missing = [] if pending.seq else sorted(set(fleet.aggregator_uuid.values()) - set(rnd.aggregators))
+        missing = (
+            []
+            if pending.seq
+            else sorted(set(fleet.aggregator_uuid.values()) - set(rnd.aggregators))
+        )
         manifest = Manifest(
             round_id=round_id,
             ctx=rnd.ctx,
@@ -276,10 +334,19 @@ class Ingress:
         self.metrics.rounds.inc()
         self.metrics.shards.inc(len(shards))
         if missing:
-            log.warning("round %s: no event from %d aggregators (lost or late)", rnd.key.id, len(missing), extra={"slot": rnd.key.market_slot, "tick": rnd.key.tick_index})
+            log.warning(
+                "round %s: no event from %d aggregators (lost or late)",
+                rnd.key.id,
+                len(missing),
+                extra={"slot": rnd.key.market_slot, "tick": rnd.key.tick_index},
+            )
         log.debug(
             "round %s: %d assets in %d shards dispatched in %.1f ms (budget %.0f ms)",
-            rnd.key.id, len(rnd.assets), len(shards), (time.perf_counter() - t0) * 1e3, budget * 1e3,
+            rnd.key.id,
+            len(rnd.assets),
+            len(shards),
+            (time.perf_counter() - t0) * 1e3,
+            budget * 1e3,
             extra={"slot": rnd.key.market_slot, "tick": rnd.key.tick_index},
         )
 

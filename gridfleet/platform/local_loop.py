@@ -22,14 +22,16 @@ from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
 from gridfleet.platform.protocol import MarketEvent, ProtocolError, TickEvent, decode_event
-from gridfleet.platform.rounds import RoundError, RoundInput, build_round
+from gridfleet.platform.rounds import RoundError, RoundInput, RoundKey, build_round
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_round(fleet: Fleet, runtime: Runtime, rnd: RoundInput, state: dict[str, State]) -> dict[str, bytes]:
+def evaluate_round(
+    fleet: Fleet, runtime: Runtime, rnd: RoundInput, state: dict[str, State]
+) -> dict[str, bytes]:
     """Every aggregator's ``batch_commands`` JSON for one round, evaluated in this process.
 
     ``state`` is updated in place with the strategies' new state.
@@ -38,7 +40,10 @@ def evaluate_round(fleet: Fleet, runtime: Runtime, rnd: RoundInput, state: dict[
 
     batch = rnd.assets
     idx = np.fromiter(
-        (fleet.strategy_index(u, a, k) for u, a, k in zip(batch.uuid, batch.aggregator, batch.kind.tolist(), strict=True)),
+        (
+            fleet.strategy_index(u, a, k)
+            for u, a, k in zip(batch.uuid, batch.aggregator, batch.kind.tolist(), strict=True)
+        ),
         dtype=np.int64,
         count=len(batch),
     )
@@ -79,7 +84,10 @@ class LocalLoop:
     def connect(self) -> Fleet:
         self.fleet = connect_fleet(self.link, self.plan)
         self.runtime = Runtime(self.fleet.spec)
-        self.link.subscribe_events(self.fleet.aggregator_uuid.values(), lambda ch, raw, t: self.events.put((ch, raw, t, time.time())))
+        self.link.subscribe_events(
+            self.fleet.aggregator_uuid.values(),
+            lambda ch, raw, t: self.events.put((ch, raw, t, time.time())),
+        )
         return self.fleet
 
     def run(self) -> None:
@@ -88,7 +96,11 @@ class LocalLoop:
         while not self.stop_event.is_set():
             due = collector.next_due()
             try:
-                items = [self.events.get(timeout=0.5 if due is None else max(0.0, due - time.monotonic()))]
+                items = [
+                    self.events.get(
+                        timeout=0.5 if due is None else max(0.0, due - time.monotonic())
+                    )
+                ]
             except queue.Empty:
                 items = []
             while True:
@@ -111,7 +123,9 @@ class LocalLoop:
                     log.warning("round %s skipped: %s", pending.id, exc)
                     continue
                 batches = evaluate_round(fleet, self.runtime, rnd, self.state)
-                self.link.publish_batches(self.link.batch_message(agg, body)[1] for agg, body in batches.items())
+                self.link.publish_batches(
+                    self.link.batch_message(agg, body)[1] for agg, body in batches.items()
+                )
                 self.stats.rounds += 1
                 self.stats.latencies_s.append(time.time() - pending.first_wall)
             if collector.all_finished:
@@ -122,7 +136,9 @@ class LocalLoop:
         self.link.close()
 
 
-def replay_rounds(fleet: Fleet, runtime: Runtime, events: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+def replay_rounds(
+    fleet: Fleet, runtime: Runtime, events: dict[str, list[bytes]]
+) -> dict[str, list[bytes]]:
     """Evaluate recorded events (aggregator -> raw events in arrival order) round by round.
 
     Returns aggregator -> the ``batch_commands`` JSON of each round in order: what a correct
@@ -132,18 +148,20 @@ def replay_rounds(fleet: Fleet, runtime: Runtime, events: dict[str, list[bytes]]
     for agg, raws in events.items():
         for raw in raws:
             ev = decode_event(raw)
-            if not isinstance(ev, MarketEvent | TickEvent) or not ev.grid_tree or ev.market_maker_rate is None:
+            if (
+                not isinstance(ev, MarketEvent | TickEvent)
+                or not ev.grid_tree
+                or ev.market_maker_rate is None
+            ):
                 continue
-            from gridfleet.platform.rounds import RoundKey
-
             key = RoundKey.of(ev)
             slot = by_key.setdefault((key.market_slot, key.tick_index), {})
             if agg not in slot or isinstance(ev, MarketEvent):
                 slot[agg] = ev
     state: dict[str, State] = {}
     out: dict[str, list[bytes]] = {}
-    for key in sorted(by_key):
-        rnd = build_round(sorted(by_key[key].items()), fleet.own_markets)
+    for slot_tick in sorted(by_key):
+        rnd = build_round(sorted(by_key[slot_tick].items()), fleet.own_markets)
         for agg, body in evaluate_round(fleet, runtime, rnd, state).items():
             out.setdefault(agg, []).append(body)
     return out

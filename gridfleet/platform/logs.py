@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str | None = None) -> None:
-    fmt = fmt or os.environ.get("GRIDFLEET_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    fmt = (
+        fmt or os.environ.get("GRIDFLEET_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    )
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

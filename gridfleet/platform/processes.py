@@ -7,6 +7,7 @@ firm (SIGKILL after a grace period); nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -46,7 +47,9 @@ class ProcessGroup:
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
 
-    def start(self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None) -> Child:
+    def start(
+        self, name: str, argv: Sequence[str], extra_env: Mapping[str, str] | None = None
+    ) -> Child:
         child = Child(name, list(argv))
         env = {**self.env, **(extra_env or {})}
         out: int | object = subprocess.DEVNULL
@@ -54,7 +57,14 @@ class ProcessGroup:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             child.log_path = self.log_dir / f"{name}.log"
             out = child.log_path.open("ab")
-        child.process = subprocess.Popen(child.argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # type: ignore[arg-type]
+        child.process = subprocess.Popen(
+            child.argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # type: ignore[arg-type]
         self.children.append(child)
         log.info("started %s (pid %d)", name, child.process.pid)
         return child
@@ -90,16 +100,23 @@ class ProcessGroup:
 def _signal_group(child: Child, sig: int) -> None:
     if child.process is None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(child.process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class FleetProcesses:
     """Ingress, coordinator and N workers for one fleet file, supervised until the run ends."""
 
-    def __init__(self, config_path: str, exchange_url: str, broker_url: str, *, workers: int = 2, metrics_port: int = 0, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        exchange_url: str,
+        broker_url: str,
+        *,
+        workers: int = 2,
+        metrics_port: int = 0,
+        log_dir: Path | None = None,
+    ) -> None:
         self.config_path = config_path
         self.env = {
             **os.environ,
@@ -116,9 +133,22 @@ class FleetProcesses:
         base = gridfleet_command()
         if self.workers:
             events = ["--task-events"] if task_events else []
-            self.group.start("worker", [*base, "worker", "--concurrency", str(self.workers), "--loglevel", "WARNING", *events])
+            self.group.start(
+                "worker",
+                [
+                    *base,
+                    "worker",
+                    "--concurrency",
+                    str(self.workers),
+                    "--loglevel",
+                    "WARNING",
+                    *events,
+                ],
+            )
         port = self.metrics_port
-        self.group.start("coordinator", [*base, "coordinator", "--metrics-port", str(port + 1 if port else 0)])
+        self.group.start(
+            "coordinator", [*base, "coordinator", "--metrics-port", str(port + 1 if port else 0)]
+        )
         self.group.start("ingress", [*base, "ingress", "--metrics-port", str(port)])
 
     def run(self) -> int:
@@ -133,7 +163,11 @@ class FleetProcesses:
                     break
                 dead = [c for c in self.group.dead() if c is not ingress]
                 if dead:
-                    log.error("%s exited with %s; stopping the fleet", dead[0].name, dead[0].process.returncode if dead[0].process else "?")
+                    log.error(
+                        "%s exited with %s; stopping the fleet",
+                        dead[0].name,
+                        dead[0].process.returncode if dead[0].process else "?",
+                    )
                     code = 1
                     break
         finally:

@@ -103,7 +103,9 @@ def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
     """For each market on the way from the root to the Market Maker: the fees strictly below it
     on that way. Without a Market Maker in the tree, it is taken to hang off the root."""
 
-    def walk(nodes: dict[str, GridNode], path: list[tuple[str, float]]) -> list[tuple[str, float]] | None:
+    def walk(
+        nodes: dict[str, GridNode], path: list[tuple[str, float]]
+    ) -> list[tuple[str, float]] | None:
         for uid, node in nodes.items():
             if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
                 return path
@@ -215,7 +217,9 @@ def rows_to_batch(rows: _Rows) -> AssetBatch:
         used_storage_kwh=np.asarray(rows.used, dtype=f64),
         free_storage_kwh=np.asarray(rows.free, dtype=f64),
         grid_fee=np.asarray(rows.fee, dtype=f64),
-        unsettled_deviation_kwh=rows.deviation if any(d is not None for d in rows.deviation) else [],
+        unsettled_deviation_kwh=rows.deviation
+        if any(d is not None for d in rows.deviation)
+        else [],
     )
 
 
@@ -235,7 +239,9 @@ def build_round(
     key = RoundKey.of(first)
     rates = [(e.feed_in_tariff_rate, e.market_maker_rate) for _, e in events if e.grid_tree]
     if not rates or rates[0][0] is None or rates[0][1] is None:
-        raise RoundError(f"round {key.id}: empty grid tree or null rates (the exchange's first slot)")
+        raise RoundError(
+            f"round {key.id}: empty grid tree or null rates (the exchange's first slot)"
+        )
     fit, mmr = rates[0]
     assert fit is not None and mmr is not None
     rows = _Rows()
@@ -248,7 +254,9 @@ def build_round(
             raise RoundError(f"event of {aggregator} is for {RoundKey.of(event).id}, not {key.id}")
         seen.append(aggregator)
         if event.grid_tree:
-            flatten_tree(event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), cache)
+            flatten_tree(
+                event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), cache
+            )
     ctx = TickContext(
         market_slot=key.market_slot,
         next_market_slot=next_slot(key.market_slot, slot_length_s),
@@ -259,4 +267,6 @@ def build_round(
         market_maker_rate=float(mmr),
         slot_length_s=slot_length_s,
     )
-    return RoundInput(key=key, ctx=ctx, assets=rows_to_batch(rows), markets=markets, aggregators=seen)
+    return RoundInput(
+        key=key, ctx=ctx, assets=rows_to_batch(rows), markets=markets, aggregators=seen
+    )

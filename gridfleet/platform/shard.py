@@ -102,7 +102,9 @@ def runtime_for(r: redis.Redis, keys: Keys, version: str) -> Runtime:
     if rt is None:
         raw = r.hget(keys.spec, version)
         if raw is None:
-            raise LookupError(f"fleet spec {version} is not in Redis ({keys.spec}); is ingress running?")
+            raise LookupError(
+                f"fleet spec {version} is not in Redis ({keys.spec}); is ingress running?"
+            )
         rt = _runtimes[version] = Runtime(FleetSpec.from_dict(unpackb(raw)))  # type: ignore[arg-type]
     return rt
 
@@ -207,7 +209,9 @@ class ShardRun:
     already_done: bool = False
 
 
-def run_shard(r: redis.Redis, keys: Keys, round_id: str, shard: int, *, worker: str | None = None) -> ShardRun:
+def run_shard(
+    r: redis.Redis, keys: Keys, round_id: str, shard: int, *, worker: str | None = None
+) -> ShardRun:
     """Evaluate one stored shard and store its result; safe to run more than once."""
     t0 = time.perf_counter()
     pipe = r.pipeline(transaction=False)
@@ -245,7 +249,9 @@ def run_shard(r: redis.Redis, keys: Keys, round_id: str, shard: int, *, worker: 
 
     ctx = manifest.ctx
     if rt.spec.asset_uuids_by_name is not None:
-        ctx = TickContext(**{**ctx_to_dict(ctx), "asset_uuids_by_name": rt.spec.asset_uuids_by_name})
+        ctx = TickContext(
+            **{**ctx_to_dict(ctx), "asset_uuids_by_name": rt.spec.asset_uuids_by_name}
+        )
     output = evaluate_shard(
         ctx,
         shard_in.batch,

@@ -28,7 +28,11 @@ def make_app(url: str | None = None, *, task_events: bool | None = None) -> Cele
         task_events = os.environ.get("GRIDFLEET_TASK_EVENTS", "0") == "1"
     soft_shutdown = float(os.environ.get("GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT", "10"))
     app = Celery("gridfleet", include=["gridfleet.workers.tasks"])
-    app.conf.update(celery_settings(url or broker_url(), task_events=task_events, soft_shutdown_timeout=soft_shutdown))
+    app.conf.update(
+        celery_settings(
+            url or broker_url(), task_events=task_events, soft_shutdown_timeout=soft_shutdown
+        )
+    )
     return app
 
 
@@ -40,7 +44,7 @@ _heartbeat: Heartbeat | None = None
 def _warm_up(**_: object) -> None:
     """Import what a shard needs before the first one arrives: the first round of a run must not
     pay for module loading in every pool process."""
-    import gridfleet.platform.shard  # noqa: F401
+    import gridfleet.platform.shard
     import gridfleet.strategies.builtin  # noqa: F401
     from gridfleet.strategies import registry
 

@@ -8,7 +8,11 @@ from gridfleet.platform.dispatch import QUEUE
 
 
 def celery_settings(
-    broker_url: str, *, task_events: bool = False, soft_time_limit: float = 5.0, soft_shutdown_timeout: float = 10.0
+    broker_url: str,
+    *,
+    task_events: bool = False,
+    soft_time_limit: float = 5.0,
+    soft_shutdown_timeout: float = 10.0,
 ) -> dict[str, Any]:
     return {
         "broker_url": broker_url,

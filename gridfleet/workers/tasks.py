@@ -20,7 +20,6 @@ from gridfleet.workers.app import app
 log = logging.getLogger(__name__)
 
 
-
 @lru_cache(maxsize=4)
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
@@ -37,4 +36,10 @@ def evaluate_shard(namespace: str, round_id: str, shard: int) -> None:
     except LookupError as exc:
         log.warning("round %s shard %d: %s (dropped)", round_id, shard, exc)
         return
-    log.debug("round %s shard %d: %d commands in %.1f ms", round_id, shard, run.output.commands, run.duration_s * 1e3)
+    log.debug(
+        "round %s shard %d: %d commands in %.1f ms",
+        round_id,
+        shard,
+        run.output.commands,
+        run.duration_s * 1e3,
+    )

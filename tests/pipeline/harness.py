@@ -3,6 +3,7 @@ ingress and coordinator (threads of the test process), and real Celery worker pr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -62,7 +63,16 @@ class Recorder(threading.Thread):
 def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GRIDFLEET_BROKER_URL": broker_url, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridfleet.cli", "worker", "--concurrency", str(concurrency), "--loglevel", "ERROR"],
+        [
+            sys.executable,
+            "-m",
+            "gridfleet.cli",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "ERROR",
+        ],
         cwd=REPO,
         env=env,
         start_new_session=True,
@@ -82,10 +92,8 @@ def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[byt
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=15)
 
 
@@ -113,12 +121,21 @@ class Fleet:
             {
                 "exchange": {"url": self.exchange_url},
                 "broker": {"url": self.broker_url},
-                "aggregators": [{"name": n, "assets": e["assets"], "strategy": self.strategy} for n, e in self.assignment.items()],
+                "aggregators": [
+                    {"name": n, "assets": e["assets"], "strategy": self.strategy}
+                    for n, e in self.assignment.items()
+                ],
                 "shard_size": self.shard_size,
                 **self.extra_config,
             }
         )
-        self.sim = Simulator(self.grid, self.exchange_url, SimConfig(slots=self.slots, tick_interval=self.tick_interval, tree=self.tree, paused=True))  # type: ignore[arg-type]
+        self.sim = Simulator(
+            self.grid,
+            self.exchange_url,
+            SimConfig(
+                slots=self.slots, tick_interval=self.tick_interval, tree=self.tree, paused=True
+            ),
+        )  # type: ignore[arg-type]
         self.recorder = Recorder(self.exchange_url)
 
     def start(self) -> None:

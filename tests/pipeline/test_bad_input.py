@@ -21,29 +21,55 @@ pytestmark = pytest.mark.integration
 
 
 def config(url: str):  # type: ignore[no-untyped-def]
-    return parse_config({"exchange": {"url": url}, "broker": {"url": url}, "aggregators": [{"name": "a", "assets": ["Load 1 L13"]}]})
+    return parse_config(
+        {
+            "exchange": {"url": url},
+            "broker": {"url": url},
+            "aggregators": [{"name": "a", "assets": ["Load 1 L13"]}],
+        }
+    )
 
 
-def test_a_malformed_event_is_skipped_and_counted(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_malformed_event_is_skipped_and_counted(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     node = Ingress(config(redis_url), redis_url, redis_url)
     try:
         collector = RoundCollector(["agg-1", "agg-2"])
         bad = b'{"event": "tick", "slot_completion": "10%", "market_slot": "2024-06-01T00:15", "grid_tree": {"x": {"children": 3}}}'
         good = orjson.dumps({**load_example("05_event_tick")["data"], "slot_completion": "10%"})
         with caplog.at_level(logging.ERROR):
-            node._take(collector, channels.aggregator_events("agg-1"), bad, time.monotonic(), time.time())
-            node._take(collector, channels.aggregator_events("agg-2"), good, time.monotonic(), time.time())
+            node._take(
+                collector, channels.aggregator_events("agg-1"), bad, time.monotonic(), time.time()
+            )
+            node._take(
+                collector, channels.aggregator_events("agg-2"), good, time.monotonic(), time.time()
+            )
         assert node.bad_events == 1 and node.metrics.bad_events._value.get() == 1
-        assert any("agg-1" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records)
+        assert any(
+            "agg-1" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records
+        )
         (rnd,) = collector.ready(now=time.monotonic() + 1)
         assert set(rnd.events) == {"agg-2"}  # the other aggregator's round goes ahead
     finally:
         node.close()
 
 
-def test_batch_responses_record_rejections_and_skip_unknown_assets(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_batch_responses_record_rejections_and_skip_unknown_assets(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     r = redis.Redis.from_url(redis_url)
-    r.hset("gf:fleet", "p0", orjson.dumps({"aggregators": {"agg-1": "alpha"}, "assets": {"e5d98068-7d2f-4f29-a531-7b9bd21fb7bd": "H1 Load0"}, "markets": {}}))
+    r.hset(
+        "gf:fleet",
+        "p0",
+        orjson.dumps(
+            {
+                "aggregators": {"agg-1": "alpha"},
+                "assets": {"e5d98068-7d2f-4f29-a531-7b9bd21fb7bd": "H1 Load0"},
+                "markets": {},
+            }
+        ),
+    )
     node = Coordinator(config(redis_url), redis_url, redis_url)
     try:
         node.refresh_fleet()
@@ -65,11 +91,19 @@ def test_batch_responses_record_rejections_and_skip_unknown_assets(redis_url: st
 def test_dso_market_stats_answers_reach_the_market_state(redis_url: str) -> None:
     r = redis.Redis.from_url(redis_url)
     market = "e60698e0-c0fa-447d-9c6e-8bde0439d451"
-    r.hset("gf:fleet", "p0", orjson.dumps({"aggregators": {"agg": "op"}, "assets": {}, "markets": {market: "House 2"}}))
+    r.hset(
+        "gf:fleet",
+        "p0",
+        orjson.dumps({"aggregators": {"agg": "op"}, "assets": {}, "markets": {market: "House 2"}}),
+    )
     node = Coordinator(config(redis_url), redis_url, redis_url)
     try:
         node.refresh_fleet()
-        node.handle_response(orjson.dumps(load_example("07_batch_response_dso_market_stats-ready_grid_fees-ready")["data"]))
+        node.handle_response(
+            orjson.dumps(
+                load_example("07_batch_response_dso_market_stats-ready_grid_fees-ready")["data"]
+            )
+        )
         stats = unpackb(r.hget("gf:market-answers", market))
         assert stats["area_throughput"] == {"import": 0.0, "export": 0.0}
     finally:

@@ -31,7 +31,9 @@ def _summary(report: dict) -> dict:
     return report["summary"]
 
 
-def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(two_redis: tuple[RedisServer, RedisServer]) -> None:
+def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
     exchange, broker = two_redis
     workers = start_workers(broker.url)
     fleet = Fleet(exchange.url, broker.url, assets=2000, aggregators=20, slots=3)
@@ -48,15 +50,21 @@ def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(two_redis: t
 
     # Determinism across shards: the same events evaluated in one process give the same batches.
     assert fleet.ingress.fleet is not None
-    expected = replay_rounds(fleet.ingress.fleet, Runtime(fleet.ingress.fleet.spec), fleet.recorder.events)
+    expected = replay_rounds(
+        fleet.ingress.fleet, Runtime(fleet.ingress.fleet.spec), fleet.recorder.events
+    )
     assert set(expected) == set(fleet.recorder.batches)
     for agg, bodies in expected.items():
         sent = [b["batch_commands"] for b in fleet.recorder.batches[agg]]
-        assert sent == [orjson.loads(b) for b in bodies], f"aggregator {agg} differs from the one-process evaluation"
+        assert sent == [orjson.loads(b) for b in bodies], (
+            f"aggregator {agg} differs from the one-process evaluation"
+        )
     assert sum(len(b) for b in expected.values()) == 400
 
 
-def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(two_redis: tuple[RedisServer, RedisServer]) -> None:
+def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
     exchange, broker = two_redis
     workers = start_workers(broker.url)
     fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=3)
@@ -74,7 +82,9 @@ def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(two_redis: tu
         kill_group(workers, signal.SIGKILL)
     s = _summary(report)
     assert s["missing"] == 0 and s["late"] == 0, s
-    assert sum(o.hedged for o in fleet.coordinator.outcomes) > 0, "with every worker dead, shards must have been hedged"
+    assert sum(o.hedged for o in fleet.coordinator.outcomes) > 0, (
+        "with every worker dead, shards must have been hedged"
+    )
     # Exactly one batch per aggregator per round the exchange sent it, and no asset twice.
     per_agg = report["aggregators"]
     for agg, batches in fleet.recorder.batches.items():
@@ -87,7 +97,9 @@ def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(two_redis: tu
                 assert len(kinds) == len(set(kinds)), (agg, cmds)
 
 
-def test_pipeline_recovers_from_a_broker_restart(two_redis: tuple[RedisServer, RedisServer]) -> None:
+def test_pipeline_recovers_from_a_broker_restart(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
     exchange, broker = two_redis
     workers = start_workers(broker.url)
     fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=4)
@@ -102,7 +114,9 @@ def test_pipeline_recovers_from_a_broker_restart(two_redis: tuple[RedisServer, R
         fleet.stop()
         kill_group(workers, signal.SIGTERM)
     rows = report["ticks"]
-    assert fleet.ingress.broker_outages >= 1 and fleet.ingress.lost_rounds >= 1, "the outage must be counted"
+    assert fleet.ingress.broker_outages >= 1 and fleet.ingress.lost_rounds >= 1, (
+        "the outage must be counted"
+    )
     # The last slot is entirely after the restart: every round of it on time again.
     last = [r for r in rows if r["market_slot"] == rows[-1]["market_slot"]]
     assert len(last) == 10

@@ -18,9 +18,16 @@ from gridfleet.platform.evaluate import evaluate_shard, merge_fragments
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.protocol import MarketEvent, TickEvent, decode_event
 from gridfleet.platform.rounds import RoundError, build_round
-from gridfleet.platform.shard import FleetSpec, Manifest, ShardInput, publish_spec, run_shard, write_round
+from gridfleet.platform.shard import (
+    FleetSpec,
+    Manifest,
+    ShardInput,
+    publish_spec,
+    run_shard,
+    write_round,
+)
 from gridfleet.strategies import registry
-from gridfleet.strategies.base import AssetStrategy, PerAssetStrategy, StrategyConfig
+from gridfleet.strategies.base import AssetStrategy, PerAssetStrategy
 from gridfleet.strategies.commands import Bid, OrderArrays, StrategyResult
 from gridfleet.strategies.context import AssetBatch, AssetView, State, TickContext
 from gridfleet.strategies.fees import GridTopology, fees_to_market_maker
@@ -53,11 +60,18 @@ def test_market_event_and_zero_tick_make_one_round() -> None:
 
 def test_first_slot_ticks_without_tree_are_skipped_and_counted() -> None:
     c = RoundCollector(["a"])
-    c.add("a", decode_event(orjson.dumps(load_example("05_event_tick_first_slot_empty_grid_tree")["data"])))
+    c.add(
+        "a",
+        decode_event(
+            orjson.dumps(load_example("05_event_tick_first_slot_empty_grid_tree")["data"])
+        ),
+    )
     assert c.ready(now=1e9) == [] and c.stats.skipped_empty == 1
 
 
-def test_incomplete_round_goes_out_after_the_quiet_gap_and_a_late_aggregator_gets_a_follow_up() -> None:
+def test_incomplete_round_goes_out_after_the_quiet_gap_and_a_late_aggregator_gets_a_follow_up() -> (
+    None
+):
     c = RoundCollector(["a", "b"], window_s=0.05, max_wait_s=0.3)
     c.add("a", event(TICK, slot_completion="30%"), now=0.0)
     assert c.ready(now=0.02) == []
@@ -102,7 +116,9 @@ def test_round_context_and_kinds() -> None:
 
 def test_round_without_tree_is_refused() -> None:
     with pytest.raises(RoundError, match="first slot"):
-        build_round([("a", event(load_example("05_event_tick_first_slot_empty_grid_tree")["data"]))])
+        build_round(
+            [("a", event(load_example("05_event_tick_first_slot_empty_grid_tree")["data"]))]
+        )
 
 
 # -- shard evaluation and bad strategies -----------------------------------------------------
@@ -111,10 +127,19 @@ def test_round_without_tree_is_refused() -> None:
 class Exploding(AssetStrategy):
     name = "exploding"
 
-    def on_market(self, ctx: TickContext, assets: AssetBatch, state: Mapping[str, State]) -> StrategyResult:
+    def on_market(
+        self, ctx: TickContext, assets: AssetBatch, state: Mapping[str, State]
+    ) -> StrategyResult:
         if any(a == "bad-agg" for a in assets.aggregator):
             raise RuntimeError("boom")
-        return StrategyResult(orders=OrderArrays(np.arange(len(assets)), np.ones(len(assets), bool), assets.energy_requirement_kwh.copy(), np.full(len(assets), 10.0)))
+        return StrategyResult(
+            orders=OrderArrays(
+                np.arange(len(assets)),
+                np.ones(len(assets), bool),
+                assets.energy_requirement_kwh.copy(),
+                np.full(len(assets), 10.0),
+            )
+        )
 
 
 class Greedy(PerAssetStrategy):
@@ -144,7 +169,9 @@ def test_a_strategy_returning_invalid_commands_gets_them_refused_and_the_rest_go
     rnd = build_round([("agg", event(MARKET))])
     loads = rnd.assets.kind == 0
     idx = np.where(loads, 1, 0).astype(np.int64)  # loads: greedy; the rest: linear ramp
-    out = evaluate_shard(rnd.ctx, rnd.assets, idx, [registry.build("linear_ramp", {}), Greedy()], {})
+    out = evaluate_shard(
+        rnd.ctx, rnd.assets, idx, [registry.build("linear_ramp", {}), Greedy()], {}
+    )
     assert len(out.refusals) == int(loads.sum()) == 3
     assert all("above the requirement" in r.reason for r in out.refusals)
     sent = orjson.loads(merge_fragments([out.fragments["agg"]]))
@@ -165,7 +192,9 @@ class Counting(PerAssetStrategy):
         return [], {"n": n}
 
 
-def test_running_a_shard_twice_gives_the_same_state_and_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_running_a_shard_twice_gives_the_same_state_and_commands(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry.register("counting", Counting)
     r = fakeredis.FakeRedis()
     keys = Keys("t")
@@ -174,7 +203,9 @@ def test_running_a_shard_twice_gives_the_same_state_and_commands(monkeypatch: py
 
     def store(round_id: str) -> None:
         manifest = Manifest(round_id, rnd.ctx, version, 1, ["agg"], 0.0, 1.0)
-        write_round(r, keys, manifest, [ShardInput(rnd.assets, np.zeros(len(rnd.assets), np.int64))])
+        write_round(
+            r, keys, manifest, [ShardInput(rnd.assets, np.zeros(len(rnd.assets), np.int64))]
+        )
 
     store("r1")
     first = run_shard(r, keys, "r1", 0)
@@ -186,7 +217,10 @@ def test_running_a_shard_twice_gives_the_same_state_and_commands(monkeypatch: py
     run_shard(r, keys, "r2", 0)
     states = {k.decode(): unpackb(v) for k, v in r.hgetall(keys.state).items()}
     assert all(after == {"n": 2} for _, _, after in states.values())
-    assert r.lrange(keys.done("r1"), 0, -1) == [b"0", b"0"]  # reported twice; the coordinator counts a set
+    assert r.lrange(keys.done("r1"), 0, -1) == [
+        b"0",
+        b"0",
+    ]  # reported twice; the coordinator counts a set
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -194,14 +228,23 @@ def test_running_a_shard_twice_gives_the_same_state_and_commands(monkeypatch: py
 
 def test_config_errors_name_the_path_of_the_bad_field() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_config({"aggregators": [{"name": "a", "assets": ["x"], "by_kind": {"battery": {"name": "fixed_rate"}}}], "shard_size": 0})
+        parse_config(
+            {
+                "aggregators": [
+                    {"name": "a", "assets": ["x"], "by_kind": {"battery": {"name": "fixed_rate"}}}
+                ],
+                "shard_size": 0,
+            }
+        )
     text = str(info.value)
     assert "aggregators.0.by_kind.battery" in text and "shard_size" in text
 
 
 def test_config_refuses_duplicates_and_empty_aggregators() -> None:
     with pytest.raises(ConfigError, match="repeated"):
-        parse_config({"aggregators": [{"name": "a", "assets": ["x"]}, {"name": "a", "assets": ["y"]}]})
+        parse_config(
+            {"aggregators": [{"name": "a", "assets": ["x"]}, {"name": "a", "assets": ["y"]}]}
+        )
     with pytest.raises(ConfigError, match="needs `assets` or `markets`"):
         parse_config({"aggregators": [{"name": "a"}]})
 

@@ -85,21 +85,17 @@ class DeadlineTracker:
             recs.append(RoundRecord(number, sent))
         return number
 
-    def batch_arrived(self, agg: str, at: float, transaction_id: object = None) -> RoundRecord | None:
+    def batch_arrived(
+        self, agg: str, at: float, transaction_id: object = None
+    ) -> RoundRecord | None:
         recs = self.per_agg.get(agg)
         if not recs:
             self.unattributed += 1
             return None
-        tagged = self._tagged(recs, transaction_id, at)
-        if tagged is not None:
-            target = tagged
-            if target.first is None:
-                target.first = at
-            target.last = at
-            target.batches += 1
-            return target
-        candidates = recs[-2:]
-        target = next((r for r in candidates if r.first is None and r.sent <= at), None)
+        target = self._tagged(recs, transaction_id, at)
+        if target is None:
+            candidates = recs[-2:]
+            target = next((r for r in candidates if r.first is None and r.sent <= at), None)
         if target is None:
             target = recs[-1]
             if target.sent > at:
@@ -111,7 +107,9 @@ class DeadlineTracker:
         target.batches += 1
         return target
 
-    def _tagged(self, recs: list[RoundRecord], transaction_id: object, at: float) -> RoundRecord | None:
+    def _tagged(
+        self, recs: list[RoundRecord], transaction_id: object, at: float
+    ) -> RoundRecord | None:
         """The round a batch names in its transaction id (``<slot>/<n>%/...``), if it is one of
         this aggregator's rounds already sent. A client can only name a round it was sent, so a
         tag can make a batch count as late, never earlier than it arrived."""
