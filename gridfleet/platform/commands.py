@@ -278,7 +278,19 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         raise OutboundRejected(label, ctype, "orders are for assets, not markets")
     settling = slot is not None and slot != markets.spot_slot
     if settling:
-        cap = abs(float(target.unsettled_deviation_kwh.get(slot, 0.0)))
+        deviation = float(target.unsettled_deviation_kwh.get(slot, 0.0))
+        # Settlement goes one way: more used than bought means buying the rest, and back.
+        if ctype == "bid" and deviation <= 0:
+            raise OutboundRejected(
+                label, ctype, f"no positive deviation to buy for {slot} (deviation {deviation} kWh)"
+            )
+        if ctype == "offer" and deviation >= 0:
+            raise OutboundRejected(
+                label,
+                ctype,
+                f"no negative deviation to sell for {slot} (deviation {deviation} kWh)",
+            )
+        cap = abs(deviation)
         if energy > cap + (OFFER_TOLERANCE_KWH if ctype == "offer" else 0.0):
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the unsettled {cap} kWh for {slot}"

@@ -21,7 +21,55 @@ from gridfleet.strategies.invariants import order_violations
 from tests.strategies.helpers import STRATEGY_DATA, asset, batch, ctx
 
 Check = Callable[[AssetBatch, StrategyResult], list]
-OUTBOUND_CHECKS: list[Check] = [order_violations]
+
+
+def platform_outbound(batch: AssetBatch, result: StrategyResult) -> list:
+    """What gridfleet's own outbound validation (gridfleet/platform/commands.py) refuses.
+
+    Degrees of freedom are allowed here: whether the exchange takes them is the fleet's
+    ``accepts_requirements``, not the strategy's business.
+    """
+    from gridfleet.platform.commands import (
+        ExchangeProfile,
+        OpenMarkets,
+        OutboundRejected,
+        to_wire,
+        validate_command,
+        validate_orders,
+    )
+    from gridfleet.platform.evaluate import _target
+
+    problems: list = []
+    o = result.orders
+    if len(o):
+        r = o.row
+        check = validate_orders(
+            batch.kind[r],
+            o.is_bid,
+            o.energy_kwh,
+            o.rate,
+            batch.energy_requirement_kwh[r],
+            batch.available_energy_kwh[r],
+            batch.energy_to_buy_kwh[r],
+            batch.energy_to_sell_kwh[r],
+        )
+        problems += check.refusals
+    slots = {s for dev in batch.unsettled_deviation_kwh or [] if dev for s in dev}
+    markets = OpenMarkets("spot", frozenset(slots))
+    for row, command in result.commands:
+        try:
+            validate_command(
+                to_wire(command),
+                _target(batch, row),
+                markets,
+                ExchangeProfile(accepts_requirements=True),
+            )
+        except OutboundRejected as exc:
+            problems.append((row, command, exc.reason))
+    return problems
+
+
+OUTBOUND_CHECKS: list[Check] = [order_violations, platform_outbound]
 
 PARTNERS = {"PV 9 (15kW)": "uuid-pv9", "PV 5 (10kW)": "uuid-pv5"}
 ASSET_STRATEGIES: list[AssetStrategy] = [
@@ -115,5 +163,6 @@ def test_the_checker_catches_every_rule():
     )
     reasons = [v.reason for v in order_violations(b, bad)]
     assert len(reasons) == 7
+    assert len(platform_outbound(b, bad)) == 7, platform_outbound(b, bad)
     assert "above" in reasons[0] and "negative" in reasons[1] and "PV" in reasons[2]
     assert "LOAD" in reasons[3] and "not above" in reasons[4]

@@ -1,0 +1,112 @@
+"""`gridfleet demo` as a newcomer runs it: a real subprocess, its own Redis servers and workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def demo_argv(report: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gridfleet.cli",
+        "demo",
+        "--headless",
+        "--no-flower",
+        "--assets",
+        "400",
+        "--aggregators",
+        "4",
+        "--slots",
+        "2",
+        "--tick-interval",
+        "0.4",
+        "--report",
+        str(report),
+        *extra,
+    ]
+
+
+def test_headless_demo_report_agrees_with_the_exchange(tmp_path: Path) -> None:
+    run = subprocess.run(
+        demo_argv(tmp_path / "run"), cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = orjson.loads((tmp_path / "run" / "report.json").read_bytes())
+    exchange = orjson.loads((tmp_path / "run" / "exchange-report.json").read_bytes())
+    summary = exchange["summary"]
+    # The report's figures are the exchange's own counts, not the client's.
+    assert report["assets"] == 400 and report["aggregators"] == 4
+    assert (
+        report["batches_expected"] == summary["aggregator_rounds"] == 40
+    )  # 1 slot with trees x 10 rounds x 4
+    assert report["batches_on_time"] == summary["on_time"]
+    assert (
+        report["batches_late"] == summary["late"]
+        and report["batches_missing"] == summary["missing"]
+    )
+    assert report["latency_ms"]["p99"] == pytest.approx(summary["first_batch_ms"]["p99"])
+    assert report["trades"] == exchange["meta"]["counts"]["trades"] > 0
+    assert report["energy_traded_kwh"] == pytest.approx(
+        exchange["meta"]["counts"]["energy_traded_kwh"]
+    )
+    assert report["commands_sent"] > 0 and report["hedged_shards"] >= 0
+    assert report["batches_on_time"] == 40, "a small fleet on an idle machine is on time"
+    assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
+    assert "report.html" in run.stdout
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_ctrl_c_stops_every_process_and_redis(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        demo_argv(tmp_path / "run", "--slots", "20"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "fleet connected" in line or time.monotonic() > deadline:
+                break
+        time.sleep(2.0)  # mid-run: rounds are flowing
+        seen = _descendants(proc.pid)
+        names = " ".join(" ".join(p.cmdline()) for p in seen)
+        assert (
+            "redis-server" in names
+            and "worker" in names
+            and "ingress" in names
+            and "coordinator" in names
+        )
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    alive = [p for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    # Nothing left listening for the run either: no redis-server child of ours survives.
+    assert not [p for p in psutil.process_iter(["ppid", "name"]) if p.info["ppid"] == proc.pid]
+    assert os.path.exists(tmp_path / "run" / "fleet.yaml")
