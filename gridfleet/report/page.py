@@ -133,7 +133,11 @@ def _summary(rep: Mapping[str, Any]) -> str:
             DASH,
         ),
         ("latency p50 / p95 / p99 / max", ms(lat), ms(clat)),
-        ("commands sent", DASH, fmt(rep["commands_sent"])),
+        (
+            "commands answered / sent",
+            fmt(rep["exchange"].get("commands")),
+            fmt(rep["commands_sent"]),
+        ),
         ("commands rejected by the exchange", DASH, fmt(rep["commands_rejected"])),
         ("commands refused before sending", DASH, fmt(rep["commands_refused"])),
         ("shards hedged by the coordinator", DASH, fmt(rep["hedged_shards"])),

@@ -123,6 +123,7 @@ def energy_per_slot(slots: Sequence[Mapping[str, Any]]) -> bytes:
     exchange = all(s["energy_kwh"] is not None for s in rows)
     energy = [s["energy_kwh"] if exchange else s["fleet_energy_kwh"] for s in rows]
     ax.bar(x, energy, width=0.6, color=BLUE, label="energy traded")
+    ax.set_ylim(0, max([*energy, 1e-9]) * 1.3)  # headroom for the legend
     ax.set_xticks(x, [str(s["slot"])[-5:] for s in rows])
     ax.set_xlabel("market slot")
     src = "exchange" if exchange else "received by the fleet"
@@ -131,7 +132,7 @@ def energy_per_slot(slots: Sequence[Mapping[str, Any]]) -> bytes:
     ax2 = ax.twinx()
     ax2.plot(x, rate, color=ORANGE, marker="o", lw=2, label="avg rate")
     ax2.set_ylabel("ct/kWh")
-    ax2.set_ylim(bottom=0)
+    ax2.set_ylim(0, max([r for r in rate if r == r] or [1.0]) * 1.3)
     ax2.spines[["top"]].set_visible(False)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(
