@@ -89,14 +89,24 @@ def per_tick(
     sim_report: Mapping[str, Any], records: list[Mapping[str, Any]], deadline_ms: float | None
 ) -> list[dict[str, Any]]:
     """One row per evaluated round: the exchange's measurement joined with the coordinator's."""
-    client = {
-        (str(r.get("slot")), int(r.get("tick", -1))): r for r in records if r.get("kind") == "round"
-    }
+    # A round can have follow-ups (``…#9.1``) for events that reached ingress after it was
+    # handed out: the first record gives the round's timing, commands add up over all of them.
+    client: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in records:
+        if r.get("kind") != "round":
+            continue
+        key = (str(r.get("slot")), int(num(r.get("tick"), -1)))
+        c = client.get(key)
+        if c is None:
+            client[key] = dict(r)
+        else:
+            for k in ("commands", "refused", "hedged"):
+                c[k] = int(num(c.get(k))) + int(num(r.get(k)))
     rows = []
     for t in sim_report.get("ticks", []):
         slot, tick = str(t.get("market_slot", "")), tick_index(t.get("slot_completion"))
         on, late, miss = int(t.get("on_time", 0)), int(t.get("late", 0)), int(t.get("missing", 0))
-        c = client.get((slot, tick), {})
+        cr: Mapping[str, Any] = client.get((slot, tick), {})
         interval = t.get("interval_ms")
         rows.append(
             {
@@ -111,12 +121,12 @@ def per_tick(
                 # the deadline of a round is the next round; the last one ends with the run
                 "deadline_ms": float(interval) if interval is not None else deadline_ms,
                 "latency_ms": percentiles(t.get("first_batch_ms")),
-                "client_latency_ms": c.get("latency_ms"),
-                "client_budget_ms": c.get("budget_ms"),
-                "client_on_time": c.get("on_time"),
-                "commands": c.get("commands"),
-                "refused": c.get("refused"),
-                "hedged": c.get("hedged"),
+                "client_latency_ms": cr.get("latency_ms"),
+                "client_budget_ms": cr.get("budget_ms"),
+                "client_on_time": cr.get("on_time"),
+                "commands": cr.get("commands"),
+                "refused": cr.get("refused"),
+                "hedged": cr.get("hedged"),
             }
         )
     return rows

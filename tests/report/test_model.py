@@ -125,6 +125,14 @@ def test_per_aggregator_worst_first(rep: dict[str, Any]) -> None:
     assert (a["uuid"], a["on_time"], a["trades"], a["energy_kwh"]) == (fx.A, 4, 5, 3.0)
 
 
+def test_a_follow_up_round_adds_its_commands_but_not_its_timing() -> None:
+    follow_up = fx._round(fx.S1, 1, 480.0, 5, hedged=2) | {"round": f"{fx.S1}#1.1"}
+    recs = fx.records()
+    recs.insert(4, follow_up)
+    tick = build_report(**fx.inputs(records=recs))["per_tick"][1]
+    assert (tick["client_latency_ms"], tick["commands"], tick["hedged"]) == (110.0, 35, 2)
+
+
 def test_trade_records_take_the_slot_of_the_round_before_them_unless_they_name_one() -> None:
     recs = [
         {"kind": "trade", "trades": 1},
