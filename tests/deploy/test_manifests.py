@@ -616,9 +616,13 @@ def test_soft_shutdown_timeout_matches_the_worker_settings(rendered: Rendered) -
     default = _python_constant(
         "gridfleet/workers/app.py", r'GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT",\s*"([0-9.]+)"'
     )
-    assert default is not None, "gridfleet/workers/app.py no longer reads GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"
+    assert default is not None, (
+        "gridfleet/workers/app.py no longer reads GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"
+    )
     assert float(default) <= declared
-    grace = get(rendered["prod"], "Deployment", "worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = get(rendered["prod"], "Deployment", "worker")["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ]
     assert grace > declared
 
 
