@@ -66,6 +66,7 @@ class EventBuilder:
         self._comma, self._close, self._mm = lit0, lit0 + 1, lit0 + 2
         self._uuid_js = [_js(u) for u in grid.asset_uuid]
         self._name_js = [_js(n) for n in grid.asset_name]
+        self.name_js = self._name_js  # asset names as JSON strings (trade rows)
         other = [
             f'{u}:{{"area_name":{n}}}' for u, n in zip(self._uuid_js, self._name_js, strict=True)
         ]
@@ -282,44 +283,87 @@ class EventBuilder:
 FINISH_EVENT = b'{"event":"finish","simulation_id":null,"num_ticks":10.0}'
 
 
+def owner_array(grid: Grid, owner: dict[int, str]) -> tuple[np.ndarray, list[str]]:
+    """Asset -> position of its owning aggregator in the returned key list (-1: nobody)."""
+    keys = sorted(set(owner.values()))
+    pos = {k: i for i, k in enumerate(keys)}
+    arr = np.full(grid.n_assets + 1, -1, dtype=np.int64)  # the extra last slot: Market Maker
+    for a, agg in owner.items():
+        arr[a] = pos[agg]
+    return arr, keys
+
+
 def trade_rows(
-    report: TradeReport, grid: Grid, owner: dict[int, str], time_str: str, seq: int
+    report: TradeReport,
+    grid: Grid,
+    owner: tuple[np.ndarray, list[str]],
+    time_str: str,
+    seq: int,
+    name_js: list[str] | None = None,
 ) -> dict[str, list[str]]:
     """Serialised trade-list entries per aggregator key: each side of a trade goes to its
-    asset's owner, the counterparty shown as ``anonymous`` (as gsy-e does). Entries are
-    rendered with f-strings: a slot end can settle 100 000 trades in one tick."""
-    out: dict[str, list[str]] = {}
-    names = [_js(n) for n in (grid.market_maker_name,)]
-    mm = names[0]
-    for i in range(len(report)):
-        b, s = report.buyer[i], report.seller[i]
-        b_agg = owner.get(b) if b >= 0 else None
-        s_agg = owner.get(s) if s >= 0 else None
-        if b_agg is None and s_agg is None:
-            continue
-        price, fee = round(report.price[i], 8), round(report.fee[i], 8)
-        b_name = _js(grid.asset_name[b]) if b >= 0 else mm
-        s_name = _js(grid.asset_name[s]) if s >= 0 else mm
-        bid_id, offer_id = report.bid_id[i], report.offer_id[i]
-        res_b = bid_id if report.bid_residual[i] else "None"
-        res_o = offer_id if report.offer_residual[i] else "None"
+    asset's owner, the counterparty shown as ``anonymous`` (as gsy-e does).
+
+    A slot end can settle 100 000 trades in one tick, so the columns are prepared with numpy
+    (owners, ids, which trades concern nobody) and one f-string per entry does the rest.
+    ``owner`` comes from :func:`owner_array`; ``name_js`` are the asset names as JSON strings.
+    """
+    n = len(report)
+    if n == 0:
+        return {}
+    own_arr, keys = owner
+    buyer = np.asarray(report.buyer, dtype=np.int64)
+    seller = np.asarray(report.seller, dtype=np.int64)
+    b_own = own_arr[buyer]  # -1 (the Market Maker) reads the extra last slot: nobody
+    s_own = own_arr[seller]
+    keep = np.flatnonzero((b_own >= 0) | (s_own >= 0))
+    if len(keep) == 0:
+        return {}
+    if name_js is None:
+        name_js = [_js(x) for x in grid.asset_name]
+    mm = _js(grid.market_maker_name)
+    names = [*name_js, mm]  # index -1 is the Market Maker
+    uuids = grid.asset_uuid
+    bid_seq = np.asarray(report.bid_seq)[keep].tolist()
+    offer_seq = np.asarray(report.offer_seq)[keep].tolist()
+    res_b = np.asarray(report.bid_residual, dtype=bool)[keep].tolist()
+    res_o = np.asarray(report.offer_residual, dtype=bool)[keep].tolist()
+    energy = np.asarray(report.energy, dtype=np.float64)[keep].tolist()
+    price = np.asarray(report.price, dtype=np.float64)[keep].tolist()
+    fee = np.asarray(report.fee, dtype=np.float64)[keep].tolist()
+    cols = zip(
+        keep.tolist(),
+        buyer[keep].tolist(),
+        seller[keep].tolist(),
+        b_own[keep].tolist(),
+        s_own[keep].tolist(),
+        strict=True,
+    )
+    out: list[list[str]] = [[] for _ in keys]
+    for j, (i, b, s, bo, so) in enumerate(cols):
+        p, f = round(price[j], 8), round(fee[j], 8)
+        b_name, s_name = names[b], names[s]
+        bq, oq = bid_seq[j], offer_seq[j]
+        bid_id = f"00000000-0000-4000-8000-{bq:012x}" if bq >= 0 else "market-maker-bid"
+        offer_id = f"00000000-0000-4000-8000-{oq:012x}" if oq >= 0 else "market-maker-offer"
         common = (
             f'"trade_id":"00000000-0000-4000-9000-{seq + i:012x}","time":"{time_str}",'
-            f'"trade_price":{price!r},"traded_energy":{report.energy[i]!r},"total_fee":{fee!r},'
-            f'"local_market_fee":{fee!r}'
+            f'"trade_price":{p!r},"traded_energy":{energy[j]!r},"total_fee":{f!r},'
+            f'"local_market_fee":{f!r}'
         )
         ids = (
             f'"seller_origin":{s_name},"buyer_origin":{b_name},"bid_id":"{bid_id}",'
-            f'"offer_id":"{offer_id}","residual_bid_id":"{res_b}","residual_offer_id":"{res_o}"}}'
+            f'"offer_id":"{offer_id}","residual_bid_id":"{bid_id if res_b[j] else "None"}",'
+            f'"residual_offer_id":"{offer_id if res_o[j] else "None"}"}}'
         )
-        if b_agg is not None:
-            out.setdefault(b_agg, []).append(
-                f'{{"event":"trade","asset_id":"{grid.asset_uuid[b]}",{common},'
+        if bo >= 0:
+            out[bo].append(
+                f'{{"event":"trade","asset_id":"{uuids[b]}",{common},'
                 f'"seller":"anonymous","buyer":{b_name},{ids}'
             )
-        if s_agg is not None:
-            out.setdefault(s_agg, []).append(
-                f'{{"event":"trade","asset_id":"{grid.asset_uuid[s]}",{common},'
+        if so >= 0:
+            out[so].append(
+                f'{{"event":"trade","asset_id":"{uuids[s]}",{common},'
                 f'"seller":{s_name},"buyer":"anonymous",{ids}'
             )
-    return out
+    return {keys[k]: rows for k, rows in enumerate(out) if rows}

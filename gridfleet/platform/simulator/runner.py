@@ -13,6 +13,7 @@ is no market event for it. After the last slot: per-market and per-aggregator fi
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -30,7 +31,13 @@ from gridfleet.platform import channels
 from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
 from gridfleet.platform.simulator.deadline import DeadlineTracker, percentiles
-from gridfleet.platform.simulator.events import FINISH_EVENT, EventBuilder, TreeMode, trade_rows
+from gridfleet.platform.simulator.events import (
+    FINISH_EVENT,
+    EventBuilder,
+    TreeMode,
+    owner_array,
+    trade_rows,
+)
 from gridfleet.platform.simulator.grid import Grid
 from gridfleet.platform.simulator.protocol_server import (
     AGG_COMMAND,
@@ -130,6 +137,12 @@ class Simulator:
         self._trade_seq = 0
         self._refresh_ms = 0.0
         self._asset_owner: dict[int, str] = {}
+        self._owner_arr = owner_array(grid, {})
+        self._trees: dict[str, bytes] = {}  # trees built since the last refresh (trade events)
+        self._backlog: collections.deque[Inbound] = collections.deque()
+        self.batch_chunk = 200  # messages applied between two looks at the dispatch clock
+        # batches count for the deadline report from the first round of slot 1 on
+        self._counting_since = math.inf
         self._own_assets: dict[str, list[int]] = {}
         self.error: BaseException | None = None
 
@@ -257,7 +270,7 @@ class Simulator:
                     wait = cfg.internal_tick
                 else:
                     wait = min(cfg.internal_tick, max(0.0, next_dispatch - now))
-                self._drain(wait)
+                self._drain(wait, next_dispatch if cfg.tick_interval is not None else math.inf)
                 if cfg.tick_interval is None:
                     while not self._steps.empty():
                         done = self._steps.get()
@@ -276,47 +289,74 @@ class Simulator:
             self.finished.set()
             raise
 
-    def _drain(self, wait: float) -> None:
+    def _drain(self, wait: float, until: float = math.inf) -> None:
+        """Apply what came in, in chunks of ``batch_chunk`` messages, until ``until`` (the next
+        dispatch): a backlog never delays a tick round; what is left waits in ``_backlog`` for
+        the next pass. Each message keeps the time the inbox read it (deadline accounting)."""
         assert self._inbox is not None
         q = self._inbox.queue
-        msgs: list[Inbound] = []
+        backlog = self._backlog
         try:
-            msgs.append(q.get(timeout=wait) if wait > 0 else q.get_nowait())
-            while len(msgs) < 20000:
-                msgs.append(q.get_nowait())
+            if not backlog:
+                backlog.append(q.get(timeout=wait) if wait > 0 else q.get_nowait())
+            while len(backlog) < 20000:
+                backlog.append(q.get_nowait())
         except queue.Empty:
             pass
-        if not msgs:
-            return
+        while backlog:
+            n = min(len(backlog), self.batch_chunk)
+            self._apply([backlog.popleft() for _ in range(n)])
+            if time.time() >= until:
+                break
+
+    def _apply(self, msgs: list[Inbound]) -> None:
+        """Handle messages in order; consecutive batches are applied together (one numpy pass
+        over all their orders, see ``BatchHandler.respond_many``)."""
         assert self._pub is not None
         pipe = self._pub.pipeline(transaction=False)
+        group: list[tuple[dict[str, Any], set[str], str]] = []
         for msg in msgs:
             try:
-                self._handle(msg, pipe)
+                data = self._parse(msg)
+                if data is None:
+                    continue
+                if msg.kind == BATCH:
+                    item = self._batch_item(data, msg.at)
+                    if item is not None:
+                        group.append(item)
+                    continue
+                if group:
+                    self._answer(group, pipe)
+                    group = []
+                self._handle(msg.kind, msg.channel, data, pipe)
             except Exception:  # one bad message must never stop the exchange
                 log.exception("could not handle a message on %s", msg.channel)
+        if group:
+            self._answer(group, pipe)
         pipe.execute()
 
-    def _handle(self, msg: Inbound, pipe: Any) -> None:
+    @staticmethod
+    def _parse(msg: Inbound) -> dict[str, Any] | None:
         try:
             data = orjson.loads(msg.data)
         except orjson.JSONDecodeError:
             log.info("non-JSON message on %s ignored", msg.channel)
-            return
+            return None
         if not isinstance(data, dict):
             log.info("message on %s is not a JSON object; ignored", msg.channel)
-            return
-        if msg.kind == BATCH:
-            self._batch(data, msg.at, pipe)
-        elif msg.kind == AGG_COMMAND:
+            return None
+        return data
+
+    def _handle(self, kind: str, channel: str, data: dict[str, Any], pipe: Any) -> None:
+        if kind == AGG_COMMAND:
             for answer in self.registry.command(data):
                 pipe.publish(channels.AGGREGATOR_RESPONSE, orjson.dumps(answer))
-        elif msg.kind == REGISTER:
-            out = self.registry.register(msg.channel, data)
+        elif kind == REGISTER:
+            out = self.registry.register(channel, data)
             if out is not None:
                 pipe.publish(out[0], orjson.dumps(out[1]))
-        elif msg.kind == CONTROL:
-            self._control(msg.channel, data, pipe)
+        elif kind == CONTROL:
+            self._control(channel, data, pipe)
 
     def _control(self, channel: str, data: dict[str, Any], pipe: Any) -> None:
         command = channel.rsplit("/", 1)[-1]
@@ -341,31 +381,33 @@ class Simulator:
             pipe.execute()
             self._finish()
 
-    def _batch(self, data: dict[str, Any], at: float, pipe: Any) -> None:
+    def _batch_item(
+        self, data: dict[str, Any], at: float
+    ) -> tuple[dict[str, Any], set[str], str] | None:
+        """Count a batch and record its arrival (``at``: when the inbox read it from Redis);
+        return what the handler needs, or None when it gets no answer."""
         self.counts.batches_received += 1
         agg = data.get("aggregator_uuid")
         if not isinstance(agg, str) or agg not in self.registry.aggregators:
-            return
-        if self.registry.selected.get(agg) and self._opened and self._slot > 0:
+            return None
+        if self.registry.selected.get(agg) and at >= self._counting_since:
             self.deadline.batch_arrived(agg, at, data.get("transaction_id"))
         if self.finished.is_set():
-            return  # answered after the final tick: no response, as gsy-e
-        responses = self.handler.handle(data, self.registry.selected.get(agg, set()))
-        if responses is None:
-            return
-        self.counts.commands += sum(len(v) for v in responses.values())
-        self.counts.batches_answered += 1
-        pipe.publish(
-            channels.batch_response(agg, self.config.config_id),
-            orjson.dumps(
-                {
-                    "command": "batch_commands",
-                    "transaction_id": data.get("transaction_id"),
-                    "aggregator_uuid": agg,
-                    "responses": responses,
-                }
-            ),
-        )
+            return None  # answered after the final tick: no response, as gsy-e
+        return data, self.registry.selected.get(agg, set()), agg
+
+    def _answer(self, group: list[tuple[dict[str, Any], set[str], str]], pipe: Any) -> None:
+        cid = self.config.config_id
+        for (_, _, agg), result in zip(group, self.handler.respond_many(group), strict=True):
+            if isinstance(result, Exception):
+                log.error("could not answer a batch of %s: %r", agg, result)
+                continue
+            answer, n_cmds = result
+            if answer is None:
+                continue
+            self.counts.commands += n_cmds
+            self.counts.batches_answered += 1
+            pipe.publish(channels.batch_response(agg, cid), answer)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -419,6 +461,8 @@ class Simulator:
             self.events.template(agg, assets, markets)
         if reg.changed:
             self._asset_owner = {a: agg for agg, assets in self._own_assets.items() for a in assets}
+            self._owner_arr = owner_array(self.grid, self._asset_owner)
+            self._trees.clear()
         reg.changed.clear()
 
     def _refresh(self) -> None:
@@ -427,6 +471,7 @@ class Simulator:
         self._refresh_ms += (time.perf_counter() - t0) * 1000
 
     def _refresh_pieces(self) -> None:
+        self._trees.clear()
         if self._slot == 0:
             return  # first-slot trees are empty
         if self._heads_slot != self._slot or self.state.fee_changed:
@@ -440,8 +485,17 @@ class Simulator:
             return None, None
         return self.grid.feed_in_tariff_rate, self.grid.market_maker_rate
 
-    def _tree(self, agg: str) -> bytes:
-        return b"{}" if self._slot == 0 else self.events.tree(agg)
+    def _tree(self, agg: str, keep: bool = False) -> bytes:
+        """The aggregator's serialised tree; ``keep``: remember it until the next refresh (the
+        trade events of a tick and its tick event carry the same tree)."""
+        if self._slot == 0:
+            return b"{}"
+        tree = self._trees.get(agg)
+        if tree is None:
+            tree = self.events.tree(agg)
+            if keep:
+                self._trees[agg] = tree
+        return tree
 
     def _sim_time(self) -> datetime:
         return self.state.slot_start + self._tick * self.config.slot_length / TICKS_PER_SLOT
@@ -452,14 +506,16 @@ class Simulator:
         t0 = time.perf_counter()
         assert self._pub is not None
         self.counts.trades += len(report)
-        self.counts.energy_traded_kwh += float(sum(report.energy))
+        self.counts.energy_traded_kwh += float(sum(report.energy.tolist()))
         when = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00")
-        rows = trade_rows(report, self.grid, self._asset_owner, when, self._trade_seq)
+        rows = trade_rows(
+            report, self.grid, self._owner_arr, when, self._trade_seq, self.events.name_js
+        )
         self._trade_seq += len(report)
         fit, mmr = self._rates()
         pipe = self._pub.pipeline(transaction=False)
         for agg, trade_list in rows.items():
-            payload = self.events.trade_event(trade_list, self._tree(agg), fit, mmr)
+            payload = self.events.trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
             self.counts.bytes_sent += len(payload)
             pipe.publish(channels.aggregator_events(agg, self.config.config_id), payload)
         self.counts.events_sent += len(rows)
@@ -494,6 +550,7 @@ class Simulator:
         self._direct_asset_events(pipe, market, completion)
         sent = time.time()
         if self._slot > 0:  # no answer is expected to the first slot's empty trees
+            self._counting_since = min(self._counting_since, sent)
             active = [a for a in aggs if self.registry.selected.get(a)]
             self.deadline.round_sent(slot, completion, sent, active)
         pipe.execute()
