@@ -26,7 +26,7 @@ import redis
 from gridfleet.config import FleetConfig
 from gridfleet.platform import channels
 from gridfleet.platform.collector import PendingRound, RoundCollector
-from gridfleet.platform.dispatch import ShardDispatcher
+from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
 from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
 from gridfleet.platform.keys import Keys
@@ -333,7 +333,10 @@ class Ingress:
         )
         write_round(self.broker, self.keys, manifest, shards)
         self.dispatcher.send(self.keys.ns, round_id, len(shards), manifest.deadline)
-        self.broker.rpush(self.keys.rounds, round_id)
+        depth = self.broker.rpush(self.keys.rounds, round_id)
+        self.metrics.queue_depth.set(self.broker.llen(QUEUE))
+        if depth > 3:
+            log.warning("the coordinator is %d rounds behind", depth - 1)
         self.metrics.rounds.inc()
         self.metrics.shards.inc(len(shards))
         if missing:

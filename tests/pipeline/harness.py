@@ -113,6 +113,7 @@ class Fleet:
     shard_size: int = 500
     extra_config: dict[str, Any] = field(default_factory=dict)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "linear_ramp"})
+    partitions: int = 1  # ingress processes splitting the aggregators
 
     def __post_init__(self) -> None:
         self.grid = generate_grid(self.assets, houses_size=10, seed=7)
@@ -142,13 +143,21 @@ class Fleet:
         self.recorder.start()
         self.recorder.ready.wait(5)
         self.sim.start()
-        self.ingress = Ingress(self.config, self.exchange_url, self.broker_url)
-        self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
-        self.ingress.connect()
-        self._threads = [
-            threading.Thread(target=self.ingress.run, daemon=True, name="ingress"),
-            threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator"),
+        self.ingresses = [
+            Ingress(self.config, self.exchange_url, self.broker_url, partition=(i, self.partitions))
+            for i in range(self.partitions)
         ]
+        self.ingress = self.ingresses[0]
+        self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
+        for node in self.ingresses:
+            node.connect()
+        self._threads = [
+            threading.Thread(target=n.run, daemon=True, name=f"ingress-{i}")
+            for i, n in enumerate(self.ingresses)
+        ]
+        self._threads.append(
+            threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator")
+        )
         for t in self._threads:
             t.start()
         time.sleep(0.5)
@@ -160,11 +169,13 @@ class Fleet:
         return self.sim.report()
 
     def stop(self) -> None:
-        self.ingress.stop_event.set()
+        for node in getattr(self, "ingresses", []):
+            node.stop_event.set()
         self.coordinator.stop_event.set()
         for t in getattr(self, "_threads", []):
             t.join(timeout=5)
-        self.ingress.close()
+        for node in getattr(self, "ingresses", []):
+            node.close()
         self.coordinator.close()
         self.sim.stop()
         self.recorder.halt.set()

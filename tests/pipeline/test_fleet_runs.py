@@ -121,3 +121,21 @@ def test_pipeline_recovers_from_a_broker_restart(
     last = [r for r in rows if r["market_slot"] == rows[-1]["market_slot"]]
     assert len(last) == 10
     assert all(r["on_time"] == r["aggregators"] for r in last), last
+
+
+def test_two_ingress_processes_split_the_aggregators(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    workers = start_workers(broker.url)
+    fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=2, partitions=2)
+    try:
+        fleet.start()
+        report = fleet.wait()
+    finally:
+        fleet.stop()
+        kill_group(workers, signal.SIGTERM)
+    halves = [set(n.fleet.aggregator_uuid.values()) for n in fleet.ingresses if n.fleet]
+    assert len(halves) == 2 and len(halves[0]) == len(halves[1]) == 5 and not halves[0] & halves[1]
+    s = _summary(report)
+    assert s["aggregator_rounds"] == 100 and s["on_time"] == 100, s

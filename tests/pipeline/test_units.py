@@ -280,3 +280,29 @@ def test_msgpack_codec_round_trips_state() -> None:
     state = {"n": 1, "hist": [1.5, 2.5], "nested": {"a": None}}
     assert unpackb(packb(state)) == state
     assert json.loads(orjson.dumps(state)) == state
+
+
+def test_metrics_and_healthz_are_served() -> None:
+    import urllib.error
+    import urllib.request
+
+    from gridfleet.platform.metrics import Metrics
+    from gridfleet.platform.redis_server import free_port
+
+    m = Metrics()
+    port = free_port()
+    server = m.serve(port, host="127.0.0.1", stale_after_s=0.2)
+    try:
+        m.deadline.labels("hit").inc()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3).read().decode()
+        assert 'gridfleet_deadline_total{outcome="hit"} 1.0' in body
+        m.beat()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3).status == 200
+        import time
+
+        time.sleep(0.3)  # the main loop stopped beating: unhealthy
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=3)
+        assert info.value.code == 503
+    finally:
+        server.shutdown()
