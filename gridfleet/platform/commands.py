@@ -127,9 +127,8 @@ class SetEnergyMeasurementCmd(_Cmd, tag="set_energy_measurement"):
     energy_measurement: dict[str, float]
 
 
-WireCommand = (
-    BidCmd
-    | OfferCmd
+_NON_BID_COMMANDS = (
+    OfferCmd
     | DeleteBidCmd
     | DeleteOfferCmd
     | ListBidsCmd
@@ -140,19 +139,8 @@ WireCommand = (
     | SetEnergyForecastCmd
     | SetEnergyMeasurementCmd
 )
-_WIRE_WITH_REQUIREMENTS = (
-    BidWithRequirementsCmd
-    | OfferCmd
-    | DeleteBidCmd
-    | DeleteOfferCmd
-    | ListBidsCmd
-    | ListOffersCmd
-    | DeviceInfoCmd
-    | DsoMarketStatsCmd
-    | GridFeesCmd
-    | SetEnergyForecastCmd
-    | SetEnergyMeasurementCmd
-)
+WireCommand = BidCmd | _NON_BID_COMMANDS
+_WIRE_WITH_REQUIREMENTS = BidWithRequirementsCmd | _NON_BID_COMMANDS
 
 ASSET_COMMANDS = frozenset(
     {

@@ -31,6 +31,14 @@ def _summary(report: dict) -> dict:
     return report["summary"]
 
 
+def _wait_for_rounds(fleet: Fleet, n: int, timeout: float = 60) -> None:
+    """Until the coordinator has published ``n`` rounds (the first slot's ticks carry no tree)."""
+    deadline = time.monotonic() + timeout
+    while len(fleet.coordinator.outcomes) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(fleet.coordinator.outcomes) >= n
+
+
 def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
@@ -70,11 +78,7 @@ def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(
     fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=3)
     try:
         fleet.start()
-        # Into the second slot (the first one's ticks carry no tree), then kill -9 every worker process.
-        deadline = time.monotonic() + 60
-        while fleet.coordinator.outcomes.__len__() < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(fleet.coordinator.outcomes) >= 4
+        _wait_for_rounds(fleet, 4)  # then kill -9 every worker process
         kill_group(workers, signal.SIGKILL)
         report = fleet.wait()
     finally:
@@ -105,9 +109,7 @@ def test_pipeline_recovers_from_a_broker_restart(
     fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=4)
     try:
         fleet.start()
-        deadline = time.monotonic() + 60
-        while len(fleet.coordinator.outcomes) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_rounds(fleet, 4)
         broker.restart(down_for=1.0)
         report = fleet.wait()
     finally:
