@@ -45,6 +45,8 @@ class DemoOptions:
     headless: bool = False
     seed: int = 0
     strategy: str = "linear_ramp"
+    # Midday: PVs produce, houses export, fees are earned; a night start shows storages only.
+    start: datetime = datetime(2024, 6, 1, 12, 0)
 
 
 @dataclass
@@ -130,9 +132,10 @@ class Demo:
             SimConfig(
                 slots=self.opts.slots,
                 tick_interval=self.opts.tick_interval,
-                tree=self.opts.tree,
+                tree=self.opts.tree,  # type: ignore[arg-type]
                 paused=True,
-            ),  # type: ignore[arg-type]
+                start=self.opts.start,
+            ),
         ).start()
         from gridfleet.report import SimStatsRecorder
 
