@@ -46,6 +46,16 @@ def round8(x: np.ndarray) -> np.ndarray:
     return out
 
 
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_SHIFTS = np.arange(44, -1, -4, dtype=np.int64)
+
+
+def hex12(values: np.ndarray) -> list[str]:
+    """``[f"{v:012x}" for v in values]`` for 0 <= v < 16**12, vectorised."""
+    digits = _HEX[(values.astype(np.int64)[:, None] >> _SHIFTS) & 15]
+    return list(np.ascontiguousarray(digits).view("S12").ravel().astype("U12").tolist())
+
+
 def reprs(values: list[Any]) -> list[str]:
     """``[repr(v) for v in values]`` for floats and ints below 2**53, in one orjson call.
 
@@ -61,6 +71,20 @@ def reprs(values: list[Any]) -> list[str]:
     for i in np.flatnonzero(odd).tolist():
         out[i] = repr(values[i])
     return out
+
+
+def _tid_per_candidate(
+    heads: list[tuple[bytes, str, Any, list[tuple[str, int, int, list[Any], int]]]],
+    m: int,
+    acc: np.ndarray,
+) -> list[str]:
+    """The JSON transaction id of the batch each accepted candidate came from."""
+    per = [""] * m
+    for _, tid_js, _, plan in heads:
+        for _, _, _, cmds, start in plan:
+            if start >= 0:
+                per[start : start + len(cmds)] = [tid_js] * len(cmds)
+    return [per[j] for j in acc.tolist()]
 
 
 def _is_number(v: Any) -> bool:
@@ -81,7 +105,11 @@ class BatchHandler:
         # False: every command takes the general path (:meth:`command`); the reference for the
         # fast path and the "before" figure of the benchmark.
         self.fast = True
-        self._esc_party: dict[int, str] = {}
+        # per asset, the constant ends of its ready answers (see :meth:`_ready`)
+        self._bid_tail: dict[int, str] = {}
+        self._off_tail: dict[int, str] = {}
+        self._off_end: dict[int, str] = {}
+        self._ujs: dict[str, str] = {}  # device uuid -> as JSON
 
     # ------------------------------------------------------------------ whole batches
 
@@ -108,31 +136,39 @@ class BatchHandler:
 
         Fast path: a device whose commands have the common shape (a bid and/or an offer with
         energy, price and optionally ``replace_existing`` / ``time_slot``) has its orders
-        checked with numpy, together with every other such device of all ``items``; the
-        accepted ones are written to the order columns in bulk and answered from a template
-        with their numbers rendered in bulk. Every other device takes the general path
-        (:meth:`command`), in order. Devices never share state, so splitting them is exact;
-        a device already touched earlier in ``items`` takes the general path, so it sees what
-        the earlier batch did.
+        checked with numpy together with every other such device of ``items``; the accepted
+        orders are written to the order columns in bulk and answered from a template with
+        their numbers rendered in bulk. Every other device takes the general path
+        (:meth:`command`), devices in order. Devices of different assets share no state, so
+        only the order ids (rows, in command order) tie them; a batch naming an asset that an
+        earlier batch of ``items`` named starts a new round of this, so it sees that batch's
+        effect.
         """
         st = self.state
         devices = self.devices
         kinds = st.grid.kind_list
         slot_now, closing = st.market_slot, self.closing
-        # pass 1: per batch its head, and which devices take the fast path
-        batches: list[tuple[bytes, str, Any, list[tuple[str, int, int, list[Any], int]]]] = []
-        fa: list[int] = []
-        fbid: list[bool] = []
-        fe: list[float] = []
-        fp: list[Any] = []
-        frep: list[bool] = []
-        fbad: list[bool] = []
+        # pass 1: per batch its head and its devices; fast candidates as parallel lists
+        # plan entry: (json uuid, kind, index, commands, first candidate or -1 (general path))
+        heads: list[tuple[bytes, str, Any, list[tuple[str, int, int, list[Any], int]]]] = []
+        # candidates: (asset, is bid, energy, price, replace_existing, bad time_slot)
+        cand: list[tuple[int, bool, Any, Any, bool, bool]] = []
+        issuperset = ORDER_KEYS.issuperset
         seen: set[int] = set()
-        for batch, selected, aggregator in items:
+        cut = len(items)
+        for bi, (batch, selected, aggregator) in enumerate(items):
             commands = batch.get("batch_commands")
             if not isinstance(commands, dict):
-                batches.append((b"", "", None, []))
+                heads.append((b"", "", None, []))
                 continue
+            mine = [
+                (uuid, devices[uuid]) for uuid in commands if uuid in selected and uuid in devices
+            ]
+            assets = {d[1] for _, d in mine if d[0] == ASSET}
+            if not seen.isdisjoint(assets):
+                cut = bi
+                break
+            seen |= assets
             tid = batch.get("transaction_id")
             try:
                 head = orjson.dumps(
@@ -148,31 +184,19 @@ class BatchHandler:
                 head = b""  # not serialisable: the general path raises where the original did
             plan: list[tuple[str, int, int, list[Any], int]] = []
             if not self.fast or not head:
-                for uuid in commands:
-                    if uuid in selected and uuid in devices:
-                        kind, a = devices[uuid]
-                        if kind == ASSET:
-                            seen.add(a)
-                batches.append((b"", "", batch, plan))
+                heads.append((b"", "", batch, plan))
                 continue
-            for uuid, cmds in commands.items():
-                if uuid not in selected:
-                    continue
-                dev = devices.get(uuid)
-                if dev is None:
-                    continue  # unknown or not this aggregator's: silently dropped, like gsy-e
-                kind, a = dev
-                if not isinstance(cmds, list):
-                    cmds = [cmds]
-                start = len(fa)
-                ok = kind == ASSET and 0 < len(cmds) <= 2 and a not in seen
-                if kind == ASSET:
-                    seen.add(a)
+            for uuid, (kind, a) in mine:
+                cmds = commands[uuid]
+                if type(cmds) is not list:
+                    cmds = cmds if isinstance(cmds, list) else [cmds]
+                start = len(cand)
+                ok = kind == ASSET and 0 < len(cmds) <= 2
                 if ok:
                     k = kinds[a]
                     sides = 0
                     for c in cmds:
-                        if type(c) is not dict or not c.keys() <= ORDER_KEYS:
+                        if type(c) is not dict or not issuperset(c):
                             ok = False
                             break
                         t = c.get("type")
@@ -204,29 +228,28 @@ class BatchHandler:
                             ok = False
                             break
                         slot = c.get("time_slot")
-                        fa.append(a)
-                        fbid.append(is_bid)
-                        fe.append(float(e))
-                        fp.append(p)
-                        frep.append(c.get("replace_existing", True) is not False)
-                        fbad.append(
-                            slot is not None
-                            and (not isinstance(slot, str) or slot[:16] != slot_now or closing)
+                        cand.append(
+                            (
+                                a,
+                                is_bid,
+                                e,
+                                p,
+                                c.get("replace_existing", True) is not False,
+                                slot is not None
+                                and (not isinstance(slot, str) or slot[:16] != slot_now or closing),
+                            )
                         )
                     if not ok:
-                        for lst in (fa, fbid, fe, fp, frep, fbad):
-                            del lst[start:]
+                        del cand[start:]
                 plan.append((uuid, kind, a, cmds, start if ok else -1))
-            batches.append((head, tid_js, batch, plan))
-
-        # the checks of :meth:`order` after the shape ones, for all fast orders at once
-        accept: list[bool] = []
-        rates: list[float] = []
-        e_s: list[str] = []
-        r8_s: list[str] = []
-        p8_s: list[str] = []
-        p_s: list[str] = []
-        if fa:
+            heads.append((head, tid_js, batch, plan))
+        m = len(cand)
+        fbid: tuple[bool, ...] = ()
+        fp: tuple[Any, ...] = ()
+        # the checks of :meth:`order` after the shape ones, for all candidates at once
+        good = np.zeros(m, dtype=bool)
+        if m:
+            fa, fbid, fe, fp, frep, fbad = zip(*cand, strict=True)
             idx = np.array(fa, dtype=np.intp)
             is_b = np.array(fbid, dtype=bool)
             en = np.array(fe, dtype=np.float64)
@@ -240,123 +263,185 @@ class BatchHandler:
             room_o = np.where(rep, room_o, room_o - st.active_offer[idx])
             fits = np.where(is_b, ~(en > room_b), ~(en > room_o + OFFER_TOLERANCE_KWH))
             good = fits & ~((en <= MIN_ENERGY_KWH) | (pr < 0)) & ~np.array(fbad, dtype=bool)
-            accept = good.tolist()
-            # numbers of the accepted orders, rendered in bulk (exactly as ``repr``/``round``)
-            acc = np.flatnonzero(good)
-            if len(acc):
-                p_obj = [fp[j] for j in acc.tolist()]
-                p_acc = pr[acc]
-                e_acc = en[acc]
-                with np.errstate(all="ignore"):
-                    rate = p_acc / e_acc
-                rates = rate.tolist()
-                p8: list[Any] = round8(p_acc).tolist()
-                if any(type(x) is int for x in p_obj):
-                    p8 = [x if type(x) is int else r for x, r in zip(p_obj, p8, strict=True)]
-                e_s = reprs(e_acc.tolist())
-                r8_s = reprs(round8(rate).tolist())
-                p8_s = reprs(p8)
-                p_s = reprs(p_obj)
+        acc = np.flatnonzero(good)
+        n_acc = len(acc)
+        # accepted orders before candidate j: rows are numbered in command order
+        acc_before = np.concatenate(([0], np.cumsum(good))).tolist()
 
-        # pass 2, in order: answers, rows and the replaced rows
-        results: list[tuple[bytes | None, int] | Exception] = []
-        pa: list[int] = []
-        pb: list[bool] = []
-        pe: list[float] = []
-        pr_: list[float] = []
-        prep: list[bool] = []
-        kill: list[int] = []
-        esc_party = self._esc_party
-        sim_time, time_slot = self.sim_time, st.time_slot
+        # general devices, in order, each at the row its commands would have started at
         row0 = st.n_rows
-        seq0 = st.seq_base + 1
-        k = 0  # next accepted order
-        for (head, tid_js, batch, plan), (_, selected, aggregator) in zip(
-            batches, items, strict=True
-        ):
+        extra = 0  # rows the general path added so far
+        shift: list[tuple[int, int]] = []  # (accepted orders before, extra rows from there)
+        general: dict[tuple[int, int], str] = {}
+        results: list[tuple[bytes | None, int] | Exception | None] = []
+        fast_before = 0
+        for bi, (head, _, batch, plan) in enumerate(heads):
             if not head:
                 if batch is None:
                     results.append((None, 0))
                     continue
-                if pa:
-                    st.add_rows(pa, pb, pe, pr_, prep, kill)
-                    pa, pb, pe, pr_, prep, kill = [], [], [], [], [], []
-                results.append(self._respond_general(batch, selected, aggregator))
-                row0 = st.n_rows
+                st.reserve(row0 + acc_before[fast_before] + extra)
+                n0 = st.n_rows
+                results.append(self._respond_general(batch, items[bi][1], items[bi][2]))
+                if st.n_rows != n0:
+                    extra += st.n_rows - n0
+                    shift.append((acc_before[fast_before], extra))
+                continue
+            results.append(None)
+            tid = batch.get("transaction_id")
+            for pi, (uuid, kind, a, cmds, start) in enumerate(plan):
+                if start >= 0:
+                    fast_before = start + len(cmds)
+                    continue
+                st.reserve(row0 + acc_before[fast_before] + extra)
+                n0 = st.n_rows
+                general[bi, pi] = ",".join(
+                    orjson.dumps(self.command(kind, a, uuid, c, tid)).decode() for c in cmds
+                )
+                if st.n_rows != n0:
+                    extra += st.n_rows - n0
+                    shift.append((acc_before[fast_before], extra))
+
+        # per candidate: what opens its device's list ("<uuid>":[) and what closes it (])
+        ujs_of = self._ujs
+        lead = [""] * m
+        trail = [""] * m
+        for _, _, _, plan in heads:
+            for uuid, _, _, cmds, start in plan:
+                if start >= 0:
+                    ujs = ujs_of.get(uuid)
+                    if ujs is None:
+                        ujs = ujs_of[uuid] = orjson.dumps(uuid).decode()
+                    lead[start] = f"{ujs}:["
+                    trail[start + len(cmds) - 1] = "]"
+
+        # the accepted orders: rows, columns, chains and sums in bulk; answers from templates
+        texts: list[str] = []
+        if n_acc:
+            rows = row0 + np.arange(n_acc, dtype=np.int64)
+            for k0, ex in shift:
+                rows[k0:] = row0 + np.arange(k0, n_acc, dtype=np.int64) + ex
+            st.reserve(int(rows[-1]) + 1)
+            p_acc, e_acc = pr[acc], en[acc]
+            with np.errstate(all="ignore"):
+                rate = p_acc / e_acc
+            st.write_orders(rows, idx[acc], is_b[acc], e_acc, rate, rep[acc])
+            acc_l = acc.tolist()
+            p_obj = [fp[j] for j in acc_l]
+            p8: list[Any] = round8(p_acc).tolist()
+            if any(type(x) is int for x in p_obj):
+                p8 = [x if type(x) is int else r for x, r in zip(p_obj, p8, strict=True)]
+            texts = self._ready(
+                hex12(rows + st.seq_base + 1),
+                idx[acc].tolist(),
+                is_b[acc].tolist(),
+                reprs(e_acc.tolist()),
+                reprs(round8(rate).tolist()),
+                reprs(p8),
+                reprs(p_obj),
+                _tid_per_candidate(heads, m, acc),
+                lead if n_acc == m else [lead[j] for j in acc_l],
+                trail if n_acc == m else [trail[j] for j in acc_l],
+            )
+            if n_acc < m:
+                full: list[str] = [""] * m
+                for j, text in zip(acc_l, texts, strict=True):
+                    full[j] = text
+                texts = full
+        st.reserve(row0 + n_acc + extra)
+        if n_acc < m:  # rejected: the error names the command's arguments
+            if not texts:
+                texts = [""] * m
+            for _, _, batch, plan in heads:
+                for uuid, _, a, cmds, start in plan:
+                    for q in range(len(cmds) if start >= 0 else 0):
+                        j = start + q
+                        if not texts[j]:
+                            verb = "bid" if fbid[j] else "offer"
+                            tid = batch.get("transaction_id")
+                            err = orjson.dumps(self._order_error(a, uuid, cmds[q], tid, verb))
+                            texts[j] = f"{lead[j]}{err.decode()}{trail[j]}"
+
+        # the answers, in the batches' order
+        out: list[tuple[bytes | None, int] | Exception] = []
+        for bi, (head, _, _, plan) in enumerate(heads):
+            done = results[bi]
+            if done is not None:
+                out.append(done)
                 continue
             if not plan:
-                results.append((None, 0))
+                out.append((None, 0))
                 continue
-            tid = batch.get("transaction_id")
-            parts: list[str] = []
             n_cmds = 0
-            for uuid, kind, a, cmds, start in plan:
+            parts: list[str] = []
+            lo = hi = -1  # a run of fast devices' candidates, answered by one slice
+            for pi, (uuid, _, _, cmds, start) in enumerate(plan):
                 n_cmds += len(cmds)
-                if start < 0:
-                    if pa:
-                        st.add_rows(pa, pb, pe, pr_, prep, kill)
-                        pa, pb, pe, pr_, prep, kill = [], [], [], [], [], []
-                    resps = [
-                        orjson.dumps(self.command(kind, a, uuid, c, tid)).decode() for c in cmds
-                    ]
-                    row0 = st.n_rows
-                    parts.append(f"{orjson.dumps(uuid).decode()}:[{','.join(resps)}]")
+                if start >= 0 and start == hi:
+                    hi = start + len(cmds)
                     continue
-                ujs = orjson.dumps(uuid).decode()
-                resps = []
-                for j in range(start, start + len(cmds)):
-                    is_bid = fbid[j]
-                    if not accept[j]:
-                        verb = "bid" if is_bid else "offer"
-                        err = self._order_error(a, uuid, cmds[j - start], tid, verb)
-                        resps.append(orjson.dumps(err).decode())
-                        continue
-                    replace = frep[j]
-                    row = row0 + len(pa)
-                    rows_of = st.bid_rows if is_bid else st.offer_rows
-                    old = rows_of.get(a)
-                    if old is None or replace:
-                        if old:
-                            kill.extend(old)
-                        rows_of[a] = [row]
-                    else:
-                        old.append(row)
-                    pa.append(a)
-                    pb.append(is_bid)
-                    pe.append(fe[j])
-                    pr_.append(rates[k])
-                    prep.append(replace)
-                    party = esc_party.get(a)
-                    if party is None:
-                        party = esc_party[a] = orjson.dumps(st.party(a)).decode()[1:-1]
-                    # ``ExchangeState.order_json``, already escaped as a JSON string
-                    body = (
-                        f'{{\\"type\\": \\"{"Bid" if is_bid else "Offer"}\\", '
-                        f'\\"id\\": \\"00000000-0000-4000-8000-{seq0 + row:012x}\\", '
-                        f'\\"energy\\": {e_s[k]}, \\"energy_rate\\": {r8_s[k]}, '
-                        f'\\"price\\": {p8_s[k]}, \\"original_price\\": {p_s[k]}, '
-                        f'\\"creation_time\\": \\"{sim_time}\\", '
-                        f'\\"time_slot\\": \\"{time_slot}\\", '
-                        f'\\"{"buyer" if is_bid else "seller"}\\": {party}}}'
-                    )
-                    k += 1
-                    if is_bid:
-                        resps.append(
-                            f'{{"command":"bid","status":"ready","bid":"{body}",'
-                            f'"area_uuid":{ujs},"transaction_id":{tid_js},'
-                            f'"market_type":"Spot Market","message":""}}'
-                        )
-                    else:
-                        resps.append(
-                            f'{{"command":"offer","status":"ready","offer":"{body}",'
-                            f'"transaction_id":{tid_js},"area_uuid":{ujs},'
-                            f'"market_type":"Spot Market","message":""}}'
-                        )
-                parts.append(f"{ujs}:[{','.join(resps)}]")
-            results.append((head + ",".join(parts).encode() + b"}}", n_cmds))
-        if pa:
-            st.add_rows(pa, pb, pe, pr_, prep, kill)
-        return results
+                if hi > lo:
+                    parts.extend(texts[lo:hi])
+                lo = hi = -1
+                if start >= 0:
+                    lo, hi = start, start + len(cmds)
+                    continue
+                ujs = ujs_of.get(uuid)
+                if ujs is None:
+                    ujs = ujs_of[uuid] = orjson.dumps(uuid).decode()
+                parts.append(f"{ujs}:[{general[bi, pi]}]")
+            if hi > lo:
+                parts.extend(texts[lo:hi])
+            out.append((head + ",".join(parts).encode() + b"}}", n_cmds))
+        if cut < len(items):
+            out.extend(self.respond_many(items[cut:]))
+        return out
+
+    def _ready(
+        self,
+        ids: list[str],
+        assets: list[int],
+        is_bid: list[bool],
+        e_s: list[str],
+        r8_s: list[str],
+        p8_s: list[str],
+        p_s: list[str],
+        tids: list[str],
+        lead: list[str],
+        trail: list[str],
+    ) -> list[str]:
+        """``ready`` answers of placed orders, as orjson writes :meth:`order`'s dicts (the
+        order's rendering, ``ExchangeState.order_json``, is a JSON string inside them), each
+        between its ``lead`` and ``trail``."""
+        st = self.state
+        bid_tail, off_tail, off_end = self._bid_tail, self._off_tail, self._off_end
+        q = '\\"'
+        for a in assets:
+            if a not in bid_tail:
+                esc = orjson.dumps(st.party(a)).decode()[1:-1]
+                ujs = orjson.dumps(st.grid.asset_uuid[a]).decode()
+                bid_tail[a] = f'{q}buyer{q}: {esc}}}","area_uuid":{ujs},"transaction_id":'
+                off_tail[a] = f'{q}seller{q}: {esc}}}","transaction_id":'
+                off_end[a] = f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'
+        mid = (
+            f", {q}creation_time{q}: {q}{self.sim_time}{q}, {q}time_slot{q}: {q}{st.time_slot}{q}, "
+        )
+        oid = f"{q}id{q}: {q}00000000-0000-4000-8000-"
+        bid0 = f'{{"command":"bid","status":"ready","bid":"{{{q}type{q}: {q}Bid{q}, {oid}'
+        off0 = f'{{"command":"offer","status":"ready","offer":"{{{q}type{q}: {q}Offer{q}, {oid}'
+        bid_end = ',"market_type":"Spot Market","message":""}'
+        e_k = f"{q}, {q}energy{q}: "
+        r_k = f", {q}energy_rate{q}: "
+        p_k = f", {q}price{q}: "
+        o_k = f", {q}original_price{q}: "
+        return [
+            f"{ld}{bid0}{i}{e_k}{e}{r_k}{r}{p_k}{p8}{o_k}{p}{mid}{bid_tail[a]}{t}{bid_end}{tr}"
+            if b
+            else f"{ld}{off0}{i}{e_k}{e}{r_k}{r}{p_k}{p8}{o_k}{p}{mid}{off_tail[a]}{t}{off_end[a]}{tr}"
+            for i, a, b, e, r, p8, p, t, ld, tr in zip(
+                ids, assets, is_bid, e_s, r8_s, p8_s, p_s, tids, lead, trail, strict=True
+            )
+        ]
 
     def _respond_general(
         self, batch: dict[str, Any], selected: Collection[str], aggregator: Any

@@ -71,8 +71,9 @@ class ExchangeState:
         self.o_alive = np.zeros(0, dtype=bool)
         self.n_rows = 0
         self._seq_base = 0
-        self.bid_rows: dict[int, list[int]] = {}
-        self.offer_rows: dict[int, list[int]] = {}
+        self.o_prev = np.zeros(0, dtype=np.int64)
+        self.head_bid = np.full(n, -1, dtype=np.int64)
+        self.head_offer = np.full(n, -1, dtype=np.int64)
         self.fee_const = np.array([m.fee_const for m in grid.markets], dtype=np.float64)
         self.fee_percent = np.array(
             [np.nan if m.fee_percent is None else m.fee_percent for m in grid.markets],
@@ -185,11 +186,15 @@ class ExchangeState:
     # ------------------------------------------------------------------ orders
     #
     # Orders are rows of column arrays (``o_asset``, ``o_bid``, ``o_energy``, ``o_rate``,
-    # ``o_alive``), appended in creation order and reset at every slot; the order id is derived
-    # from the row (``_seq_base + row + 1``). ``bid_rows`` / ``offer_rows`` map an asset to its
-    # rows of that side in creation order; they may still hold rows that died (matched or
-    # replaced), so readers filter on ``o_alive``. Invariant: ``active_bid[a]`` is the
-    # left-to-right sum of the open energies of ``a``'s live bids (likewise offers).
+    # ``o_alive``, ``o_prev``), appended in creation order and reset at every slot; the order
+    # id is derived from the row (``_seq_base + row + 1``). Each asset's bids (and offers) form
+    # a chain: ``head_bid[a]`` is its newest bid row, ``o_prev[row]`` the one placed before it
+    # (-1: none; an order that replaced the side starts a new chain). Chains may hold rows that
+    # died (matched, deleted), so readers filter on ``o_alive``. Invariant: ``active_bid[a]`` is
+    # the left-to-right sum of the open energies of ``a``'s live bids, oldest first (likewise
+    # offers).
+
+    _COLUMNS = ("o_asset", "o_bid", "o_energy", "o_rate", "o_alive", "o_prev")
 
     @property
     def time_slot(self) -> str:
@@ -210,20 +215,20 @@ class ExchangeState:
         self.n_rows = 0
         if len(self.o_alive):
             self.o_alive[:] = False
-        self.bid_rows.clear()
-        self.offer_rows.clear()
+        self.head_bid[:] = -1
+        self.head_offer[:] = -1
 
-    def _reserve(self, k: int) -> int:
-        """Room for ``k`` more rows; returns the first new row."""
-        need = self.n_rows + k
-        if need > len(self.o_alive):
-            cap = max(need, 2 * len(self.o_alive), 1024)
-            for name in ("o_asset", "o_bid", "o_energy", "o_rate", "o_alive"):
+    def reserve(self, upto: int) -> None:
+        """Make rows ``< upto`` exist (unwritten rows stay dead until written)."""
+        if upto > len(self.o_alive):
+            cap = max(upto, 2 * len(self.o_alive), 1024)
+            for name in self._COLUMNS:
                 old = getattr(self, name)
                 new = np.zeros(cap, dtype=old.dtype)
-                new[: self.n_rows] = old[: self.n_rows]
+                new[: len(old)] = old
                 setattr(self, name, new)
-        return self.n_rows
+        self.n_rows = max(self.n_rows, upto)
+        self._order_seq = self._seq_base + self.n_rows
 
     def order_id(self, row: int) -> str:
         # uuid-shaped and unique, but ~10x cheaper than uuid4() at 100 000 orders per tick
@@ -252,54 +257,64 @@ class ExchangeState:
     ) -> str:
         """Place an already validated order; returns its JSON rendering (as in responses)."""
         rate = price / energy
-        row = self._reserve(1)
+        row = self.n_rows
+        self.reserve(row + 1)
+        head = self.head_bid if is_bid else self.head_offer
         self.o_asset[row], self.o_bid[row], self.o_energy[row] = a, is_bid, energy
-        self.o_rate[row], self.o_alive[row] = rate, True
-        self.n_rows += 1
-        self._order_seq += 1
-        (self.bid_rows if is_bid else self.offer_rows).setdefault(a, []).append(row)
+        self.o_rate[row], self.o_alive[row], self.o_prev[row] = rate, True, head[a]
+        head[a] = row
         if is_bid:
             self.active_bid[a] += energy
         else:
             self.active_offer[a] += energy
         return self.order_json(a, is_bid, self.order_id(row), energy, rate, price, creation_time)
 
-    def add_rows(
+    def write_orders(
         self,
-        assets: list[int],
-        is_bid: list[bool],
-        energy: list[float],
-        rate: list[float],
-        replace: list[bool],
-        kill: list[int],
+        rows: np.ndarray,
+        assets: np.ndarray,
+        is_bid: np.ndarray,
+        energy: np.ndarray,
+        rate: np.ndarray,
+        replace: np.ndarray,
     ) -> None:
-        """Bulk write of orders already validated and given rows ``n_rows..`` in order (the
-        batch fast path: at most one order per asset and side). ``kill``: rows they replace."""
-        k = len(assets)
-        if k:
-            r0 = self._reserve(k)
-            sl = slice(r0, r0 + k)
-            a = np.array(assets, dtype=np.int64)
-            b = np.array(is_bid, dtype=bool)
-            e = np.array(energy, dtype=np.float64)
-            self.o_asset[sl], self.o_bid[sl], self.o_energy[sl] = a, b, e
-            self.o_rate[sl] = rate
-            self.o_alive[sl] = True
-            self.n_rows += k
-            self._order_seq += k
-            rep = np.array(replace, dtype=bool)
-            # replaced: the side's active energy is 0 + e; else the running sum grows by e
-            for mask, active in ((b, self.active_bid), (~b, self.active_offer)):
-                m = mask & rep
-                active[a[m]] = e[m]
-                m = mask & ~rep
-                active[a[m]] += e[m]
-        if kill:
-            self.o_alive[kill] = False
+        """Bulk :meth:`add_order` (after deleting the side's orders where ``replace``) for
+        validated orders at reserved ``rows``, at most one per asset and side, of assets no
+        other write since the last :meth:`reserve` touched."""
+        if not len(rows):
+            return
+        self.o_asset[rows], self.o_bid[rows], self.o_energy[rows] = assets, is_bid, energy
+        self.o_rate[rows] = rate
+        self.o_alive[rows] = True
+        for side, head, active in (
+            (is_bid, self.head_bid, self.active_bid),
+            (~is_bid, self.head_offer, self.active_offer),
+        ):
+            a = assets[side]
+            rep = replace[side]
+            prev = head[a]
+            # replaced: every earlier order of the side dies, the side's sum is 0 + e
+            cur = prev[rep]
+            while len(cur := cur[cur >= 0]):
+                self.o_alive[cur] = False
+                cur = self.o_prev[cur]
+            self.o_prev[rows[side]] = np.where(rep, -1, prev)
+            head[a] = rows[side]
+            e = energy[side]
+            active[a[rep]] = e[rep]
+            active[a[~rep]] += e[~rep]
 
     def live_rows(self, a: int, is_bid: bool) -> list[int]:
-        alive = self.o_alive
-        return [r for r in (self.bid_rows if is_bid else self.offer_rows).get(a, ()) if alive[r]]
+        """The asset's live bid (or offer) rows, oldest first."""
+        out = []
+        r = int((self.head_bid if is_bid else self.head_offer)[a])
+        alive, prev = self.o_alive, self.o_prev
+        while r >= 0:
+            if alive[r]:
+                out.append(r)
+            r = int(prev[r])
+        out.reverse()
+        return out
 
     def delete_orders(self, a: int, is_bid: bool, order_id: str | None = None) -> list[str]:
         """Delete the asset's bids (or offers), all of them or only ``order_id``."""
@@ -308,7 +323,6 @@ class ExchangeState:
         if not gone_rows:
             return []
         self.o_alive[gone_rows] = False
-        (self.bid_rows if is_bid else self.offer_rows)[a] = [r for r in rows if r not in gone_rows]
         self._recount(a)
         return [self.order_id(r) for r in gone_rows]
 
