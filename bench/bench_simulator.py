@@ -173,6 +173,7 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
         ),
         "commands_per_round": int(statistics.median(commands)),
         "trades_per_round": int(statistics.median(trades)),
+        "trades_max_round": int(max(trades)),
         "event_bytes_per_round": int(statistics.median(sizes)),
     }
 

@@ -1,8 +1,13 @@
-"""Apply one BATCHED message to the exchange state and build gsy-e's per-command responses.
+"""Apply BATCHED messages to the exchange state and build gsy-e's per-command responses.
 
 Response shapes follow ``../shared/protocol/examples/07_*`` key for key. Inputs are untrusted
 JSON: every malformed command gets an error response (the real exchange dies on five of them,
 ``11_CRASH_*``); nothing here raises on bad input.
+
+:meth:`BatchHandler.respond_many` is what the engine calls: the fast path for the common order
+shapes, the general path (:meth:`BatchHandler.command`, the original per-command code) for
+everything else, answers serialised. :meth:`BatchHandler.handle` is the general path alone,
+returning dicts.
 """
 
 from __future__ import annotations
@@ -461,7 +466,8 @@ class BatchHandler:
             return exc
 
     def handle(self, batch: dict[str, Any], selected: set[str]) -> dict[str, list[Response]] | None:
-        """Responses per device uuid; None when no device of the batch is the sender's (no answer)."""
+        """Responses per device uuid; None when no device of the batch is the sender's (no answer).
+        The general path only (the reference for :meth:`respond_many`)."""
         commands = batch.get("batch_commands")
         tid = batch.get("transaction_id")
         if not isinstance(commands, dict):
