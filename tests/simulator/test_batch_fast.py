@@ -273,7 +273,7 @@ def test_fast_path_answers_and_state_equal_the_original(seed: int) -> None:
 
 
 def test_round8_and_reprs_equal_round_and_repr() -> None:
-    from gridfleet.platform.simulator.batch import reprs, round8
+    from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
 
     rng = np.random.default_rng(0)
     x = np.concatenate(
@@ -303,6 +303,8 @@ def test_round8_and_reprs_equal_round_and_repr() -> None:
     assert [repr(v) for v in got] == [repr(v) for v in want]
     values: list[Any] = [*x.tolist(), 0, 7, -3, 2**52]
     assert reprs(values) == [repr(v) for v in values]
+    ids = np.array([0, 1, 255, 2**47 - 1, 123456789, 16**12 - 1])
+    assert hex12(ids) == [f"{v:012x}" for v in ids.tolist()]
 
 
 def test_batch_of_nothing_known_gets_no_answer() -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from gridfleet.platform.simulator.grid import LOAD, PV, STORAGE
+from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
 from gridfleet.platform.simulator.state import MIN_ENERGY_KWH, OFFER_TOLERANCE_KWH, ExchangeState
 
 SPOT = "Spot Market"
@@ -31,51 +32,6 @@ MARKET = 1
 _INT_MAX = 2**53  # ints the fast path takes: exact as float64
 
 Response = dict[str, Any]
-
-
-def round8(x: np.ndarray) -> np.ndarray:
-    """``[round(v, 8) for v in x]`` for float64 values, bit for bit, vectorised.
-
-    Python's ``round(v, 8)`` is the double nearest to ``N / 10**8``, ``N`` the exact value
-    times 10**8 rounded half-even. For ``|v| < 1e4``, ``v * 1e8`` is within 1e-4 of the exact
-    product, so ``rint`` gives ``N`` unless the product is near a half; ``N / 1e8`` is then one
-    correctly rounded division. Values near a half, larger ones and non-finite ones go to
-    ``round`` itself.
-    """
-    with np.errstate(all="ignore"):
-        y = x * 1e8
-        out = np.rint(y) / 1e8
-        odd = ~(np.abs(x) < 1e4) | (np.abs(y - np.floor(y) - 0.5) < 1e-3)
-    for i in np.flatnonzero(odd).tolist():
-        out[i] = round(float(x[i]), 8)
-    return out
-
-
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_SHIFTS = np.arange(44, -1, -4, dtype=np.int64)
-
-
-def hex12(values: np.ndarray) -> list[str]:
-    """``[f"{v:012x}" for v in values]`` for 0 <= v < 16**12, vectorised."""
-    digits = _HEX[(values.astype(np.int64)[:, None] >> _SHIFTS) & 15]
-    return list(np.ascontiguousarray(digits).view("S12").ravel().astype("U12").tolist())
-
-
-def reprs(values: list[Any]) -> list[str]:
-    """``[repr(v) for v in values]`` for floats and ints below 2**53, in one orjson call.
-
-    orjson writes the same shortest round-trip digits as ``repr``; the notations differ only
-    outside ``1e-4 <= |v| < 1e16`` (``1e-05`` vs ``1e-5``) and for non-finite values, which
-    take ``repr`` itself.
-    """
-    out = orjson.dumps(values)[1:-1].decode().split(",")
-    arr = np.asarray(values, dtype=np.float64)
-    mag = np.abs(arr)
-    with np.errstate(invalid="ignore"):
-        odd = ((mag < 1e-4) & (arr != 0)) | ~(mag < 1e16)
-    for i in np.flatnonzero(odd).tolist():
-        out[i] = repr(values[i])
-    return out
 
 
 def _tid_per_candidate(

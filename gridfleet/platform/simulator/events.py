@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from gridfleet.platform.simulator.grid import LOAD, PV, Grid
+from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
 from gridfleet.platform.simulator.state import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]
@@ -324,15 +325,24 @@ def trade_rows(
     mm = _js(grid.market_maker_name)
     names = [*name_js, mm]  # index -1 is the Market Maker
     uuids = grid.asset_uuid
-    bid_seq = np.asarray(report.bid_seq)[keep].tolist()
-    offer_seq = np.asarray(report.offer_seq)[keep].tolist()
+    bid_seq = np.asarray(report.bid_seq, dtype=np.int64)[keep]
+    offer_seq = np.asarray(report.offer_seq, dtype=np.int64)[keep]
     res_b = np.asarray(report.bid_residual, dtype=bool)[keep].tolist()
     res_o = np.asarray(report.offer_residual, dtype=bool)[keep].tolist()
-    energy = np.asarray(report.energy, dtype=np.float64)[keep].tolist()
-    price = np.asarray(report.price, dtype=np.float64)[keep].tolist()
-    fee = np.asarray(report.fee, dtype=np.float64)[keep].tolist()
+    # numbers and ids rendered in bulk, exactly as repr / round(x, 8) / :012x would
+    energy = reprs(np.asarray(report.energy, dtype=np.float64)[keep].tolist())
+    price = reprs(round8(np.asarray(report.price, dtype=np.float64)[keep]).tolist())
+    fee = reprs(round8(np.asarray(report.fee, dtype=np.float64)[keep]).tolist())
+    trade_ids = hex12(keep + seq)
+    bid_ids = [
+        f"00000000-0000-4000-8000-{h}" if q >= 0 else "market-maker-bid"
+        for h, q in zip(hex12(np.maximum(bid_seq, 0)), bid_seq.tolist(), strict=True)
+    ]
+    offer_ids = [
+        f"00000000-0000-4000-8000-{h}" if q >= 0 else "market-maker-offer"
+        for h, q in zip(hex12(np.maximum(offer_seq, 0)), offer_seq.tolist(), strict=True)
+    ]
     cols = zip(
-        keep.tolist(),
         buyer[keep].tolist(),
         seller[keep].tolist(),
         b_own[keep].tolist(),
@@ -340,16 +350,13 @@ def trade_rows(
         strict=True,
     )
     out: list[list[str]] = [[] for _ in keys]
-    for j, (i, b, s, bo, so) in enumerate(cols):
-        p, f = round(price[j], 8), round(fee[j], 8)
+    for j, (b, s, bo, so) in enumerate(cols):
         b_name, s_name = names[b], names[s]
-        bq, oq = bid_seq[j], offer_seq[j]
-        bid_id = f"00000000-0000-4000-8000-{bq:012x}" if bq >= 0 else "market-maker-bid"
-        offer_id = f"00000000-0000-4000-8000-{oq:012x}" if oq >= 0 else "market-maker-offer"
+        bid_id, offer_id, f = bid_ids[j], offer_ids[j], fee[j]
         common = (
-            f'"trade_id":"00000000-0000-4000-9000-{seq + i:012x}","time":"{time_str}",'
-            f'"trade_price":{p!r},"traded_energy":{energy[j]!r},"total_fee":{f!r},'
-            f'"local_market_fee":{f!r}'
+            f'"trade_id":"00000000-0000-4000-9000-{trade_ids[j]}","time":"{time_str}",'
+            f'"trade_price":{price[j]},"traded_energy":{energy[j]},"total_fee":{f},'
+            f'"local_market_fee":{f}'
         )
         ids = (
             f'"seller_origin":{s_name},"buyer_origin":{b_name},"bid_id":"{bid_id}",'
