@@ -129,7 +129,12 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
     sim.start(engine=False)
     for _ in range(11):  # the first slot (empty trees), up to the market event of slot 1
         sim.step()
-    apply_ms, round_ms, match_ms, sizes, trades, commands = [], [], [], [], [], []
+    apply_ms: list[float] = []
+    round_ms: list[float] = []
+    match_ms: list[float] = []
+    sizes: list[int] = []
+    trades: list[int] = []
+    commands: list[int] = []
     general_ms: list[float] = []
     event_ms: list[float] = []
     trade_ms: list[float] = []
