@@ -209,8 +209,14 @@ def main() -> None:
     )
     ap.add_argument("--tick-interval", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gridfleet-bench"))
+    ap.add_argument(
+        "--merge", action="store_true", help="replace only these cases in the existing results file"
+    )
     args = ap.parse_args()
     rows = []
+    kept: list[dict[str, Any]] = []
+    if args.merge and (RESULTS / "pipeline.json").exists():
+        kept = orjson.loads((RESULTS / "pipeline.json").read_bytes())["rows"]
     for assets in args.sizes:
         for tree in args.trees:
             if tree == "full" and assets > args.full_max_assets:
@@ -235,6 +241,11 @@ def main() -> None:
                     f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms",
                     flush=True,
                 )
+    done = {(r["assets"], r["tree"], r["client"]) for r in rows}
+    rows = sorted(
+        [r for r in kept if (r["assets"], r["tree"], r["client"]) not in done] + rows,
+        key=lambda r: (r["assets"], r["tree"] != "pruned", r["client"]),
+    )
     overhead = {}
     for assets in args.sizes:
         for tree in args.trees:

@@ -88,6 +88,7 @@ class Coordinator:
         self.aggregator_names: dict[str, str] = {}
         self.outcomes: list[RoundOutcome] = []
         self.broker_errors = 0
+        self.skipped_rounds = 0
         self._response_thread = threading.Thread(
             target=self._response_loop, daemon=True, name="batch-responses"
         )
@@ -138,13 +139,20 @@ class Coordinator:
             if max_rounds is not None and handled >= max_rounds:
                 break
 
-    def handle_round(self, round_id: str) -> RoundOutcome:
+    def handle_round(self, round_id: str) -> RoundOutcome | None:
         raw = self.broker.get(self.keys.manifest(round_id))
         if raw is None:
             raise LookupError("manifest expired before the coordinator saw it")
         manifest = Manifest.unpack(cast(bytes, raw))
         if not self._subscribed.issuperset(manifest.aggregators):
             self.refresh_fleet()
+        if time.time() > manifest.deadline and self.broker.llen(self.keys.rounds) > 0:
+            # Behind: this round's tick has passed and newer rounds wait; answering it would
+            # only push them past their own deadlines.
+            self.skipped_rounds += 1
+            self.broker.hincrby(self.keys.counters, "stale_rounds_coordinator", 1)
+            log.warning("round %s skipped: past its deadline with newer rounds waiting", round_id)
+            return None
         done: set[int] = set()
         hedge_at = manifest.deadline - self.config.hedge_margin_s
         done_key = self.keys.done(round_id)

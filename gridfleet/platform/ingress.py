@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import uuid
@@ -96,6 +97,21 @@ def cut_shards(fleet: Fleet, rnd: RoundInput, shard_size: int) -> list[ShardInpu
     return shards
 
 
+_ROUND_HEAD = re.compile(rb'"slot_completion":\s*"(\d+)%",\s*"market_slot":\s*"([^"]+)"')
+
+
+def peek_round(raw: bytes) -> tuple[str, int] | None:
+    """(market slot, tick index) from the head of a raw market/tick event, without parsing it.
+
+    gsy-e (and the embedded exchange) put these two keys first; anything else returns None and
+    is parsed in full.
+    """
+    m = _ROUND_HEAD.search(raw, 0, 160)
+    if m is None:
+        return None
+    return m.group(2).decode(), int(m.group(1)) // 10
+
+
 class Ingress:
     def __init__(
         self,
@@ -133,6 +149,8 @@ class Ingress:
         self.lost_rounds = 0
         self._last_slot: str | None = None  # trade events carry no slot; they follow its rounds
         self.lost_records = 0
+        self.stale_events = 0
+        self.stale_rounds = 0
         self.bad_events = 0
         self.broker_outages = 0
         self._broker_ok = True
@@ -197,9 +215,30 @@ class Ingress:
                     batch.append(self._events.get_nowait())
                 except queue.Empty:
                     break
+            newest = max(
+                (k for k in (peek_round(raw) for _, raw, _, _ in batch) if k), default=None
+            )
             for channel, raw, t_mono, t_wall in batch:
+                key = peek_round(raw)
+                if newest is not None and key is not None and key < newest:
+                    # A newer round is already here: the exchange has moved on, skip the parse.
+                    self.stale_events += 1
+                    continue
                 self._take(collector, channel, raw, t_mono, t_wall)
-            for pending in collector.ready():
+            ready = collector.ready()
+            if len(ready) > 1:
+                # Behind: answer only the newest round; older ones would land after their tick.
+                newest_key = max(p.key for p in ready)
+                for p in ready:
+                    if p.key < newest_key:
+                        self.stale_rounds += 1
+                        log.warning(
+                            "round %s dropped: a newer round is already due",
+                            p.id,
+                            extra={"slot": p.key.market_slot, "tick": p.key.tick_index},
+                        )
+                ready = [p for p in ready if p.key == newest_key]
+            for pending in ready:
                 try:
                     if not self._broker_ok:
                         self._publish_fleet()
@@ -371,6 +410,8 @@ class Ingress:
                 "lost_rounds": self.lost_rounds,
                 "lost_records": self.lost_records,
                 "broker_outages": self.broker_outages,
+                "stale_events": self.stale_events,
+                "stale_rounds": self.stale_rounds,
             },
         )
         self.stats = s

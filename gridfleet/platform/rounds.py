@@ -144,29 +144,55 @@ def flatten_tree(
     markets: list[MarketView],
     own_markets: frozenset[str] = frozenset(),
     fee_cache: dict[str, float] | None = None,
+    mm_down: dict[str, float] | None = None,
 ) -> None:
     """Append the aggregator's own assets (rows) and own markets found in ``tree``.
 
     A market's fee to the Market Maker is ``fee + fees down the MM's way`` if the Market Maker
     hangs below it, else ``fee + its parent's fee to the MM``; an asset pays its parent's.
-    ``fee_cache`` (market uuid -> fee to MM) is shared by every tree of a round, so each market
-    is worked out once even when a thousand aggregators' trees contain it.
+    ``fee_cache`` (market uuid -> fee to MM) and ``mm_down`` (see
+    :func:`market_maker_down_fees`) are shared by every tree of a round, so each market is worked
+    out once even when a thousand aggregators' trees contain it.
     """
     cache = {} if fee_cache is None else fee_cache
-    down = market_maker_down_fees(tree) if not cache else {}
+    down = market_maker_down_fees(tree) if mm_down is None else mm_down
+    # This loop runs once per asset of the fleet per round: locals instead of attribute lookups.
+    unset = UNSET
+    uuid_, name_, agg_, parent_, kind_ = (
+        rows.uuid.append,
+        rows.name.append,
+        rows.aggregator.append,
+        rows.parent.append,
+        rows.kind.append,
+    )
+    need_, avail_, buy_, sell_ = (
+        rows.need.append,
+        rows.avail.append,
+        rows.buy.append,
+        rows.sell.append,
+    )
+    used_, free_, fee_, dev_ = (
+        rows.used.append,
+        rows.free.append,
+        rows.fee.append,
+        rows.deviation.append,
+    )
+    load, pv, storage, meter = (
+        int(AssetKind.LOAD),
+        int(AssetKind.PV),
+        int(AssetKind.STORAGE),
+        int(AssetKind.SMART_METER),
+    )
     stack: list[tuple[dict[str, GridNode], str, float]] = [(tree, "", 0.0)]
     while stack:
         nodes, parent_name, parent_fee = stack.pop()
         for uid, node in nodes.items():
             children = node.children
-            if isinstance(children, dict):
+            if children is not unset:
                 to_mm = cache.get(uid)
                 if to_mm is None:
                     fee = _num(node.current_market_fee)
                     below = down.get(uid)
-                    if below is None and not down:
-                        down = market_maker_down_fees(tree)
-                        below = down.get(uid)
                     to_mm = fee + below if below is not None else fee + parent_fee
                     cache[uid] = to_mm
                 if uid in own_markets:
@@ -183,23 +209,32 @@ def flatten_tree(
                 stack.append((children, node.area_name, to_mm))
                 continue
             info = node.asset_info
-            if not isinstance(info, AssetInfo):
+            if info is unset or info is None:
                 continue  # another aggregator's asset, or a plain leaf such as the Market Maker
-            rows.uuid.append(uid)
-            rows.name.append(node.area_name)
-            rows.aggregator.append(aggregator)
-            rows.parent.append(parent_name)
-            rows.kind.append(int(kind_of(info)))
-            rows.need.append(_num(info.energy_requirement_kWh))
-            rows.avail.append(_num(info.available_energy_kWh))
-            rows.buy.append(_num(info.energy_to_buy))
+            need, avail = info.energy_requirement_kWh, info.available_energy_kWh
+            buy, sell = info.energy_to_buy, info.energy_to_sell
+            if buy is not unset or sell is not unset:
+                kind = storage
+            elif need is not unset:
+                kind = meter if avail is not unset else load
+            else:
+                kind = pv
+            uuid_(uid)
+            name_(node.area_name)
+            agg_(aggregator)
+            parent_(parent_name)
+            kind_(kind)
+            need_(0.0 if need is unset else need)
+            avail_(0.0 if avail is unset else avail)
+            buy_(0.0 if buy is unset else buy)
             # gsy-e reports "-0.0" and tiny negatives for an empty storage; nothing to sell then.
-            rows.sell.append(max(0.0, _num(info.energy_to_sell)))
-            rows.used.append(_num(info.used_storage))
-            rows.free.append(_num(info.free_storage))
-            rows.fee.append(parent_fee)
+            sell_(0.0 if sell is unset or sell < 0.0 else sell)
+            used, free = info.used_storage, info.free_storage
+            used_(0.0 if used is unset else used)
+            free_(0.0 if free is unset else free)
+            fee_(parent_fee)
             dev = info.unsettled_deviation_kWh
-            rows.deviation.append(dict(dev) if isinstance(dev, dict) and dev else None)
+            dev_(dict(dev) if dev and dev is not unset else None)
 
 
 def rows_to_batch(rows: _Rows) -> AssetBatch:
@@ -247,6 +282,8 @@ def build_round(
     rows = _Rows()
     markets: list[MarketView] = []
     cache: dict[str, float] = {}
+    # The Market Maker's way down is the same in every tree of a round: work it out once.
+    mm_down = next((market_maker_down_fees(e.grid_tree) for _, e in events if e.grid_tree), {})
     seen: list[str] = []
     own = own_markets or {}
     for aggregator, event in events:
@@ -255,7 +292,13 @@ def build_round(
         seen.append(aggregator)
         if event.grid_tree:
             flatten_tree(
-                event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), cache
+                event.grid_tree,
+                aggregator,
+                rows,
+                markets,
+                own.get(aggregator, frozenset()),
+                cache,
+                mm_down,
             )
     ctx = TickContext(
         market_slot=key.market_slot,
