@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from bench._util import RESULTS, write_results
