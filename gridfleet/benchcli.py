@@ -12,6 +12,7 @@ SUITES = {
     "protocol": "event parse time against orjson.loads (1k/10k/100k assets)",
     "strategies": "linear-ramp decisions per second, vectorized and per asset",
     "simulator": "the embedded exchange: event rounds, matching, batch application",
+    "shard": "one worker process's shard throughput (for sizing workers)",
     "pipeline": "exchange-measured latency and on-time rate, pipeline vs one process (slow)",
 }
 
@@ -35,6 +36,7 @@ def bench(suite: str, args: tuple[str, ...]) -> None:
     protocol    event parse time against orjson.loads (1k/10k/100k assets)
     strategies  linear-ramp decisions per second, vectorized and per asset
     simulator   the embedded exchange: event rounds, matching, batch application
+    shard       one worker process's shard throughput (for sizing workers)
     pipeline    exchange-measured latency and on-time rate, pipeline vs one process (slow)
     """
     root = repo_root()
