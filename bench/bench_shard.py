@@ -30,7 +30,6 @@ from gridfleet.platform.shard import (
     run_shard,
     write_round,
 )
-from gridfleet.platform.simulator.events import EventBuilder
 from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.platform.simulator.runner import SimConfig, Simulator
 
