@@ -322,3 +322,48 @@ def test_unserialisable_transaction_id_raises_like_the_original() -> None:
         _old_bytes(tw.h_old, batch, tw.selected)
     with pytest.raises(TypeError):
         tw.h_new.respond(batch, tw.selected, AGG)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_bid_of_exactly_the_reported_energy_to_buy_is_accepted(fast: bool) -> None:
+    """Events round energies to 8 decimals: rounding up must not turn the reported amount into a
+    rejected bid (gsy-e reports unrounded floats, so there the same bid passes too)."""
+    from gridfleet.platform.simulator.grid import STORAGE
+
+    grid = generate_grid(30, houses_size=10, seed=3)
+    devices: dict[str, tuple[int, int]] = {u: (ASSET, i) for i, u in enumerate(grid.asset_uuid)}
+    state = ExchangeState(grid, SLOT, START)
+    state.open_slot(1)
+    handler = BatchHandler(state, devices)
+    handler.fast = fast
+    handler.sim_time = state.slot_start.strftime("%Y-%m-%dT%H:%M:%S")
+    a = next(i for i in range(grid.n_assets) if grid.kind_list[i] == STORAGE)
+    state.buy_limit[a] = 1.583403736  # the 8-decimal report rounds this up
+    reported = state.asset_info(a)["energy_to_buy"]
+    assert reported > state.buy_limit[a]
+    uuid = grid.asset_uuid[a]
+    batch = {
+        "type": "BATCHED",
+        "transaction_id": "t",
+        "aggregator_uuid": AGG,
+        "batch_commands": {
+            uuid: [
+                {
+                    "type": "bid",
+                    "energy": reported,
+                    "price": reported * 10,
+                    "replace_existing": True,
+                }
+            ]
+        },
+    }
+    out = handler.handle(batch, {uuid})
+    assert out is not None and out[uuid][0]["status"] == "ready", out
+    over = {
+        **batch,
+        "batch_commands": {
+            uuid: [{"type": "bid", "energy": state.buy_limit[a] + 1e-6, "price": 1.0}]
+        },
+    }
+    out = handler.handle(over, {uuid})
+    assert out is not None and out[uuid][0]["status"] == "error"

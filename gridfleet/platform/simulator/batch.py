@@ -21,7 +21,12 @@ import orjson
 
 from gridfleet.platform.simulator.grid import LOAD, PV, STORAGE
 from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
-from gridfleet.platform.simulator.state import MIN_ENERGY_KWH, OFFER_TOLERANCE_KWH, ExchangeState
+from gridfleet.platform.simulator.state import (
+    MIN_ENERGY_KWH,
+    OFFER_TOLERANCE_KWH,
+    REPORT_ROUNDING_KWH,
+    ExchangeState,
+)
 
 SPOT = "Spot Market"
 ORDER_KEYS = frozenset(
@@ -222,7 +227,9 @@ class BatchHandler:
             room_b = np.where(rep, room_b, room_b - st.active_bid[idx])
             room_o = np.where(kind_arr == PV, demand - sold, st.sell_limit[idx] - sold)
             room_o = np.where(rep, room_o, room_o - st.active_offer[idx])
-            fits = np.where(is_b, ~(en > room_b), ~(en > room_o + OFFER_TOLERANCE_KWH))
+            fits = np.where(
+                is_b, ~(en > room_b + REPORT_ROUNDING_KWH), ~(en > room_o + OFFER_TOLERANCE_KWH)
+            )
             good = fits & ~((en <= MIN_ENERGY_KWH) | (pr < 0)) & ~np.array(fbad, dtype=bool)
         acc = np.flatnonzero(good)
         n_acc = len(acc)
@@ -557,7 +564,7 @@ class BatchHandler:
                 room = float(st.buy_limit[a] - st.bought[a])
             if not replace:
                 room -= float(st.active_bid[a])
-            if energy > room:
+            if energy > room + REPORT_ROUNDING_KWH:
                 return self._order_error(a, uuid, cmd, tid, verb)
         else:
             if kind == PV:

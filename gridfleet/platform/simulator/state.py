@@ -19,6 +19,10 @@ from gridfleet.platform.simulator.stats import MarketStats, compute_stats
 MARKET_SLOT_FORMAT = "%Y-%m-%dT%H:%M"
 OFFER_TOLERANCE_KWH = 2e-5  # gsy-e accepts offers this much above what is available
 MIN_ENERGY_KWH = 2e-5  # orders at or below this are rejected
+# Events report energies rounded to 8 decimals; a bid of exactly the reported amount may then be
+# up to half a unit of the 8th decimal above the exact room. gsy-e reports unrounded floats, so it
+# needs no slack; this exchange allows exactly what its own rounding adds, nothing more.
+REPORT_ROUNDING_KWH = 5e-9
 
 
 @dataclass
