@@ -398,6 +398,7 @@ def run_demo(opts: DemoOptions) -> int:
         demo.group.stop(grace_s=10)
         html = demo.write_report(data)
         report = orjson.loads((demo.run_dir / "report.json").read_bytes())
+        console.print()
         console.print(_summary_table(report))
         console.print(f"report: {html}\n        {demo.run_dir / 'report.json'}")
         return 0
