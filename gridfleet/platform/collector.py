@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from gridfleet.platform.protocol import (
     AggregatorEvent,
     FinishEvent,
+    IngressEvent,
     MarketEvent,
     TickEvent,
     TradeEvent,
+    TradeEventLite,
 )
 from gridfleet.platform.rounds import RoundKey
 
@@ -66,7 +68,7 @@ class CollectorStats:
 class Collected:
     """What :meth:`RoundCollector.add` produced: trades/finishes to record now."""
 
-    trades: list[tuple[str, TradeEvent]] = field(default_factory=list)
+    trades: list[tuple[str, TradeEvent | TradeEventLite]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
 
 
@@ -91,14 +93,14 @@ class RoundCollector:
     def add(
         self,
         aggregator: str,
-        event: AggregatorEvent,
+        event: AggregatorEvent | IngressEvent,
         now: float | None = None,
         wall: float | None = None,
     ) -> Collected:
         """Take one parsed event. Call :meth:`ready` afterwards to get complete rounds."""
         out = Collected()
         self.stats.events += 1
-        if isinstance(event, TradeEvent):
+        if isinstance(event, TradeEvent | TradeEventLite):
             self.stats.trades += len(event.trade_list)
             out.trades.append((aggregator, event))
             return out

@@ -32,7 +32,12 @@ from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.metrics import Metrics
-from gridfleet.platform.protocol import ProtocolError, TradeEvent, decode_event
+from gridfleet.platform.protocol import (
+    ProtocolError,
+    TradeEvent,
+    TradeEventLite,
+    decode_event_for_ingress,
+)
 from gridfleet.platform.rounds import RoundError, RoundInput, build_round
 from gridfleet.platform.shard import Manifest, ShardInput, publish_spec, write_round
 
@@ -278,7 +283,7 @@ class Ingress:
         if aggregator is None:
             return
         try:
-            event = decode_event(raw)
+            event = decode_event_for_ingress(raw)
         except ProtocolError as exc:
             self.metrics.bad_events.inc()
             self.bad_events += 1
@@ -316,7 +321,7 @@ class Ingress:
                 extra={"aggregator": aggregator},
             )
 
-    def _record_trades(self, aggregator: str, event: TradeEvent) -> None:
+    def _record_trades(self, aggregator: str, event: TradeEvent | TradeEventLite) -> None:
         energy = sum(t.traded_energy for t in event.trade_list)
         price = sum(t.trade_price for t in event.trade_list)
         fees = sum(

@@ -175,12 +175,20 @@ class TradeEvent(_TreeEvent, tag_field="event", tag="trade"):
     trade_list: list[Trade]
 
 
+class TradeEventLite(_Msg, tag_field="event", tag="trade"):
+    """A trade event without its tree: what ingress needs (the tree is skipped, not built)."""
+
+    trade_list: list[Trade]
+
+
 class FinishEvent(_Msg, tag_field="event", tag="finish"):
     simulation_id: str | None = None
     num_ticks: Number | UnsetType = UNSET
 
 
 AggregatorEvent = MarketEvent | TickEvent | TradeEvent | FinishEvent
+IngressEvent = MarketEvent | TickEvent | TradeEventLite | FinishEvent
+"""What ingress decodes: trade events carry the whole tree again, which it does not need."""
 
 
 def slot_tick_index(slot_completion: str) -> int:
@@ -333,6 +341,11 @@ def decode(raw: bytes | str, model: type[_T]) -> _T:
 def decode_event(raw: bytes | str) -> AggregatorEvent:
     """Decode a message from an aggregator's ``events/all`` channel."""
     return decode(raw, AggregatorEvent)  # type: ignore[arg-type]
+
+
+def decode_event_for_ingress(raw: bytes | str) -> IngressEvent:
+    """Like :func:`decode_event`, but a trade event's tree is skipped (C-speed scan, no objects)."""
+    return decode(raw, IngressEvent)  # type: ignore[arg-type]
 
 
 def model_for_channel(channel: str) -> Any:

@@ -113,3 +113,12 @@ def test_command_response_reason_prefers_error_message() -> None:
     assert not r.ok and r.reason == "too much"
     r = p.decode(b'{"status": "error", "message": "Invalid command type"}', p.CommandResponse)
     assert r.reason == "Invalid command type"
+
+
+def test_ingress_decodes_trade_events_without_their_tree() -> None:
+    data = json.loads((PROTOCOL_DIR / "examples/05_event_trade.json").read_text())["data"]
+    lite = p.decode_event_for_ingress(orjson.dumps(data))
+    assert isinstance(lite, p.TradeEventLite)
+    assert p.to_builtins(lite)["trade_list"] == data["trade_list"]
+    tick = json.loads((PROTOCOL_DIR / "examples/05_event_tick.json").read_text())["data"]
+    assert isinstance(p.decode_event_for_ingress(orjson.dumps(tick)), p.TickEvent)
