@@ -220,11 +220,9 @@ class Ingress:
                     batch.append(self._events.get_nowait())
                 except queue.Empty:
                     break
-            newest = max(
-                (k for k in (peek_round(raw) for _, raw, _, _ in batch) if k), default=None
-            )
-            for channel, raw, t_mono, t_wall in batch:
-                key = peek_round(raw)
+            keys = [peek_round(raw) for _, raw, _, _ in batch]
+            newest = max((k for k in keys if k), default=None)
+            for (channel, raw, t_mono, t_wall), key in zip(batch, keys, strict=True):
                 if newest is not None and key is not None and key < newest:
                     # A newer round is already here: the exchange has moved on, skip the parse.
                     self.stale_events += 1
@@ -419,7 +417,6 @@ class Ingress:
                 "stale_rounds": self.stale_rounds,
             },
         )
-        self.stats = s
 
     def close(self) -> None:
         self.stop_event.set()

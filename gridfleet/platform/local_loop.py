@@ -21,8 +21,8 @@ from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.protocol import MarketEvent, ProtocolError, TickEvent, decode_event
-from gridfleet.platform.rounds import RoundError, RoundInput, RoundKey, build_round
+from gridfleet.platform.protocol import ProtocolError, decode_event
+from gridfleet.platform.rounds import RoundError, RoundInput, build_round
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
@@ -144,24 +144,16 @@ def replay_rounds(
     Returns aggregator -> the ``batch_commands`` JSON of each round in order: what a correct
     pipeline must have sent.
     """
-    by_key: dict[tuple[str, int], dict[str, MarketEvent | TickEvent]] = {}
+    # The same grouping as ingress (market event and 0 % tick once, empty trees skipped), with
+    # every event already in: all rounds are complete, none is late.
+    collector = RoundCollector(events.keys())
     for agg, raws in events.items():
         for raw in raws:
-            ev = decode_event(raw)
-            if (
-                not isinstance(ev, MarketEvent | TickEvent)
-                or not ev.grid_tree
-                or ev.market_maker_rate is None
-            ):
-                continue
-            key = RoundKey.of(ev)
-            slot = by_key.setdefault((key.market_slot, key.tick_index), {})
-            if agg not in slot or isinstance(ev, MarketEvent):
-                slot[agg] = ev
+            collector.add(agg, decode_event(raw), now=0.0, wall=0.0)
     state: dict[str, State] = {}
     out: dict[str, list[bytes]] = {}
-    for slot_tick in sorted(by_key):
-        rnd = build_round(sorted(by_key[slot_tick].items()), fleet.own_markets)
+    for pending in collector.ready(now=float("inf")):
+        rnd = build_round(sorted(pending.events.items()), fleet.own_markets)
         for agg, body in evaluate_round(fleet, runtime, rnd, state).items():
             out.setdefault(agg, []).append(body)
     return out
