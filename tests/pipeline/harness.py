@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,3 +181,18 @@ class Fleet:
         self.sim.stop()
         self.recorder.halt.set()
         self.recorder.join(timeout=2)
+
+
+@contextlib.contextmanager
+def running_fleet(
+    exchange_url: str, broker_url: str, **options: Any
+) -> Iterator[tuple[Fleet, subprocess.Popen[bytes]]]:
+    """Worker processes and a started fleet; everything stopped again on the way out."""
+    workers = start_workers(broker_url)
+    fleet = Fleet(exchange_url, broker_url, **options)
+    try:
+        fleet.start()
+        yield fleet, workers
+    finally:
+        fleet.stop()
+        kill_group(workers, signal.SIGTERM)

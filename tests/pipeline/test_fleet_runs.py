@@ -15,7 +15,7 @@ import pytest
 from gridfleet.platform.local_loop import replay_rounds
 from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.shard import Runtime
-from tests.pipeline.harness import Fleet, kill_group, start_workers
+from tests.pipeline.harness import Fleet, kill_group, running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,14 +43,11 @@ def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
     exchange, broker = two_redis
-    workers = start_workers(broker.url)
-    fleet = Fleet(exchange.url, broker.url, assets=2000, aggregators=20, slots=3)
-    try:
-        fleet.start()
+    with running_fleet(exchange.url, broker.url, assets=2000, aggregators=20, slots=3) as (
+        fleet,
+        _workers,
+    ):
         report = fleet.wait()
-    finally:
-        fleet.stop()
-        kill_group(workers, signal.SIGTERM)
     s = _summary(report)
     # 2 slots with trees (the first slot's ticks carry none, as at gsy-e) x 10 rounds x 20 aggregators
     assert s["aggregator_rounds"] == 400
@@ -74,16 +71,13 @@ def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
     exchange, broker = two_redis
-    workers = start_workers(broker.url)
-    fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=3)
-    try:
-        fleet.start()
+    with running_fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=3) as (
+        fleet,
+        workers,
+    ):
         _wait_for_rounds(fleet, 4)  # then kill -9 every worker process
         kill_group(workers, signal.SIGKILL)
         report = fleet.wait()
-    finally:
-        fleet.stop()
-        kill_group(workers, signal.SIGKILL)
     s = _summary(report)
     assert s["missing"] == 0 and s["late"] == 0, s
     assert sum(o.hedged for o in fleet.coordinator.outcomes) > 0, (
@@ -105,16 +99,13 @@ def test_pipeline_recovers_from_a_broker_restart(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
     exchange, broker = two_redis
-    workers = start_workers(broker.url)
-    fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=4)
-    try:
-        fleet.start()
+    with running_fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=4) as (
+        fleet,
+        _workers,
+    ):
         _wait_for_rounds(fleet, 4)
         broker.restart(down_for=1.0)
         report = fleet.wait()
-    finally:
-        fleet.stop()
-        kill_group(workers, signal.SIGTERM)
     rows = report["ticks"]
     assert fleet.ingress.broker_outages >= 1 and fleet.ingress.lost_rounds >= 1, (
         "the outage must be counted"
@@ -129,14 +120,10 @@ def test_two_ingress_processes_split_the_aggregators(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
     exchange, broker = two_redis
-    workers = start_workers(broker.url)
-    fleet = Fleet(exchange.url, broker.url, assets=1000, aggregators=10, slots=2, partitions=2)
-    try:
-        fleet.start()
+    with running_fleet(
+        exchange.url, broker.url, assets=1000, aggregators=10, slots=2, partitions=2
+    ) as (fleet, _workers):
         report = fleet.wait()
-    finally:
-        fleet.stop()
-        kill_group(workers, signal.SIGTERM)
     halves = [set(n.fleet.aggregator_uuid.values()) for n in fleet.ingresses if n.fleet]
     assert len(halves) == 2 and len(halves[0]) == len(halves[1]) == 5 and not halves[0] & halves[1]
     s = _summary(report)
