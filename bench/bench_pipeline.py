@@ -23,11 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 import yaml
 
 from bench._util import RESULTS, write_results
+from gridfleet.platform.keys import Keys
 from gridfleet.platform.processes import ProcessGroup, gridfleet_command
 from gridfleet.platform.redis_server import RedisServer
+from gridfleet.platform.simulator.deadline import percentiles
 from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.platform.simulator.runner import SimConfig, Simulator
 
@@ -103,6 +106,7 @@ def run_case(
                 raise RuntimeError("the simulation did not finish")
             time.sleep(0.5)
             report = sim.report()
+            client_ms = coordinator_latencies(broker.url) if client == "pipeline" else []
         finally:
             group.stop()
             sim.stop()
@@ -119,12 +123,25 @@ def run_case(
         "late": s["late"],
         "missing": s["missing"],
         "latency_ms": s["first_batch_ms"],
+        # The coordinator's own clock: from ingress reading a round's first event to the
+        # batches being published. The gap to latency_ms is the exchange's side (publishing the
+        # events, reading the batches) on the same two cores.
+        "client_latency_ms": percentiles(client_ms) if client_ms else None,
         "setup_s": round(setup_s, 1),
         "exchange_round_ms": meta.get("round_build_publish_ms"),
         "event_mb_per_round": round(
             meta["counts"]["bytes_sent"] / max(1, meta["counts"]["rounds"]) / 1e6, 2
         ),
     }
+
+
+def coordinator_latencies(broker_url: str) -> list[float]:
+    r = redis.Redis.from_url(broker_url)
+    try:
+        records = [orjson.loads(f[b"data"]) for _, f in r.xrange(Keys().events)]
+    finally:
+        r.close()
+    return [float(x["latency_ms"]) for x in records if x.get("kind") == "round"]
 
 
 def plot(rows: list[dict[str, Any]], path: Path, tick_interval: float) -> None:
@@ -238,8 +255,14 @@ def main() -> None:
                 )
                 rows.append(row)
                 lat = row["latency_ms"]
+                own = row["client_latency_ms"]
                 print(
-                    f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms",
+                    f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms"
+                    + (
+                        f"  (coordinator's clock: p50 {own['p50']} ms, p99 {own['p99']} ms)"
+                        if own
+                        else ""
+                    ),
                     flush=True,
                 )
     done = {(r["assets"], r["tree"], r["client"]) for r in rows}

@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.bench_shard
 
-Builds a real round (the embedded exchange's pruned events for 10 000 assets in 100 aggregators,
-parsed and flattened as ingress does), stores it as shards of 2 000 assets on a real Redis, and
-times ``run_shard`` (load input and state, run the linear ramp, validate every command,
-serialize per aggregator, store result and state): the whole of a worker task but Celery's
-~1 ms of messaging. Writes ``bench/results/shard.json``.
+Takes a real round (the embedded exchange's pruned events for 10 000 assets in 100 aggregators),
+cuts it as ingress does into shards of 2 000 assets of raw trees on a real Redis, and times
+``run_shard`` (load input and state, parse and flatten the trees, run the linear ramp, validate
+every command, serialize per aggregator, store result and state): the whole of a worker task but
+Celery's ~1 ms of messaging. Writes ``bench/results/shard.json``.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
 import redis
 
 from bench._util import write_results
+from gridfleet.platform import channels
+from gridfleet.platform.ingress import cut_shards
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.protocol import decode_event
+from gridfleet.platform.protocol import MarketEventHead, decode_event_for_ingress
 from gridfleet.platform.redis_server import RedisServer
-from gridfleet.platform.rounds import build_round
+from gridfleet.platform.rounds import round_context
 from gridfleet.platform.shard import (
     FleetSpec,
     Manifest,
-    ShardInput,
     publish_spec,
     run_shard,
     write_round,
@@ -45,38 +45,33 @@ def main() -> None:
         ps = r.pubsub()
         ps.psubscribe("external-aggregator/*/events/all")
         ps.get_message(timeout=1)
-        events = []
+        raws: dict[str, bytes] = {}
         for _ in range(11):  # the first slot's ten ticks carry empty trees; the eleventh has them
             sim.step()
-            events = []
+            raws = {}
             while (m := ps.get_message(timeout=0.5)) is not None:
                 if m["type"] == "pmessage":
-                    ev = decode_event(m["data"])
-                    if (
-                        getattr(ev, "grid_tree", None)
-                        and getattr(ev, "slot_completion", "") == "0%"
-                    ):
-                        events.append((m["channel"].decode().split("/")[2], ev))
-        rnd = build_round(list(dict(events).items()))  # the market event and its 0 % tick: once
-        assert len(rnd.assets) == n, len(rnd.assets)
+                    ev = decode_event_for_ingress(m["data"])
+                    if isinstance(ev, MarketEventHead) and ev.has_tree:
+                        raws[str(channels.aggregator_of(m["channel"].decode()))] = m["data"]
+        heads = [(a, decode_event_for_ingress(raw)) for a, raw in raws.items()]
+        heads = [(a, h) for a, h in heads if isinstance(h, MarketEventHead)]
+        _, ctx = round_context(heads)  # type: ignore[arg-type]
         keys = Keys("bench")
-        version = publish_spec(
-            r, keys, FleetSpec(strategies=[{"name": "linear_ramp", "params": {}}])
+        spec = FleetSpec(
+            strategies=[{"name": "linear_ramp", "params": {}}],
+            by_kind={a: [0, 0, 0, 0] for a in raws},
         )
-        shards = [
-            ShardInput(
-                rnd.assets.take(np.arange(s, min(n, s + shard_size))),
-                np.zeros(min(shard_size, n - s), np.int64),
-            )
-            for s in range(0, n, shard_size)
-        ]
+        version = publish_spec(r, keys, spec)
+        shards = cut_shards(heads, {a: n // aggs for a in raws}, shard_size)  # type: ignore[arg-type]
+        assert sum(len(s.parts) for s in shards) == aggs, len(shards)
         times = []
         for rep in range(15):
             rid = f"r{rep}"
             write_round(
                 r,
                 keys,
-                Manifest(rid, rnd.ctx, version, len(shards), sorted(uuids.values()), 0.0, 1.0),
+                Manifest(rid, ctx, version, len(shards), sorted(uuids.values()), 0.0, 1.0),
                 shards,
             )
             for i in range(len(shards)):

@@ -303,7 +303,7 @@ def _panel(live: LiveFigures, opts: DemoOptions, flower: str | None) -> Any:
         f"{on_time}  ({live.on_time} on time, {live.late} late, {live.missing} missing; measured by the exchange)",
     )
 
-    def fmt(v):
+    def fmt(v: float | None) -> str:
         return "-" if v is None else f"{v:.0f} ms"
 
     table.add_row(

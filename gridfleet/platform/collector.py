@@ -28,13 +28,13 @@ from gridfleet.platform.protocol import (
     FinishEvent,
     IngressEvent,
     MarketEvent,
-    TickEvent,
+    MarketEventHead,
     TradeEvent,
     TradeEventLite,
 )
-from gridfleet.platform.rounds import RoundKey
+from gridfleet.platform.rounds import RoundEvent, RoundKey, has_tree
 
-TreeEvent = MarketEvent | TickEvent
+TreeEvent = RoundEvent
 
 
 @dataclass
@@ -110,7 +110,7 @@ class RoundCollector:
             out.finished.append(aggregator)
             return out
         if (
-            not event.grid_tree
+            not has_tree(event)
             or event.market_maker_rate is None
             or event.feed_in_tariff_rate is None
         ):
@@ -132,11 +132,12 @@ class RoundCollector:
                 key, now, time.time() if wall is None else wall, seq=seq
             )
         pending.last_at = now
-        if isinstance(event, MarketEvent):
+        is_market = isinstance(event, MarketEvent | MarketEventHead)
+        if is_market:
             pending.market_event = True
         if aggregator in pending.events:
             self.stats.twin_events += 1
-            if isinstance(event, MarketEvent):
+            if is_market:
                 pending.events[aggregator] = event  # same tree; the market one says "new slot"
             return out
         pending.events[aggregator] = event

@@ -31,7 +31,7 @@ from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.metrics import Metrics
 from gridfleet.platform.protocol import BatchResponse, ProtocolError, decode
-from gridfleet.platform.shard import Manifest, run_shard
+from gridfleet.platform.shard import Manifest, claim_shard, run_shard
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class RoundOutcome:
     commands: int
     refusals: int
     errors: int
+    unusable: int
     latency_s: float  # first event of the round -> batches published
     budget_s: float
     on_time: bool  # published before the deadline ingress set (the exchange's own figure is in the sim report)
@@ -156,23 +157,29 @@ class Coordinator:
         done: set[int] = set()
         hedge_at = manifest.deadline - self.config.hedge_margin_s
         done_key = self.keys.done(round_id)
-        while len(done) < manifest.shards:
-            remaining = hedge_at - time.time()
-            if remaining <= 0:
-                break
-            got = self.broker.blpop([done_key], timeout=max(0.01, min(remaining, 1.0)))
-            if got is not None:
-                done.add(int(got[1]))
-        missing = sorted(set(range(manifest.shards)) - done)
-        for shard in missing:
-            run_shard(self.broker, self.keys, round_id, shard, worker="coordinator-hedge")
-            log.warning("round %s: shard %d hedged by the coordinator", round_id, shard)
+        self._wait_done(done_key, done, manifest.shards, hedge_at)
+        hedged = []
+        # Shards no worker has started: take them (a worker that gets one later skips it).
+        for shard in sorted(set(range(manifest.shards)) - done):
+            if claim_shard(self.broker, self.keys, round_id, shard, "coordinator"):
+                self._hedge(round_id, shard, "no worker had started it")
+                hedged.append(shard)
+                self._drain_done(done_key, done)
+        # Shards a worker is running: give it half the margin more, then run them here too (the
+        # worker may be dead; its result, if it ever comes, is the same and ignored).
+        last_call = manifest.deadline - self.config.hedge_margin_s / 2
+        self._wait_done(done_key, done, manifest.shards, last_call)
+        for shard in sorted(set(range(manifest.shards)) - done - set(hedged)):
+            self._hedge(round_id, shard, "its worker had not finished")
+            hedged.append(shard)
+        missing = hedged
         # Results reported after this point are ignored: this round's batches are decided.
         outputs = self.broker.mget(
             [self.keys.shard_output(round_id, s) for s in range(manifest.shards)]
         )
         fragments: dict[str, list[bytes]] = {a: [] for a in manifest.aggregators}
         commands = refusals = errors = 0
+        unusable: dict[str, str] = {}  # aggregators whose tree a worker could not parse
         shard_seconds = []
         for raw_out in outputs:
             if raw_out is None:
@@ -181,9 +188,12 @@ class Coordinator:
             commands += out["commands"]
             refusals += len(out["refusals"])
             errors += len(out["errors"])
+            unusable.update(out.get("unusable", {}))
             shard_seconds.append(out["duration_s"])
             for agg, frag in out["fragments"].items():
                 fragments.setdefault(agg, []).append(frag)
+        for agg in unusable:  # skipped this tick (the worker logged why)
+            fragments.pop(agg, None)
         bodies = []
         tag = round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index)
         for agg, frags in fragments.items():
@@ -201,6 +211,7 @@ class Coordinator:
             commands=commands,
             refusals=refusals,
             errors=errors,
+            unusable=len(unusable),
             latency_s=latency,
             budget_s=manifest.deadline - manifest.received_at,
             on_time=on_time,
@@ -209,6 +220,24 @@ class Coordinator:
         self._record(outcome, manifest)
         return outcome
 
+    def _wait_done(self, done_key: str, done: set[int], shards: int, until: float) -> None:
+        while len(done) < shards:
+            remaining = until - time.time()
+            if remaining <= 0:
+                return
+            got = self.broker.blpop([done_key], timeout=max(0.01, min(remaining, 1.0)))
+            if got is not None:
+                done.add(int(got[1]))
+
+    def _drain_done(self, done_key: str, done: set[int]) -> None:
+        """Take what workers finished meanwhile, without waiting."""
+        for raw in self.broker.lpop(done_key, 1000) or []:
+            done.add(int(raw))
+
+    def _hedge(self, round_id: str, shard: int, why: str) -> None:
+        run_shard(self.broker, self.keys, round_id, shard, worker="coordinator-hedge")
+        log.warning("round %s: shard %d hedged by the coordinator (%s)", round_id, shard, why)
+
     def _record(self, o: RoundOutcome, manifest: Manifest) -> None:
         m = self.metrics
         m.deadline.labels("hit" if o.on_time else "miss").inc()
@@ -216,6 +245,7 @@ class Coordinator:
         m.commands_sent.inc(o.commands)
         m.commands_refused.inc(o.refusals)
         m.strategy_errors.inc(o.errors)
+        m.bad_events.inc(o.unusable)
         for s in o.shard_seconds:
             m.shard_seconds.observe(s)
         for agg in manifest.aggregators:
@@ -246,6 +276,7 @@ class Coordinator:
         pipe.hincrby(self.keys.counters, "commands_refused", o.refusals)
         pipe.hincrby(self.keys.counters, "hedged_shards", o.hedged)
         pipe.hincrby(self.keys.counters, "strategy_errors", o.errors)
+        pipe.hincrby(self.keys.counters, "unusable_trees", o.unusable)
         pipe.hincrby(self.keys.counters, "deadline_hit" if o.on_time else "deadline_miss", 1)
         pipe.execute()
         self.outcomes.append(o)
@@ -276,6 +307,10 @@ class Coordinator:
 
     def handle_response(self, raw: bytes) -> int:
         """Record one batch response; returns how many commands it rejected."""
+        if b'"error"' not in raw and b"market_stats" not in raw:
+            # Nothing to record: every command was accepted. Most responses are like this, and
+            # at 100 000 assets decoding them all would cost a core a tenth of every tick.
+            return 0
         try:
             resp = decode(raw, BatchResponse)
         except ProtocolError as exc:
@@ -283,6 +318,7 @@ class Coordinator:
             return 0
         agg_name = self.aggregator_names.get(resp.aggregator_uuid, resp.aggregator_uuid)
         rejected = 0
+        examples: list[str] = []
         pipe = self.broker.pipeline(transaction=False)
         for asset, answers in resp.responses.items():
             name = self.asset_names.get(asset)
@@ -299,7 +335,9 @@ class Coordinator:
                 if not answer.ok:
                     rejected += 1
                     reason = answer.reason or "no reason given"
-                    log.warning(
+                    if len(examples) < 3:
+                        examples.append(f"{command} of {name}: {reason}")
+                    log.debug(
                         "exchange rejected %s of %s (%s): %s",
                         command,
                         name,
@@ -321,6 +359,15 @@ class Coordinator:
                 elif command == "dso_market_stats" and isinstance(answer.market_stats, dict):
                     pipe.hset(self.keys.market_answers, asset, packb(answer.market_stats))
         if rejected:
+            # One line per batch: a bad tick can reject tens of thousands of commands.
+            log.warning(
+                "exchange rejected %d commands of %s (batch %s), e.g. %s",
+                rejected,
+                agg_name,
+                resp.transaction_id,
+                "; ".join(examples),
+                extra={"aggregator": agg_name},
+            )
             pipe.hincrby(self.keys.counters, "commands_rejected", rejected)
             self.metrics.commands_rejected.inc(rejected)
         pipe.execute()

@@ -28,13 +28,15 @@ class ShardDispatcher:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=3)
 
-    def send(self, namespace: str, round_id: str, shards: int, expires_at: float) -> None:
-        """One task per shard; a task still queued at ``expires_at`` (wall clock) is dropped."""
+    def send(self, namespace: str, round_id: str, shards: int | range, expires_at: float) -> None:
+        """One task per shard (``shards``: how many, or which numbers); a task still queued at
+        ``expires_at`` (wall clock) is dropped."""
         from datetime import UTC, datetime
 
         expires = datetime.fromtimestamp(expires_at, tz=UTC)
+        numbers = range(shards) if isinstance(shards, int) else shards
         with self.app.producer_or_acquire() as producer:
-            for shard in range(shards):
+            for shard in numbers:
                 self.app.send_task(
                     TASK_NAME,
                     args=(namespace, round_id, shard),

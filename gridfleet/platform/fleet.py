@@ -86,23 +86,16 @@ class Fleet:
     asset_uuid: dict[str, str]  # name -> uuid
     market_uuid: dict[str, str]  # name -> uuid
     owner_of: dict[str, str]  # device uuid -> aggregator uuid
-    spec: FleetSpec
-    # strategy index tables
-    by_asset: dict[str, int] = field(default_factory=dict)  # asset uuid -> index
-    by_kind: dict[str, list[int]] = field(default_factory=dict)  # aggregator uuid -> index per kind
-    market_strategy: dict[str, int] = field(default_factory=dict)  # market uuid -> index
-    own_markets: dict[str, frozenset[str]] = field(
-        default_factory=dict
-    )  # aggregator uuid -> markets
+    spec: FleetSpec  # strategies and the tables that say which asset and market each serves
     selection_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def aggregator_name(self) -> dict[str, str]:
         return {u: n for n, u in self.aggregator_uuid.items()}
 
-    def strategy_index(self, asset_uuid: str, aggregator: str, kind: int) -> int:
-        idx = self.by_asset.get(asset_uuid)
-        return idx if idx is not None else self.by_kind[aggregator][kind]
+    @property
+    def own_markets(self) -> dict[str, frozenset[str]]:
+        return self.spec.own_markets
 
 
 def build_tables(
@@ -132,8 +125,9 @@ def build_tables(
     for agg in plan.aggregators:
         a_uuid = aggregator_uuid[agg.spec.name]
         by_kind[a_uuid] = [
-            idx(agg.spec.strategy_for("", KIND_NAMES[k]), asset_specs, index) for k in AssetKind
-        ]  # type: ignore[arg-type]
+            idx(agg.spec.strategy_for("", KIND_NAMES[k]), asset_specs, index)  # type: ignore[arg-type]
+            for k in AssetKind
+        ]
         for name, spec in agg.spec.by_asset.items():
             if name in asset_uuid:
                 fleet_by_asset[asset_uuid[name]] = idx(spec, asset_specs, index)
@@ -151,6 +145,10 @@ def build_tables(
         market_strategies=[{"name": s.name, "params": s.params} for s in market_specs],
         accepts_requirements=plan.config.accepts_requirements,
         asset_uuids_by_name=dict(asset_uuid) if needs_names else None,
+        by_kind=by_kind,
+        by_asset=fleet_by_asset,
+        market_strategy=market_strategy,
+        own_markets=own_markets,
     )
     return Fleet(
         plan=plan,
@@ -159,10 +157,6 @@ def build_tables(
         market_uuid=market_uuid,
         owner_of=owner_of,
         spec=fleet_spec,
-        by_asset=fleet_by_asset,
-        by_kind=by_kind,
-        market_strategy=market_strategy,
-        own_markets=own_markets,
     )
 
 

@@ -1,9 +1,11 @@
 """Ingress: exchange events in, one Celery task per shard out.
 
-For every event round it parses each event once, coalesces the round's events across
-aggregators, derives per-asset context once per tree, cuts the fleet into shards, writes the
-shard inputs and a manifest to Redis, sends one task per shard (keys, not payloads) and tells the
-coordinator the round is under way.
+For every event round it reads each event's header (kind, slot, tick, rates) and leaves its
+tree as raw JSON, coalesces the round's events across aggregators, packs whole aggregators' trees
+into shards, writes the shard inputs and a manifest to Redis, sends one task per shard (keys, not
+payloads) and tells the coordinator the round is under way. The workers parse the trees and
+derive each asset's context (kind, energies, fees along its path), once per tree, in parallel:
+at 100 000 assets parsing is most of a round's work and one ingress process could not keep up.
 
 Several ingress processes can split a fleet: ``partition=(i, n)`` takes the aggregators whose
 position in the fleet file is ``i`` modulo ``n``.
@@ -17,10 +19,11 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import kombu.exceptions
-import numpy as np
+import msgspec
 import orjson
 import redis
 
@@ -38,8 +41,9 @@ from gridfleet.platform.protocol import (
     TradeEventLite,
     decode_event_for_ingress,
 )
-from gridfleet.platform.rounds import RoundError, RoundInput, build_round
+from gridfleet.platform.rounds import RoundError, RoundEvent, TreePart, round_context
 from gridfleet.platform.shard import Manifest, ShardInput, publish_spec, write_round
+from gridfleet.strategies.context import TickContext
 
 log = logging.getLogger(__name__)
 
@@ -75,31 +79,34 @@ class TickClock:
         return self.interval_s * DEFAULT_BUDGET_FRACTION
 
 
-def cut_shards(fleet: Fleet, rnd: RoundInput, shard_size: int) -> list[ShardInput]:
-    """Cut a round's assets into shards of at most ``shard_size``; markets ride with shard 0."""
-    batch = rnd.assets
-    n = len(batch)
-    if n:
-        kinds = batch.kind.tolist()
-        idx = np.fromiter(
-            (
-                fleet.strategy_index(u, a, k)
-                for u, a, k in zip(batch.uuid, batch.aggregator, kinds, strict=True)
-            ),
-            dtype=np.int64,
-            count=n,
-        )
-    else:
-        idx = np.zeros(0, dtype=np.int64)
-    shards: list[ShardInput] = []
-    for start in range(0, max(n, 1), shard_size):
-        rows = np.arange(start, min(n, start + shard_size))
-        sub = batch if (start == 0 and len(rows) == n) else batch.take(rows)
-        shards.append(ShardInput(sub, idx[rows]))
-    if rnd.markets:
-        shards[0].markets = list(rnd.markets)
-        shards[0].market_strategy_index = [fleet.market_strategy[m.uuid] for m in rnd.markets]
-    return shards
+def cut_shards(
+    events: list[tuple[str, RoundEvent]], sizes: Mapping[str, int], shard_size: int
+) -> list[ShardInput]:
+    """Pack whole aggregators' raw trees into shards of about ``shard_size`` assets.
+
+    ``sizes`` (aggregator -> assets in the fleet plan) weighs each tree without parsing it. An
+    aggregator bigger than a shard is split into row ranges, one shard each.
+    """
+    shards: list[list[TreePart]] = []
+    current: list[TreePart] = []
+    filled = 0
+    for aggregator, event in events:
+        raw = event.grid_tree
+        tree = bytes(raw) if isinstance(raw, msgspec.Raw) else msgspec.json.encode(raw)
+        n = sizes.get(aggregator, 0)
+        if n > shard_size:
+            for start in range(0, n, shard_size):
+                stop = start + shard_size if start + shard_size < n else None
+                shards.append([TreePart(aggregator, tree, start, stop)])
+            continue
+        if current and filled + n > shard_size:
+            shards.append(current)
+            current, filled = [], 0
+        current.append(TreePart(aggregator, tree))
+        filled += n
+    if current or not shards:
+        shards.append(current)
+    return [ShardInput(parts) for parts in shards]
 
 
 _ROUND_HEAD = re.compile(rb'"slot_completion":\s*"(\d+)%",\s*"market_slot":\s*"([^"]+)"')
@@ -115,6 +122,19 @@ def peek_round(raw: bytes) -> tuple[str, int] | None:
     if m is None:
         return None
     return m.group(2).decode(), int(m.group(1)) // 10
+
+
+@dataclass
+class StreamedRound:
+    """A round whose first shards went out while its events were still arriving."""
+
+    manifest: Manifest  # as sent with the first shards (context, deadline)
+    shards: int = 0
+    sent: set[str] = field(default_factory=set)  # aggregators whose trees are out
+
+    @property
+    def deadline(self) -> float:
+        return self.manifest.deadline
 
 
 class Ingress:
@@ -147,6 +167,9 @@ class Ingress:
         self.run_id = uuid.uuid4().hex[:8]
         self.clock = TickClock()
         self.fleet: Fleet | None = None
+        self._order: dict[str, int] = {}  # aggregator uuid -> position in the fleet file
+        self._sizes: dict[str, int] = {}  # aggregator uuid -> assets it trades
+        self._streams: dict[str, StreamedRound] = {}  # pending round id -> what went ahead
         self.spec_version = ""
         self._events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
@@ -173,6 +196,12 @@ class Ingress:
     def connect(self) -> Fleet:
         fleet = connect_fleet(self.link, self.plan)
         self.fleet = fleet
+        self._order = {
+            fleet.aggregator_uuid[a.spec.name]: i for i, a in enumerate(self.plan.aggregators)
+        }
+        self._sizes = {
+            fleet.aggregator_uuid[a.spec.name]: len(a.assets) for a in self.plan.aggregators
+        }
         self._publish_fleet()
         self.dispatcher.warm_up()
         self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
@@ -228,7 +257,16 @@ class Ingress:
                     self.stale_events += 1
                     continue
                 self._take(collector, channel, raw, t_mono, t_wall)
+            if self._broker_ok:
+                for pending in list(collector.pending.values()):
+                    try:
+                        self._stream(pending)
+                    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                        log.error("round %s: early shards not sent (%s)", pending.id, exc)
             ready = collector.ready()
+            for p in ready:
+                if p.key < max(q.key for q in ready):
+                    self._streams.pop(p.id, None)
             if len(ready) > 1:
                 # Behind: answer only the newest round; older ones would land after their tick.
                 newest_key = max(p.key for p in ready)
@@ -343,59 +381,108 @@ class Ingress:
         pipe.hincrbyfloat(self.keys.counters, "energy_traded_kwh", energy)
         pipe.execute()
 
-    def _dispatch(self, pending: PendingRound) -> None:
-        assert self.fleet is not None
-        fleet = self.fleet
-        t0 = time.perf_counter()
-        events = list(pending.events.items())
-        try:
-            rnd = build_round(events, fleet.own_markets)
-        except RoundError as exc:
-            self.metrics.skipped_rounds.labels("unusable").inc()
-            log.warning("round %s skipped: %s", pending.key.id, exc)
+    def _stream(self, pending: PendingRound) -> None:
+        """Send the full shards of a round whose events are still arriving.
+
+        At 100 000 assets the exchange's events take a few hundred milliseconds to arrive;
+        workers start on the first trees meanwhile instead of waiting for the last. The round's
+        remaining shards, and the manifest the coordinator waits on, follow in :meth:`_dispatch`.
+        """
+        size = self.config.shard_size
+        streamed = self._streams.get(pending.id)
+        sent = streamed.sent if streamed else set()
+        waiting = [(a, e) for a, e in pending.events.items() if a not in sent]
+        if sum(self._sizes.get(a, 0) for a, _ in waiting) <= size:
             return
-        self._last_slot = rnd.key.market_slot
-        shards = cut_shards(fleet, rnd, self.config.shard_size)
-        budget = self.clock.budget(self.config.tick_budget_s)
-        round_id = f"{self.run_id}:{pending.id}"
+        shards = cut_shards(waiting, self._sizes, size)
+        # The last shard may still grow; so may an aggregator split across shards.
+        last = set(shards[-1].aggregators)
+        shards = [s for s in shards if not last.intersection(s.aggregators)]
+        if not shards:
+            return
+        if streamed is None:
+            try:
+                _, ctx = round_context(waiting)
+            except RoundError:
+                return  # _dispatch says why
+            manifest = self._manifest(pending, ctx, shards=0)
+            streamed = self._streams[pending.id] = StreamedRound(manifest)
+        first = streamed.shards
+        write_round(self.broker, self.keys, streamed.manifest, shards, first)
+        numbers = range(first, first + len(shards))
+        self.dispatcher.send(self.keys.ns, streamed.manifest.round_id, numbers, streamed.deadline)
+        streamed.shards += len(shards)
+        streamed.sent.update(a for shard in shards for a in shard.aggregators)
+
+    def _manifest(self, pending: PendingRound, ctx: TickContext, shards: int) -> Manifest:
+        assert self.fleet is not None
         missing = (
             []
             if pending.seq
-            else sorted(set(fleet.aggregator_uuid.values()) - set(rnd.aggregators))
+            else sorted(set(self.fleet.aggregator_uuid.values()) - pending.events.keys())
         )
-        manifest = Manifest(
-            round_id=round_id,
-            ctx=rnd.ctx,
+        budget = self.clock.budget(self.config.tick_budget_s)
+        return Manifest(
+            round_id=f"{self.run_id}:{pending.id}",
+            ctx=ctx,
             spec_version=self.spec_version,
-            shards=len(shards),
-            aggregators=sorted(rnd.aggregators),
+            shards=shards,
+            aggregators=sorted(pending.events),
             received_at=pending.first_wall,
             deadline=pending.first_wall + budget,
             skipped_aggregators=missing,
         )
-        write_round(self.broker, self.keys, manifest, shards)
-        self.dispatcher.send(self.keys.ns, round_id, len(shards), manifest.deadline)
+
+    def _dispatch(self, pending: PendingRound) -> None:
+        t0 = time.perf_counter()
+        order = self._order
+        events = sorted(pending.events.items(), key=lambda kv: order.get(kv[0], len(order)))
+        streamed = self._streams.pop(pending.id, None)
+        try:
+            key, ctx = round_context(events)
+        except RoundError as exc:
+            self.metrics.skipped_rounds.labels("unusable").inc()
+            log.warning("round %s skipped: %s", pending.key.id, exc)
+            return
+        self._last_slot = key.market_slot
+        first = 0
+        if streamed is not None:
+            # Its first shards are out: the rest keep the context and deadline they were sent with.
+            ctx, first = streamed.manifest.ctx, streamed.shards
+            events = [(a, e) for a, e in events if a not in streamed.sent]
+        shards = cut_shards(events, self._sizes, self.config.shard_size) if events else []
+        manifest = self._manifest(pending, ctx, shards=first + len(shards))
+        if streamed is not None:
+            manifest.received_at = streamed.manifest.received_at
+            manifest.deadline = streamed.manifest.deadline
+        round_id = manifest.round_id
+        missing = manifest.skipped_aggregators
+        budget = manifest.deadline - manifest.received_at
+        write_round(self.broker, self.keys, manifest, shards, first)
+        numbers = range(first, first + len(shards))
+        self.dispatcher.send(self.keys.ns, round_id, numbers, manifest.deadline)
         depth = self.broker.rpush(self.keys.rounds, round_id)
         self.metrics.queue_depth.set(self.broker.llen(QUEUE))
         if depth > 3:
             log.warning("the coordinator is %d rounds behind", depth - 1)
         self.metrics.rounds.inc()
-        self.metrics.shards.inc(len(shards))
+        self.metrics.shards.inc(manifest.shards)
         if missing:
             log.warning(
                 "round %s: no event from %d aggregators (lost or late)",
-                rnd.key.id,
+                key.id,
                 len(missing),
-                extra={"slot": rnd.key.market_slot, "tick": rnd.key.tick_index},
+                extra={"slot": key.market_slot, "tick": key.tick_index},
             )
         log.debug(
-            "round %s: %d assets in %d shards dispatched in %.1f ms (budget %.0f ms)",
-            rnd.key.id,
-            len(rnd.assets),
-            len(shards),
+            "round %s: %d trees in %d shards dispatched in %.1f ms (%d sent ahead; budget %.0f ms)",
+            key.id,
+            len(pending.events),
+            manifest.shards,
             (time.perf_counter() - t0) * 1e3,
+            first,
             budget * 1e3,
-            extra={"slot": rnd.key.market_slot, "tick": rnd.key.tick_index},
+            extra={"slot": key.market_slot, "tick": key.tick_index},
         )
 
     def _write_counters(self, collector: RoundCollector) -> None:

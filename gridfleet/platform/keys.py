@@ -62,6 +62,10 @@ class Keys:
     def shard_output(self, round_id: str, shard: int) -> str:
         return f"{self.ns}:r:{round_id}:out:{shard}"
 
+    def claim(self, round_id: str, shard: int) -> str:
+        """Who started the shard (a worker or the coordinator); set once, see ``claim_shard``."""
+        return f"{self.ns}:r:{round_id}:claim:{shard}"
+
     def done(self, round_id: str) -> str:
         """List the workers RPUSH finished shard numbers to."""
         return f"{self.ns}:r:{round_id}:done"

@@ -13,20 +13,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from gridfleet.config import FleetConfig
 from gridfleet.platform import channels
-from gridfleet.platform.collector import RoundCollector
+from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.protocol import ProtocolError, decode_event
+from gridfleet.platform.protocol import MarketEvent, ProtocolError, TickEvent, decode_event
 from gridfleet.platform.rounds import RoundError, RoundInput, build_round
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
 log = logging.getLogger(__name__)
+
+
+def full_events(pending: PendingRound) -> list[tuple[str, MarketEvent | TickEvent]]:
+    """The round's events; this loop decodes them whole (it has no workers to do it)."""
+    return [(a, e) for a, e in pending.events.items() if isinstance(e, MarketEvent | TickEvent)]
 
 
 def evaluate_round(
@@ -38,23 +41,14 @@ def evaluate_round(
     """
     from gridfleet.platform.evaluate import evaluate_shard
 
-    batch = rnd.assets
-    idx = np.fromiter(
-        (
-            fleet.strategy_index(u, a, k)
-            for u, a, k in zip(batch.uuid, batch.aggregator, batch.kind.tolist(), strict=True)
-        ),
-        dtype=np.int64,
-        count=len(batch),
-    )
     out = evaluate_shard(
         rnd.ctx,
-        batch,
-        idx,
+        rnd.assets,
+        fleet.spec.strategy_indices(rnd.assets),
         runtime.strategies,
         state,
         rnd.markets,
-        [fleet.market_strategy[m.uuid] for m in rnd.markets],
+        fleet.spec.market_strategy_indices(rnd.markets),
         runtime.market_strategies,
         runtime.profile,
     )
@@ -118,7 +112,7 @@ class LocalLoop:
                     log.error("aggregator %s: unusable event skipped: %s", agg, exc)
             for pending in collector.ready():
                 try:
-                    rnd = build_round(list(pending.events.items()), fleet.own_markets)
+                    rnd = build_round(full_events(pending), fleet.own_markets)
                 except RoundError as exc:
                     log.warning("round %s skipped: %s", pending.id, exc)
                     continue
@@ -153,7 +147,7 @@ def replay_rounds(
     state: dict[str, State] = {}
     out: dict[str, list[bytes]] = {}
     for pending in collector.ready(now=float("inf")):
-        rnd = build_round(sorted(pending.events.items()), fleet.own_markets)
+        rnd = build_round(sorted(full_events(pending)), fleet.own_markets)
         for agg, body in evaluate_round(fleet, runtime, rnd, state).items():
             out.setdefault(agg, []).append(body)
     return out

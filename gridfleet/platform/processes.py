@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ProcessGroup:
     ) -> Child:
         child = Child(name, list(argv))
         env = {**self.env, **(extra_env or {})}
-        out: int | object = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             child.log_path = self.log_dir / f"{name}.log"
@@ -64,7 +65,7 @@ class ProcessGroup:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-        )  # type: ignore[arg-type]
+        )
         self.children.append(child)
         log.info("started %s (pid %d)", name, child.process.pid)
         return child

@@ -11,6 +11,7 @@ asset.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,9 +20,14 @@ from gridfleet.platform.protocol import (
     UNSET,
     AssetInfo,
     GridNode,
+    GridTree,
     MarketEvent,
+    MarketEventHead,
     MarketStats,
+    ProtocolError,
     TickEvent,
+    TickEventHead,
+    decode,
     slot_tick_index,
 )
 from gridfleet.strategies.context import AssetBatch, AssetKind, MarketView, TickContext
@@ -45,7 +51,7 @@ class RoundKey:
         return f"{self.market_slot}#{self.tick_index}"
 
     @classmethod
-    def of(cls, event: MarketEvent | TickEvent) -> RoundKey:
+    def of(cls, event: MarketEvent | TickEvent | MarketEventHead | TickEventHead) -> RoundKey:
         return cls(event.market_slot, slot_tick_index(event.slot_completion))
 
 
@@ -258,38 +264,70 @@ def rows_to_batch(rows: _Rows) -> AssetBatch:
     )
 
 
-def build_round(
-    events: list[tuple[str, MarketEvent | TickEvent]],
-    own_markets: dict[str, frozenset[str]] | None = None,
-    slot_length_s: int = 900,
-) -> RoundInput:
-    """One round from ``(aggregator uuid, event)`` pairs of the same slot and tick.
+RoundEvent = MarketEvent | TickEvent | MarketEventHead | TickEventHead
+"""A round's event: parsed whole (one process) or with its tree left raw (ingress)."""
+
+
+def has_tree(event: RoundEvent) -> bool:
+    """False for the first slot's empty trees: such events are skipped, not evaluated."""
+    if isinstance(event, MarketEventHead | TickEventHead):
+        return event.has_tree
+    return bool(event.grid_tree)
+
+
+def round_context(
+    events: list[tuple[str, RoundEvent]], slot_length_s: int = 900
+) -> tuple[RoundKey, TickContext]:
+    """The round's key and the context every strategy of it reads, from its events' headers.
 
     Raises RoundError for a round that cannot be evaluated (the first slot's empty trees and null
-    rates); the caller counts and skips it.
+    rates, events of different rounds); the caller counts and skips it.
     """
     if not events:
         raise RoundError("no events")
     first = events[0][1]
     key = RoundKey.of(first)
-    rates = [(e.feed_in_tariff_rate, e.market_maker_rate) for _, e in events if e.grid_tree]
+    for aggregator, event in events:
+        if RoundKey.of(event) != key:
+            raise RoundError(f"event of {aggregator} is for {RoundKey.of(event).id}, not {key.id}")
+    rates = [(e.feed_in_tariff_rate, e.market_maker_rate) for _, e in events if has_tree(e)]
     if not rates or rates[0][0] is None or rates[0][1] is None:
         raise RoundError(
             f"round {key.id}: empty grid tree or null rates (the exchange's first slot)"
         )
     fit, mmr = rates[0]
     assert fit is not None and mmr is not None
+    ctx = TickContext(
+        market_slot=key.market_slot,
+        next_market_slot=next_slot(key.market_slot, slot_length_s),
+        tick_index=key.tick_index,
+        num_ticks=int(first.num_ticks),
+        is_market_event=any(isinstance(e, MarketEvent | MarketEventHead) for _, e in events),
+        feed_in_tariff_rate=float(fit),
+        market_maker_rate=float(mmr),
+        slot_length_s=slot_length_s,
+    )
+    return key, ctx
+
+
+def build_round(
+    events: list[tuple[str, MarketEvent | TickEvent]],
+    own_markets: dict[str, frozenset[str]] | None = None,
+    slot_length_s: int = 900,
+) -> RoundInput:
+    """One round from ``(aggregator uuid, event)`` pairs of the same slot and tick, flattened in
+    this process (the single-process loop; the pipeline flattens per shard, in workers).
+
+    Raises RoundError for a round that cannot be evaluated (see :func:`round_context`).
+    """
+    key, ctx = round_context(list(events), slot_length_s)
     rows = _Rows()
     markets: list[MarketView] = []
     cache: dict[str, float] = {}
     # The Market Maker's way down is the same in every tree of a round: work it out once.
     mm_down = next((market_maker_down_fees(e.grid_tree) for _, e in events if e.grid_tree), {})
-    seen: list[str] = []
     own = own_markets or {}
     for aggregator, event in events:
-        if RoundKey.of(event) != key:
-            raise RoundError(f"event of {aggregator} is for {RoundKey.of(event).id}, not {key.id}")
-        seen.append(aggregator)
         if event.grid_tree:
             flatten_tree(
                 event.grid_tree,
@@ -300,16 +338,81 @@ def build_round(
                 cache,
                 mm_down,
             )
-    ctx = TickContext(
-        market_slot=key.market_slot,
-        next_market_slot=next_slot(key.market_slot, slot_length_s),
-        tick_index=key.tick_index,
-        num_ticks=int(first.num_ticks),
-        is_market_event=any(isinstance(e, MarketEvent) for _, e in events),
-        feed_in_tariff_rate=float(fit),
-        market_maker_rate=float(mmr),
-        slot_length_s=slot_length_s,
-    )
     return RoundInput(
-        key=key, ctx=ctx, assets=rows_to_batch(rows), markets=markets, aggregators=seen
+        key=key,
+        ctx=ctx,
+        assets=rows_to_batch(rows),
+        markets=markets,
+        aggregators=[a for a, _ in events],
     )
+
+
+@dataclass(slots=True)
+class TreePart:
+    """One aggregator's raw ``grid_tree`` in a shard, and which of its assets the shard takes.
+
+    Shards are cut along aggregators, so a tree is parsed by one worker only. An aggregator with
+    more assets than a shard holds is split: each of its shards parses the tree and keeps the
+    rows ``[start, stop)`` of its assets in tree order (``stop=None``: to the end).
+    """
+
+    aggregator: str
+    tree: bytes
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(slots=True)
+class FlatParts:
+    assets: AssetBatch
+    markets: list[MarketView]
+    unusable: dict[str, str]  # aggregator -> why its tree could not be used
+
+
+def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str]]) -> FlatParts:
+    """Parse and flatten the trees of a shard (what :func:`build_round` does for a whole round).
+
+    A tree that does not parse is reported in ``unusable`` and skipped: its aggregator gets no
+    batch this tick, the others are unaffected. The Market Maker's way down is worked out from
+    the shard's first tree, as :func:`build_round` does from the round's first: every tree of a
+    round is cut from the same grid.
+    """
+    rows = _Rows()
+    markets: list[MarketView] = []
+    cache: dict[str, float] = {}
+    mm_down: dict[str, float] | None = None
+    unusable: dict[str, str] = {}
+    keep: list[np.ndarray] = []
+    sliced = False
+    for part in parts:
+        try:
+            tree = decode(part.tree, GridTree)
+        except ProtocolError as exc:
+            unusable[part.aggregator] = f"grid_tree: {exc}"
+            continue
+        if mm_down is None:
+            mm_down = market_maker_down_fees(tree)
+        first = len(rows.uuid)
+        mine: list[MarketView] = []
+        flatten_tree(
+            tree,
+            part.aggregator,
+            rows,
+            mine,
+            own_markets.get(part.aggregator, frozenset()),
+            cache,
+            mm_down,
+        )
+        last = len(rows.uuid)
+        if part.start or part.stop is not None:
+            sliced = True
+            stop = last if part.stop is None else min(last, first + part.stop)
+            keep.append(np.arange(min(first + part.start, stop), stop))
+        else:
+            keep.append(np.arange(first, last))
+        if part.start == 0:
+            markets.extend(mine)  # a split aggregator's markets ride with its first shard
+    batch = rows_to_batch(rows)
+    if sliced:
+        batch = batch.take(np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64))
+    return FlatParts(batch, markets, unusable)

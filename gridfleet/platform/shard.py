@@ -9,6 +9,7 @@ same commands. The coordinator counts a shard once however many times it is repo
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import time
 from collections.abc import Mapping
@@ -19,21 +20,21 @@ import numpy as np
 import redis
 
 from gridfleet.platform.codec import (
-    batch_from_dict,
-    batch_to_dict,
     ctx_from_dict,
     ctx_to_dict,
-    market_from_dict,
-    market_to_dict,
     packb,
     unpackb,
 )
 from gridfleet.platform.commands import ExchangeProfile
 from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
+from gridfleet.platform.gcpause import gc_paused
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.rounds import TreePart, flatten_parts
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import DSO_MARKET_STATS_KEY, AssetStrategy, MarketStrategy
 from gridfleet.strategies.context import AssetBatch, MarketView, State, TickContext
+
+log = logging.getLogger(__name__)
 
 ROUND_TTL_S = 120
 """Round data (inputs, outputs, manifests) expire: nothing needs them a minute later."""
@@ -44,16 +45,36 @@ REJECTED_KEY = "rejected"
 
 @dataclass(frozen=True)
 class FleetSpec:
-    """What workers need to know of the fleet, written by ingress to ``Keys.spec``."""
+    """What workers need to know of the fleet, written by ingress to ``Keys.spec``: the
+    strategies and which asset and market each one serves."""
 
     strategies: list[dict[str, Any]]  # [{"name", "params"}], indexed by strategy_index
     market_strategies: list[dict[str, Any]] = field(default_factory=list)
     accepts_requirements: bool = False
     asset_uuids_by_name: dict[str, str] | None = None  # only when a strategy needs names
+    by_kind: dict[str, list[int]] = field(default_factory=dict)  # aggregator -> index per kind
+    by_asset: dict[str, int] = field(default_factory=dict)  # asset uuid -> index (overrides)
+    market_strategy: dict[str, int] = field(default_factory=dict)  # market uuid -> index
+    own_markets: dict[str, frozenset[str]] = field(default_factory=dict)  # aggregator -> markets
 
     @property
     def version(self) -> str:
         return hashlib.sha256(packb(self.to_dict())).hexdigest()[:16]
+
+    def strategy_indices(self, batch: AssetBatch) -> np.ndarray:
+        """Each asset's strategy: its own override, else its aggregator's for its kind."""
+        by_asset, by_kind = self.by_asset, self.by_kind
+        return np.fromiter(
+            (
+                by_asset[u] if u in by_asset else by_kind[a][k]
+                for u, a, k in zip(batch.uuid, batch.aggregator, batch.kind.tolist(), strict=True)
+            ),
+            dtype=np.int64,
+            count=len(batch),
+        )
+
+    def market_strategy_indices(self, markets: list[MarketView]) -> list[int]:
+        return [self.market_strategy[m.uuid] for m in markets]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +82,10 @@ class FleetSpec:
             "market_strategies": self.market_strategies,
             "accepts_requirements": self.accepts_requirements,
             "asset_uuids_by_name": self.asset_uuids_by_name,
+            "by_kind": self.by_kind,
+            "by_asset": self.by_asset,
+            "market_strategy": self.market_strategy,
+            "own_markets": {a: sorted(m) for a, m in self.own_markets.items()},
         }
 
     @classmethod
@@ -70,6 +95,10 @@ class FleetSpec:
             market_strategies=list(d.get("market_strategies", [])),
             accepts_requirements=bool(d.get("accepts_requirements", False)),
             asset_uuids_by_name=d.get("asset_uuids_by_name"),
+            by_kind={a: list(v) for a, v in d.get("by_kind", {}).items()},
+            by_asset=dict(d.get("by_asset", {})),
+            market_strategy=dict(d.get("market_strategy", {})),
+            own_markets={a: frozenset(m) for a, m in d.get("own_markets", {}).items()},
         )
 
 
@@ -121,30 +150,21 @@ def publish_spec(r: redis.Redis, keys: Keys, spec: FleetSpec) -> str:
 
 @dataclass(slots=True)
 class ShardInput:
-    batch: AssetBatch
-    strategy_index: np.ndarray
-    markets: list[MarketView] = field(default_factory=list)
-    market_strategy_index: list[int] = field(default_factory=list)
+    """The raw trees of the aggregators a shard evaluates (see :class:`TreePart`)."""
+
+    parts: list[TreePart]
+
+    @property
+    def aggregators(self) -> list[str]:
+        return [p.aggregator for p in self.parts]
 
     def pack(self) -> bytes:
-        return packb(
-            {
-                "batch": batch_to_dict(self.batch),
-                "strategy_index": np.ascontiguousarray(self.strategy_index, dtype="<i4").tobytes(),
-                "markets": [market_to_dict(m) for m in self.markets],
-                "market_strategy_index": self.market_strategy_index,
-            }
-        )
+        return packb({"parts": [[p.aggregator, p.tree, p.start, p.stop] for p in self.parts]})
 
     @classmethod
     def unpack(cls, raw: bytes) -> ShardInput:
         d = unpackb(raw)
-        return cls(
-            batch=batch_from_dict(d["batch"]),
-            strategy_index=np.frombuffer(d["strategy_index"], dtype="<i4").astype(np.int64),
-            markets=[market_from_dict(m) for m in d["markets"]],
-            market_strategy_index=list(d["market_strategy_index"]),
-        )
+        return cls([TreePart(a, tree, start, stop) for a, tree, start, stop in d["parts"]])
 
 
 @dataclass(slots=True)
@@ -181,11 +201,14 @@ class Manifest:
         return cls(**d)
 
 
-def write_round(r: redis.Redis, keys: Keys, manifest: Manifest, shards: list[ShardInput]) -> None:
-    """Store a round's manifest and shard inputs in one pipeline (with a TTL)."""
+def write_round(
+    r: redis.Redis, keys: Keys, manifest: Manifest, shards: list[ShardInput], first: int = 0
+) -> None:
+    """Store a round's manifest and shard inputs ``first``, ``first + 1``... in one pipeline
+    (with a TTL). Ingress may write a round in parts: see ``Ingress._stream``."""
     pipe = r.pipeline(transaction=False)
     pipe.set(keys.manifest(manifest.round_id), manifest.pack(), ex=ROUND_TTL_S)
-    for i, shard in enumerate(shards):
+    for i, shard in enumerate(shards, start=first):
         pipe.set(keys.shard_input(manifest.round_id, i), shard.pack(), ex=ROUND_TTL_S)
     pipe.execute()
 
@@ -202,6 +225,17 @@ def _read_state(entries: list[bytes | None], uuids: list[str], round_id: str) ->
     return state
 
 
+def claim_shard(r: redis.Redis, keys: Keys, round_id: str, shard: int, who: str) -> bool:
+    """Say "I am running this shard"; False if someone already said so.
+
+    Workers claim before they start, so the coordinator only hedges shards nobody runs (and a
+    worker skips a shard the coordinator took). A claim is not a lock: the coordinator still
+    runs a claimed shard that is not done at the deadline (its worker may have died), which
+    is safe because a shard run is idempotent.
+    """
+    return bool(r.set(keys.claim(round_id, shard), who, nx=True, ex=ROUND_TTL_S))
+
+
 @dataclass(slots=True)
 class ShardRun:
     output: ShardOutput
@@ -213,6 +247,7 @@ def run_shard(
     r: redis.Redis, keys: Keys, round_id: str, shard: int, *, worker: str | None = None
 ) -> ShardRun:
     """Evaluate one stored shard and store its result; safe to run more than once."""
+    started = time.time()
     t0 = time.perf_counter()
     pipe = r.pipeline(transaction=False)
     pipe.get(keys.manifest(round_id))
@@ -223,9 +258,20 @@ def run_shard(
     manifest = Manifest.unpack(raw_manifest)
     shard_in = ShardInput.unpack(raw_input)
     rt = runtime_for(r, keys, manifest.spec_version)
+    with gc_paused():
+        flat = flatten_parts(shard_in.parts, rt.spec.own_markets)
+    for aggregator, why in flat.unusable.items():
+        log.error(
+            "round %s: event of aggregator %s skipped: %s",
+            round_id,
+            aggregator,
+            why,
+            extra={"aggregator": aggregator},
+        )
+    batch, markets = flat.assets, flat.markets
 
-    asset_uuids = shard_in.batch.uuid
-    market_uuids = [m.uuid for m in shard_in.markets]
+    asset_uuids = batch.uuid
+    market_uuids = [m.uuid for m in markets]
     uuids = asset_uuids + market_uuids
     pipe = r.pipeline(transaction=False)
     pipe.hmget(keys.state, uuids) if uuids else pipe.echo("")
@@ -252,24 +298,27 @@ def run_shard(
         ctx = TickContext(
             **{**ctx_to_dict(ctx), "asset_uuids_by_name": rt.spec.asset_uuids_by_name}
         )
-    output = evaluate_shard(
-        ctx,
-        shard_in.batch,
-        shard_in.strategy_index,
-        rt.strategies,
-        seen,
-        shard_in.markets,
-        shard_in.market_strategy_index,
-        rt.market_strategies,
-        rt.profile,
-    )
+    with gc_paused():
+        output = evaluate_shard(
+            ctx,
+            batch,
+            rt.spec.strategy_indices(batch),
+            rt.strategies,
+            seen,
+            markets,
+            rt.spec.market_strategy_indices(markets),
+            rt.market_strategies,
+            rt.profile,
+        )
     duration = time.perf_counter() - t0
     result = {
         "fragments": output.fragments,
         "commands": output.commands,
         "refusals": [x.as_dict() for x in output.refusals],
         "errors": [x.as_dict() for x in output.errors],
+        "unusable": flat.unusable,
         "duration_s": duration,
+        "started_at": started,  # wall clock: with the manifest's times, how long it queued
         "worker": worker or socket.gethostname(),
     }
     pipe = r.pipeline(transaction=False)

@@ -32,6 +32,7 @@ COUNTER_KEYS = (
     "skipped_empty",
     "late_events",
     "bad_events",
+    "unusable_trees",
     "lost_rounds",
 )
 

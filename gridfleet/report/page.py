@@ -151,7 +151,7 @@ def _summary(rep: Mapping[str, Any]) -> str:
         (
             "late / bad events, lost rounds",
             DASH,
-            f"{fmt(cc['late_events'])} / {fmt(cc['bad_events'])} / {fmt(cc['lost_rounds'])}",
+            f"{fmt(cc['late_events'])} / {fmt(cc['bad_events'] + cc['unusable_trees'])} / {fmt(cc['lost_rounds'])}",
         ),
     ]
     return _table(

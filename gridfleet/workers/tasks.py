@@ -7,6 +7,8 @@ stay in Redis). The task is idempotent per (round, shard); see :mod:`gridfleet.p
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from functools import lru_cache
 
 import redis
@@ -14,10 +16,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from gridfleet.platform.dispatch import TASK_NAME
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.shard import run_shard
+from gridfleet.platform.shard import claim_shard, run_shard
 from gridfleet.workers.app import app
 
 log = logging.getLogger(__name__)
+
+_WHO = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @lru_cache(maxsize=4)
@@ -28,8 +32,14 @@ def _redis(url: str) -> redis.Redis:
 @app.task(name=TASK_NAME, ignore_result=True)
 def evaluate_shard(namespace: str, round_id: str, shard: int) -> None:
     """Load shard ``shard`` of ``round_id``, run its strategies, store commands and state."""
+    r, keys = _redis(app.conf.broker_url), Keys(namespace)
+    if not claim_shard(r, keys, round_id, shard, _WHO):
+        # The coordinator hedged it, or this is a redelivery of a shard a dead worker had
+        # started (the coordinator runs that one at the deadline).
+        log.debug("round %s shard %d: already claimed, skipped", round_id, shard)
+        return
     try:
-        run = run_shard(_redis(app.conf.broker_url), Keys(namespace), round_id, shard)
+        run = run_shard(r, keys, round_id, shard)
     except SoftTimeLimitExceeded:
         log.error("round %s shard %d: soft time limit; the coordinator hedges it", round_id, shard)
         return

@@ -33,24 +33,27 @@ def config(url: str):  # type: ignore[no-untyped-def]
 def test_a_malformed_event_is_skipped_and_counted(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Ingress reads headers only: an event that is not JSON is dropped there; a tree that is
+    JSON but not a grid tree rides on to its shard, whose worker skips that aggregator alone
+    (tests/pipeline/test_units.py::test_a_tree_that_does_not_parse_skips_only_its_aggregator)."""
     node = Ingress(config(redis_url), redis_url, redis_url)
     try:
-        collector = RoundCollector(["agg-1", "agg-2"])
-        bad = b'{"event": "tick", "slot_completion": "10%", "market_slot": "2024-06-01T00:15", "grid_tree": {"x": {"children": 3}}}'
+        collector = RoundCollector(["agg-0", "agg-1", "agg-2"])
+        head = b'{"event": "tick", "slot_completion": "10%", "market_slot": "2024-06-01T00:15", "feed_in_tariff_rate": 1, "market_maker_rate": 30, '
+        not_json = head + b'"grid_tree": {"x": {"children": 3}'
+        not_a_tree = head + b'"grid_tree": {"x": {"children": 3}}}'
         good = orjson.dumps({**load_example("05_event_tick")["data"], "slot_completion": "10%"})
         with caplog.at_level(logging.ERROR):
-            node._take(
-                collector, channels.aggregator_events("agg-1"), bad, time.monotonic(), time.time()
-            )
-            node._take(
-                collector, channels.aggregator_events("agg-2"), good, time.monotonic(), time.time()
-            )
+            for agg, raw in (("agg-0", not_json), ("agg-1", not_a_tree), ("agg-2", good)):
+                node._take(
+                    collector, channels.aggregator_events(agg), raw, time.monotonic(), time.time()
+                )
         assert node.bad_events == 1 and node.metrics.bad_events._value.get() == 1
         assert any(
-            "agg-1" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records
+            "agg-0" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records
         )
         (rnd,) = collector.ready(now=time.monotonic() + 1)
-        assert set(rnd.events) == {"agg-2"}  # the other aggregator's round goes ahead
+        assert set(rnd.events) == {"agg-1", "agg-2"}  # the others' round goes ahead
     finally:
         node.close()
 

@@ -4,20 +4,29 @@ configuration errors, and what happens with bad input from outside."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 
 import fakeredis
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridfleet.config import ConfigError, load_config, parse_config, resolve_names
 from gridfleet.platform.codec import packb, unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.evaluate import evaluate_shard, merge_fragments
+from gridfleet.platform.ingress import cut_shards
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.protocol import MarketEvent, TickEvent, decode_event
-from gridfleet.platform.rounds import RoundError, build_round
+from gridfleet.platform.protocol import (
+    MarketEvent,
+    TickEvent,
+    decode_event,
+    decode_event_for_ingress,
+)
+from gridfleet.platform.rounds import RoundError, TreePart, build_round, flatten_parts
 from gridfleet.platform.shard import (
     FleetSpec,
     Manifest,
@@ -35,6 +44,7 @@ from tests.conftest import load_example
 
 MARKET = load_example("05_event_market")["data"]
 TICK = load_example("05_event_tick")["data"]
+TREE = orjson.dumps(MARKET["grid_tree"])
 
 
 def event(data: dict, **changes: object) -> MarketEvent | TickEvent:
@@ -198,14 +208,16 @@ def test_running_a_shard_twice_gives_the_same_state_and_commands(
     registry.register("counting", Counting)
     r = fakeredis.FakeRedis()
     keys = Keys("t")
-    version = publish_spec(r, keys, FleetSpec(strategies=[{"name": "counting", "params": {}}]))
+    version = publish_spec(
+        r,
+        keys,
+        FleetSpec(strategies=[{"name": "counting", "params": {}}], by_kind={"agg": [0, 0, 0, 0]}),
+    )
     rnd = build_round([("agg", event(MARKET))])
 
     def store(round_id: str) -> None:
         manifest = Manifest(round_id, rnd.ctx, version, 1, ["agg"], 0.0, 1.0)
-        write_round(
-            r, keys, manifest, [ShardInput(rnd.assets, np.zeros(len(rnd.assets), np.int64))]
-        )
+        write_round(r, keys, manifest, [ShardInput([TreePart("agg", TREE)])])
 
     store("r1")
     first = run_shard(r, keys, "r1", 0)
@@ -306,3 +318,57 @@ def test_metrics_and_healthz_are_served() -> None:
         assert info.value.code == 503
     finally:
         server.shutdown()
+
+
+def test_a_tree_that_does_not_parse_skips_only_its_aggregator(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = fakeredis.FakeRedis()
+    keys = Keys("t")
+    spec = FleetSpec(
+        strategies=[{"name": "linear_ramp", "params": {}}],
+        by_kind={"good-agg": [0, 0, 0, 0], "bad-agg": [0, 0, 0, 0]},
+    )
+    version = publish_spec(r, keys, spec)
+    rnd = build_round([("good-agg", event(MARKET))])
+    manifest = Manifest("r1", rnd.ctx, version, 1, ["bad-agg", "good-agg"], 0.0, 1.0)
+    bad = TreePart("bad-agg", b'{"x": {"children": 3}}')
+    write_round(r, keys, manifest, [ShardInput([bad, TreePart("good-agg", TREE)])])
+    with caplog.at_level(logging.ERROR):
+        run = run_shard(r, keys, "r1", 0)
+    assert set(run.output.fragments) == {"good-agg"}
+    out = unpackb(r.get(keys.shard_output("r1", 0)))
+    assert set(out["unusable"]) == {"bad-agg"} and "grid_tree" in out["unusable"]["bad-agg"]
+    assert any("bad-agg" in rec.getMessage() for rec in caplog.records)
+
+
+def _rows(batch: AssetBatch) -> list[tuple]:
+    return list(
+        zip(
+            batch.uuid,
+            batch.aggregator,
+            batch.kind.tolist(),
+            batch.energy_requirement_kwh.tolist(),
+            batch.grid_fee.tolist(),
+            strict=True,
+        )
+    )
+
+
+@given(
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    shard_size=st.integers(1, 20),
+)
+@settings(max_examples=60, deadline=None)
+def test_shards_of_raw_trees_flatten_to_the_same_round_as_one_process(
+    sizes: list[int], shard_size: int
+) -> None:
+    """However the aggregators are packed or split, the shards' assets are the round's assets."""
+    aggs = [f"agg-{i}" for i in range(len(sizes))]
+    heads = [(a, decode_event_for_ingress(orjson.dumps(MARKET))) for a in aggs]
+    whole = build_round([(a, event(MARKET)) for a in aggs])
+    # sizes are the fleet plan's guess of each aggregator's assets: right or wrong, nothing is
+    # lost or doubled (a wrong guess only makes shards uneven)
+    shards = cut_shards(heads, dict(zip(aggs, sizes, strict=True)), shard_size)
+    flat = [flatten_parts(s.parts, {}) for s in shards]
+    assert sorted(r for f in flat for r in _rows(f.assets)) == sorted(_rows(whole.assets))

@@ -115,10 +115,22 @@ def test_command_response_reason_prefers_error_message() -> None:
     assert r.reason == "Invalid command type"
 
 
-def test_ingress_decodes_trade_events_without_their_tree() -> None:
+def test_ingress_decodes_events_without_their_trees() -> None:
     data = json.loads((PROTOCOL_DIR / "examples/05_event_trade.json").read_text())["data"]
     lite = p.decode_event_for_ingress(orjson.dumps(data))
     assert isinstance(lite, p.TradeEventLite)
     assert p.to_builtins(lite)["trade_list"] == data["trade_list"]
     tick = json.loads((PROTOCOL_DIR / "examples/05_event_tick.json").read_text())["data"]
-    assert isinstance(p.decode_event_for_ingress(orjson.dumps(tick)), p.TickEvent)
+    head = p.decode_event_for_ingress(orjson.dumps(tick))
+    assert isinstance(head, p.TickEventHead) and head.has_tree
+    assert (head.market_slot, head.slot_completion, head.market_maker_rate) == (
+        tick["market_slot"],
+        tick["slot_completion"],
+        tick["market_maker_rate"],
+    )
+    # the raw tree is exactly the tree workers parse
+    assert orjson.loads(bytes(head.grid_tree)) == tick["grid_tree"]
+    empty = p.decode_event_for_ingress(orjson.dumps({**tick, "grid_tree": {}}))
+    assert isinstance(empty, p.TickEventHead) and not empty.has_tree
+    with pytest.raises(p.ProtocolError, match="JSON"):
+        p.decode_event_for_ingress(b'{"event": "tick", "grid_tree": {"x": ')

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import logging
 import math
 import queue
 import threading
 import time
 import uuid as uuid_mod
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +29,7 @@ import orjson
 import redis
 
 from gridfleet.platform import channels
+from gridfleet.platform.gcpause import gc_paused
 from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
 from gridfleet.platform.simulator.deadline import DeadlineTracker, percentiles
@@ -56,22 +55,6 @@ from gridfleet.platform.simulator.state import ExchangeState, TradeReport
 log = logging.getLogger(__name__)
 
 TICKS_PER_SLOT = 10
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside (restored after, as it was).
-
-    Applying a chunk of batches allocates ~100 containers per batch that die by reference
-    counting; each collection they trigger walks every tracked object of the process, which
-    at 100 000 assets doubled the time to apply a round. Cyclic garbage just waits."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 @dataclass
