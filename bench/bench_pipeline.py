@@ -27,6 +27,7 @@ import redis
 import yaml
 
 from bench._util import RESULTS, write_results
+from gridfleet.platform.interpreter import favour_reader_threads
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.processes import ProcessGroup, gridfleet_command
 from gridfleet.platform.redis_server import RedisServer
@@ -35,6 +36,39 @@ from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.platform.simulator.runner import SimConfig, Simulator
 
 AGGREGATORS = {1_000: 10, 10_000: 100, 100_000: 1_000}
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def cpu_by_component(components: dict[str, int]) -> dict[str, float]:
+    """CPU seconds used so far by each component (a process and all its descendants)."""
+    return {name: sum(_cpu_s(p) for p in _descendants(pid)) for name, pid in components.items()}
 
 
 def run_case(
@@ -101,9 +135,16 @@ def run_case(
                 time.sleep(0.2)
             setup_s = time.monotonic() - t0
             time.sleep(3.0 if client == "pipeline" else 0.5)  # Celery's pool is up and warm
+            components = {c.name: c.process.pid for c in group.children if c.process}
+            components["exchange"] = os.getpid()  # the simulator runs in this process
+            for name, server in (("redis (exchange)", exchange), ("redis (broker)", broker)):
+                assert server.process is not None
+                components[name] = server.process.pid
+            cpu_before, wall_before = cpu_by_component(components), time.monotonic()
             sim.resume()
             if not sim.wait(timeout=slots * 10 * tick_interval * 4 + 120):
                 raise RuntimeError("the simulation did not finish")
+            cpu_after, wall = cpu_by_component(components), time.monotonic() - wall_before
             time.sleep(0.5)
             report = sim.report()
             client_ms = coordinator_latencies(broker.url) if client == "pipeline" else []
@@ -128,6 +169,10 @@ def run_case(
         # events, reading the batches) on the same two cores.
         "client_latency_ms": percentiles(client_ms) if client_ms else None,
         "setup_s": round(setup_s, 1),
+        # Average cores each component used while the exchange ticked (2 on this machine).
+        "cores_used": {
+            name: round((cpu_after[name] - cpu_before[name]) / wall, 2) for name in components
+        },
         "exchange_round_ms": meta.get("round_build_publish_ms"),
         "event_mb_per_round": round(
             meta["counts"]["bytes_sent"] / max(1, meta["counts"]["rounds"]) / 1e6, 2
@@ -231,6 +276,7 @@ def main() -> None:
         "--merge", action="store_true", help="replace only these cases in the existing results file"
     )
     args = ap.parse_args()
+    favour_reader_threads()  # as `gridfleet sim` runs the exchange
     rows = []
     kept: list[dict[str, Any]] = []
     if args.merge and (RESULTS / "pipeline.json").exists():
@@ -256,6 +302,11 @@ def main() -> None:
                 rows.append(row)
                 lat = row["latency_ms"]
                 own = row["client_latency_ms"]
+                print(
+                    "         cores used: "
+                    + ", ".join(f"{k} {v}" for k, v in row["cores_used"].items()),
+                    flush=True,
+                )
                 print(
                     f"{assets:>7} {tree:6} {client:8}: on time {100 * (row['on_time_ratio'] or 0):5.1f} %  p50 {lat['p50']} ms  p99 {lat['p99']} ms  max {lat['max']} ms"
                     + (

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from gridfleet import __version__
+from gridfleet.platform.interpreter import favour_reader_threads
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -440,6 +441,8 @@ _add_commands()
 
 def main() -> None:
     """Console-script entry point."""
+    # Every long-running command has socket-reader threads next to a busy main thread.
+    favour_reader_threads()
     cli.main(standalone_mode=True)
 
 

@@ -43,6 +43,7 @@ class PendingRound:
     first_at: float  # monotonic
     first_wall: float  # wall clock
     last_at: float = 0.0  # monotonic, latest event added
+    widest_gap: float = 0.0  # longest quiet gap between two of its events (diagnostics)
     events: dict[str, TreeEvent] = field(default_factory=dict)  # aggregator -> event
     market_event: bool = False
     seq: int = 0  # 0 for the round itself, 1.. for follow-ups of late aggregators
@@ -131,6 +132,8 @@ class RoundCollector:
             pending = self.pending[key] = PendingRound(
                 key, now, time.time() if wall is None else wall, seq=seq
             )
+        if pending.last_at:
+            pending.widest_gap = max(pending.widest_gap, now - pending.last_at)
         pending.last_at = now
         is_market = isinstance(event, MarketEvent | MarketEventHead)
         if is_market:

@@ -104,6 +104,9 @@ class PendingRequests:
 # A pub/sub reader that reconnects by itself
 
 
+READ_SIZE = 1 << 20
+
+
 class Subscriber(threading.Thread):
     """One pub/sub connection on its own thread: subscribe, read, hand off, reconnect."""
 
@@ -236,7 +239,11 @@ class ExchangeLink:
         self.url = url
         self.config_id = config_id
         self.request_timeout = request_timeout
-        self.redis = redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+        # Events of a 100 000-asset round are ~32 MB: read them in 1 MiB gulps, not redis-py's
+        # default 64 KiB (each read is a GIL hand-over for a reader thread).
+        self.redis = redis.Redis.from_url(
+            url, socket_keepalive=True, health_check_interval=10, socket_read_size=READ_SIZE
+        )
         self._pending = PendingRequests()
         self._on_reconnect = on_reconnect
         self._control = Subscriber(

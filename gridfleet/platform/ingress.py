@@ -51,6 +51,12 @@ DEFAULT_BUDGET_FRACTION = 0.85
 """Share of the tick interval a round may use before its batches must be out."""
 
 
+MIN_ROUND_WAIT_S = 0.3
+ROUND_WAIT_SHARE = 0.6
+"""A round is closed at the latest this share of its budget after its first event (or after
+the coalescing window's quiet gap, or when every aggregator reported, whichever is first)."""
+
+
 @dataclass
 class TickClock:
     """Learns the exchange's tick interval from the arrival of distinct rounds."""
@@ -237,6 +243,13 @@ class Ingress:
         dispatched = 0
         while not self.stop_event.is_set():
             self.metrics.beat()
+            # Full shards stream out while a round's events arrive, so waiting for its last
+            # events costs only the tail; splitting it into follow-up rounds costs a whole
+            # coordinator pass each. A 100 000-asset round takes ~400 ms to arrive.
+            collector.max_wait_s = max(
+                MIN_ROUND_WAIT_S,
+                ROUND_WAIT_SHARE * self.clock.budget(self.config.tick_budget_s),
+            )
             due = collector.next_due()
             timeout = 0.5 if due is None else max(0.0, due - time.monotonic())
             try:
@@ -257,12 +270,8 @@ class Ingress:
                     self.stale_events += 1
                     continue
                 self._take(collector, channel, raw, t_mono, t_wall)
-            if self._broker_ok:
-                for pending in list(collector.pending.values()):
-                    try:
-                        self._stream(pending)
-                    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
-                        log.error("round %s: early shards not sent (%s)", pending.id, exc)
+            # Decide which rounds are complete right after reading: time spent sending below
+            # must not count as a quiet gap in the exchange's events.
             ready = collector.ready()
             for p in ready:
                 if p.key < max(q.key for q in ready):
@@ -301,6 +310,12 @@ class Ingress:
                         extra={"slot": pending.key.market_slot, "tick": pending.key.tick_index},
                     )
                 dispatched += 1
+            if self._broker_ok:
+                for pending in list(collector.pending.values()):
+                    try:
+                        self._stream(pending)
+                    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                        log.error("round %s: early shards not sent (%s)", pending.id, exc)
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
                 self.broker.hset(self.keys.counters, "finished", 1)
@@ -475,9 +490,12 @@ class Ingress:
                 extra={"slot": key.market_slot, "tick": key.tick_index},
             )
         log.debug(
-            "round %s: %d trees in %d shards dispatched in %.1f ms (%d sent ahead; budget %.0f ms)",
-            key.id,
+            "round %s: %d trees over %.0f ms (widest gap %.0f ms) in %d shards, dispatched in"
+            " %.1f ms (%d sent ahead; budget %.0f ms)",
+            pending.id,
             len(pending.events),
+            (pending.last_at - pending.first_at) * 1e3,
+            pending.widest_gap * 1e3,
             manifest.shards,
             (time.perf_counter() - t0) * 1e3,
             first,

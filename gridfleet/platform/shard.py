@@ -27,7 +27,7 @@ from gridfleet.platform.codec import (
 )
 from gridfleet.platform.commands import ExchangeProfile
 from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
-from gridfleet.platform.gcpause import gc_paused
+from gridfleet.platform.interpreter import gc_paused
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import TreePart, flatten_parts
 from gridfleet.strategies import registry

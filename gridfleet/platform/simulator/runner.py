@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from gridfleet.platform import channels
-from gridfleet.platform.gcpause import gc_paused
+from gridfleet.platform.interpreter import gc_paused
 from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
 from gridfleet.platform.simulator.deadline import DeadlineTracker, percentiles
@@ -189,7 +189,12 @@ class Simulator:
         self._pub = redis.Redis.from_url(self._redis_url)
         if not engine:
             return self
-        self._inbox = Inbox(redis.Redis.from_url(self._redis_url), self.config.config_id)
+        # The inbox thread stamps each batch's arrival while the engine applies earlier ones:
+        # run the exchange with gridfleet.platform.interpreter.favour_reader_threads() (the
+        # `gridfleet` command and the benchmarks do) or it measures its own backlog.
+        self._inbox = Inbox(
+            redis.Redis.from_url(self._redis_url, socket_read_size=1 << 20), self.config.config_id
+        )
         self._inbox.start()
         self._thread = threading.Thread(target=self._run, name="sim-engine", daemon=True)
         self._thread.start()
@@ -580,9 +585,11 @@ class Simulator:
     def _direct_asset_events(self, pipe: Any, market: bool, completion: int) -> None:
         """Registered but unselected assets get gsy-e's per-asset events (08_direct_asset_*)."""
         reg = self.registry
-        for uuid in reg.registered:
+        # A set difference in C: at 100 000 assets, all selected, a Python loop over every
+        # registered device cost a fifth of the exchange's time for nothing.
+        for uuid in reg.registered.difference(reg.owner):
             kind, index = self.devices[uuid]
-            if kind != ASSET or uuid in reg.owner:
+            if kind != ASSET:
                 continue
             name = self.grid.asset_name[index]
             info = self.state.asset_info(index)
