@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import kombu.exceptions
 import msgspec
@@ -176,6 +177,7 @@ class Ingress:
         self._order: dict[str, int] = {}  # aggregator uuid -> position in the fleet file
         self._sizes: dict[str, int] = {}  # aggregator uuid -> assets it trades
         self._streams: dict[str, StreamedRound] = {}  # pending round id -> what went ahead
+        self._records: list[dict[str, Any]] = []  # trade/finish records not yet written
         self.spec_version = ""
         self._events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
@@ -272,23 +274,7 @@ class Ingress:
                 self._take(collector, channel, raw, t_mono, t_wall)
             # Decide which rounds are complete right after reading: time spent sending below
             # must not count as a quiet gap in the exchange's events.
-            ready = collector.ready()
-            for p in ready:
-                if p.key < max(q.key for q in ready):
-                    self._streams.pop(p.id, None)
-            if len(ready) > 1:
-                # Behind: answer only the newest round; older ones would land after their tick.
-                newest_key = max(p.key for p in ready)
-                for p in ready:
-                    if p.key < newest_key:
-                        self.stale_rounds += 1
-                        log.warning(
-                            "round %s dropped: a newer round is already due",
-                            p.id,
-                            extra={"slot": p.key.market_slot, "tick": p.key.tick_index},
-                        )
-                ready = [p for p in ready if p.key == newest_key]
-            for pending in ready:
+            for pending in self._newest_only(collector.ready()):
                 try:
                     if not self._broker_ok:
                         self._publish_fleet()
@@ -316,16 +302,34 @@ class Ingress:
                         self._stream(pending)
                     except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
                         log.error("round %s: early shards not sent (%s)", pending.id, exc)
+            self._flush_records()
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
                 self.broker.hset(self.keys.counters, "finished", 1)
                 break
             if max_rounds is not None and dispatched >= max_rounds:
                 break
+        self._flush_records()
         try:
             self._write_counters(collector)
         except redis.RedisError as exc:
             log.error("final counters not written (%s): %s", exc, collector.stats)
+
+    def _newest_only(self, ready: list[PendingRound]) -> list[PendingRound]:
+        """Behind: answer only the newest round; older ones would land after their tick."""
+        if len(ready) <= 1:
+            return ready
+        newest = max(p.key for p in ready)
+        for p in ready:
+            if p.key < newest:
+                self.stale_rounds += 1
+                self._streams.pop(p.id, None)  # its early shards expire unread
+                log.warning(
+                    "round %s dropped: a newer round is already due",
+                    p.id,
+                    extra={"slot": p.key.market_slot, "tick": p.key.tick_index},
+                )
+        return [p for p in ready if p.key == newest]
 
     def _take(
         self, collector: RoundCollector, channel: str, raw: bytes, t_mono: float, t_wall: float
@@ -352,49 +356,51 @@ class Ingress:
         if isinstance(slot, str) and isinstance(completion, str):
             self.clock.observe(slot, completion, t_mono)
         out = collector.add(aggregator, event, t_mono, t_wall)
-        try:
-            for agg, trade_event in out.trades:
-                self._record_trades(agg, trade_event)
-            for agg in out.finished:
-                record = {"kind": "finish", "aggregator": agg}
-                self.broker.xadd(
-                    self.keys.events,
-                    {"data": orjson.dumps(record)},
-                    maxlen=100_000,
-                    approximate=True,
-                )
-        except redis.RedisError as exc:
-            self.lost_records += 1
-            log.error(
-                "trade/finish record of %s lost: broker unreachable (%s)",
-                aggregator,
-                exc,
-                extra={"aggregator": aggregator},
-            )
+        for agg, trade_event in out.trades:
+            self._records.append(self._trade_record(agg, trade_event))
+        for agg in out.finished:
+            self._records.append({"kind": "finish", "aggregator": agg})
 
-    def _record_trades(self, aggregator: str, event: TradeEvent | TradeEventLite) -> None:
-        energy = sum(t.traded_energy for t in event.trade_list)
-        price = sum(t.trade_price for t in event.trade_list)
-        fees = sum(
-            float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
-            for t in event.trade_list
-        )
-        record = {
+    def _trade_record(self, aggregator: str, event: TradeEvent | TradeEventLite) -> dict[str, Any]:
+        return {
             "kind": "trade",
             "slot": self._last_slot,
             "aggregator": aggregator,
             "trades": len(event.trade_list),
-            "energy_kwh": energy,
-            "price_ct": price,
-            "fees_ct": fees,
+            "energy_kwh": sum(t.traded_energy for t in event.trade_list),
+            "price_ct": sum(t.trade_price for t in event.trade_list),
+            "fees_ct": sum(
+                float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
+                for t in event.trade_list
+            ),
         }
+
+    def _flush_records(self) -> None:
+        """Write the trade and finish records taken since the last flush, in one round trip.
+
+        Called after the loop has sent what was due: at a slot change a thousand aggregators'
+        trade events arrive right before the next round's events, and one write each would
+        hold that round up.
+        """
+        records, self._records = self._records, []
+        if not records:
+            return
+        trades = [r for r in records if r["kind"] == "trade"]
         pipe = self.broker.pipeline(transaction=False)
-        pipe.xadd(
-            self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
-        )
-        pipe.hincrby(self.keys.counters, "trades", len(event.trade_list))
-        pipe.hincrbyfloat(self.keys.counters, "energy_traded_kwh", energy)
-        pipe.execute()
+        for record in records:
+            pipe.xadd(
+                self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
+            )
+        if trades:
+            pipe.hincrby(self.keys.counters, "trades", sum(r["trades"] for r in trades))
+            pipe.hincrbyfloat(
+                self.keys.counters, "energy_traded_kwh", sum(r["energy_kwh"] for r in trades)
+            )
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            self.lost_records += len(records)
+            log.error("%d trade/finish records lost: broker unreachable (%s)", len(records), exc)
 
     def _stream(self, pending: PendingRound) -> None:
         """Send the full shards of a round whose events are still arriving.

@@ -1,0 +1,89 @@
+"""Ingress sends a round's full shards while its events still arrive, the rest when it closes."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from gridfleet.config import parse_config
+from gridfleet.platform import channels
+from gridfleet.platform.codec import unpackb
+from gridfleet.platform.collector import RoundCollector
+from gridfleet.platform.ingress import Ingress
+from gridfleet.platform.keys import Keys
+from gridfleet.platform.shard import Manifest, ShardInput
+from tests.conftest import load_example
+
+pytestmark = pytest.mark.integration
+
+AGGS = [f"agg-{i}" for i in range(4)]
+TICK = {**load_example("05_event_tick")["data"], "slot_completion": "10%"}
+
+
+class RecordingDispatcher:
+    """Stands in for Celery: records which shard numbers were sent for which round."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list[int]]] = []
+
+    def send(self, namespace: str, round_id: str, shards: Any, expires_at: float) -> None:
+        self.sent.append((round_id, list(shards)))
+
+    def close(self) -> None:
+        pass
+
+
+def test_full_shards_go_out_before_the_round_is_complete(redis_url: str) -> None:
+    config = parse_config(
+        {
+            "exchange": {"url": redis_url},
+            "broker": {"url": redis_url},
+            "shard_size": 2,
+            "aggregators": [{"name": a, "assets": [f"asset of {a}"]} for a in AGGS],
+        }
+    )
+    node = Ingress(config, redis_url, redis_url)
+    dispatcher = RecordingDispatcher()
+    node.dispatcher = dispatcher  # type: ignore[assignment]
+    node.fleet = SimpleNamespace(aggregator_uuid={a: a for a in AGGS})  # type: ignore[assignment]
+    node._sizes = dict.fromkeys(AGGS, 1)  # one asset each: two aggregators per shard
+    node._order = {a: i for i, a in enumerate(AGGS)}
+    try:
+        collector = RoundCollector(AGGS, window_s=10)
+
+        def arrive(agg: str) -> None:
+            raw = orjson.dumps(TICK)
+            node._take(collector, channels.aggregator_events(agg), raw, time.monotonic(), 0.0)
+
+        for agg in AGGS[:3]:
+            arrive(agg)
+        (pending,) = collector.pending.values()
+        node._stream(pending)
+        # agg-0 and agg-1 fill shard 0; agg-2's shard could still grow, so it waits
+        assert [numbers for _, numbers in dispatcher.sent] == [[0]]
+        arrive(AGGS[3])
+        (pending,) = collector.ready()
+        node._dispatch(pending)
+        assert [numbers for _, numbers in dispatcher.sent] == [[0], [1]]
+
+        round_id = dispatcher.sent[0][0]
+        r = redis.Redis.from_url(redis_url)
+        keys = Keys(config.namespace)
+        manifest = Manifest.unpack(r.get(keys.manifest(round_id)))  # type: ignore[arg-type]
+        assert manifest.shards == 2 and manifest.aggregators == AGGS
+        assert r.lrange(keys.rounds, 0, -1) == [round_id.encode()]  # the coordinator's cue
+        parts = [
+            ShardInput.unpack(r.get(keys.shard_input(round_id, s))).aggregators  # type: ignore[arg-type]
+            for s in range(2)
+        ]
+        assert parts == [AGGS[:2], AGGS[2:]]  # every tree exactly once
+        tree = ShardInput.unpack(r.get(keys.shard_input(round_id, 0))).parts[0].tree  # type: ignore[arg-type]
+        assert orjson.loads(tree) == TICK["grid_tree"]
+        assert unpackb(r.get(keys.manifest(round_id)))["ctx"]["tick_index"] == 1  # type: ignore[arg-type]
+    finally:
+        node.close()
