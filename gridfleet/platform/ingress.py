@@ -410,6 +410,10 @@ class Ingress:
         remaining shards, and the manifest the coordinator waits on, follow in :meth:`_dispatch`.
         """
         size = self.config.shard_size
+        if pending.key.tick_index == 0 and not pending.market_event:
+            # The slot's first round is a market event round; its early shards must be
+            # evaluated as one even if a 0 % tick overtook every market event so far.
+            return
         streamed = self._streams.get(pending.id)
         sent = streamed.sent if streamed else set()
         waiting = [(a, e) for a, e in pending.events.items() if a not in sent]
