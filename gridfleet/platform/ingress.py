@@ -86,34 +86,56 @@ class TickClock:
         return self.interval_s * DEFAULT_BUDGET_FRACTION
 
 
-def cut_shards(
-    events: list[tuple[str, RoundEvent]], sizes: Mapping[str, int], shard_size: int
-) -> list[ShardInput]:
-    """Pack whole aggregators' raw trees into shards of about ``shard_size`` assets.
+ShardPlan = list[list[tuple[str, int, int | None]]]
+"""Per shard: (aggregator, first row, end row or None) of each tree it takes."""
+
+
+def plan_shards(aggregators: list[str], sizes: Mapping[str, int], shard_size: int) -> ShardPlan:
+    """Pack whole aggregators into shards of about ``shard_size`` assets.
 
     ``sizes`` (aggregator -> assets in the fleet plan) weighs each tree without parsing it. An
     aggregator bigger than a shard is split into row ranges, one shard each.
     """
-    shards: list[list[TreePart]] = []
-    current: list[TreePart] = []
+    plan: ShardPlan = []
+    current: list[tuple[str, int, int | None]] = []
     filled = 0
-    for aggregator, event in events:
-        raw = event.grid_tree
-        tree = bytes(raw) if isinstance(raw, msgspec.Raw) else msgspec.json.encode(raw)
+    for aggregator in aggregators:
         n = sizes.get(aggregator, 0)
         if n > shard_size:
             for start in range(0, n, shard_size):
                 stop = start + shard_size if start + shard_size < n else None
-                shards.append([TreePart(aggregator, tree, start, stop)])
+                plan.append([(aggregator, start, stop)])
             continue
         if current and filled + n > shard_size:
-            shards.append(current)
+            plan.append(current)
             current, filled = [], 0
-        current.append(TreePart(aggregator, tree))
+        current.append((aggregator, 0, None))
         filled += n
-    if current or not shards:
-        shards.append(current)
-    return [ShardInput(parts) for parts in shards]
+    if current or not plan:
+        plan.append(current)
+    return plan
+
+
+def shard_inputs(plan: ShardPlan, events: Mapping[str, RoundEvent]) -> list[ShardInput]:
+    """The planned shards with their trees' raw bytes."""
+    trees: dict[str, bytes] = {}
+
+    def tree(aggregator: str) -> bytes:
+        if aggregator not in trees:
+            raw = events[aggregator].grid_tree
+            trees[aggregator] = (
+                bytes(raw) if isinstance(raw, msgspec.Raw) else msgspec.json.encode(raw)
+            )
+        return trees[aggregator]
+
+    return [ShardInput([TreePart(a, tree(a), s, e) for a, s, e in group]) for group in plan]
+
+
+def cut_shards(
+    events: list[tuple[str, RoundEvent]], sizes: Mapping[str, int], shard_size: int
+) -> list[ShardInput]:
+    """A round's (or a round's remaining) trees as shards: :func:`plan_shards`, filled."""
+    return shard_inputs(plan_shards([a for a, _ in events], sizes, shard_size), dict(events))
 
 
 _ROUND_HEAD = re.compile(rb'"slot_completion":\s*"(\d+)%",\s*"market_slot":\s*"([^"]+)"')
@@ -419,12 +441,13 @@ class Ingress:
         waiting = [(a, e) for a, e in pending.events.items() if a not in sent]
         if sum(self._sizes.get(a, 0) for a, _ in waiting) <= size:
             return
-        shards = cut_shards(waiting, self._sizes, size)
+        plan = plan_shards([a for a, _ in waiting], self._sizes, size)
         # The last shard may still grow; so may an aggregator split across shards.
-        last = set(shards[-1].aggregators)
-        shards = [s for s in shards if not last.intersection(s.aggregators)]
-        if not shards:
+        last = {a for a, _, _ in plan[-1]}
+        plan = [group for group in plan if not any(a in last for a, _, _ in group)]
+        if not plan:
             return
+        shards = shard_inputs(plan, pending.events)
         if streamed is None:
             try:
                 _, ctx = round_context(waiting)
