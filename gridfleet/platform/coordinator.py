@@ -1,8 +1,9 @@
 """Coordinator: shard results in, one BATCHED message per aggregator out, before the deadline.
 
 For each round ingress announces, it waits on the round's done list (BLPOP: no polling, no Celery
-result backend), and when a shard is still missing at ``deadline - hedge margin`` it evaluates
-that shard itself from the stored input (the same function the workers run), so a dead or slow
+result backend). A shard no worker has started by ``deadline - hedge margin`` it claims and
+evaluates itself from the stored input (the same function the workers run); one a worker started
+but has not finished by ``deadline - hedge margin / 2`` it evaluates too, so a dead or slow
 worker does not cost the tick. A shard reported after that is ignored. Then it merges each
 aggregator's fragments and publishes every batch in one pipeline.
 
@@ -172,7 +173,6 @@ class Coordinator:
         for shard in sorted(set(range(manifest.shards)) - done - set(hedged)):
             self._hedge(round_id, shard, "its worker had not finished")
             hedged.append(shard)
-        missing = hedged
         # Results reported after this point are ignored: this round's batches are decided.
         outputs = self.broker.mget(
             [self.keys.shard_output(round_id, s) for s in range(manifest.shards)]
@@ -207,7 +207,7 @@ class Coordinator:
             round_id=round_id,
             aggregators=len(bodies),
             shards=manifest.shards,
-            hedged=len(missing),
+            hedged=len(hedged),
             commands=commands,
             refusals=refusals,
             errors=errors,
