@@ -34,8 +34,6 @@ from gridfleet.platform.protocol import (
 )
 from gridfleet.platform.rounds import RoundEvent, RoundKey, has_tree
 
-TreeEvent = RoundEvent
-
 
 @dataclass
 class PendingRound:
@@ -44,7 +42,7 @@ class PendingRound:
     first_wall: float  # wall clock
     last_at: float = 0.0  # monotonic, latest event added
     widest_gap: float = 0.0  # longest quiet gap between two of its events (diagnostics)
-    events: dict[str, TreeEvent] = field(default_factory=dict)  # aggregator -> event
+    events: dict[str, RoundEvent] = field(default_factory=dict)  # aggregator -> event
     market_event: bool = False
     seq: int = 0  # 0 for the round itself, 1.. for follow-ups of late aggregators
 
