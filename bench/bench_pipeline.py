@@ -27,13 +27,13 @@ import redis
 import yaml
 
 from bench._util import RESULTS, write_results
-from gridfleet.platform.interpreter import favour_reader_threads
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.processes import ProcessGroup, gridfleet_command
-from gridfleet.platform.redis_server import RedisServer
-from gridfleet.platform.simulator.deadline import percentiles
-from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
+from gridfleet.runtime.interpreter import favour_reader_threads
+from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
+from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.deadline import percentiles
+from gridfleet.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 AGGREGATORS = {1_000: 10, 10_000: 100, 100_000: 1_000}
 

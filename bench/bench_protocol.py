@@ -16,7 +16,7 @@ import uuid
 import orjson
 
 from bench._util import best_and_median, write_results
-from gridfleet.platform.protocol import MarketEvent, decode_event
+from gridfleet.exchange.messages import MarketEvent, decode_event
 
 STATS = {
     "min_trade_rate": 26.0,

@@ -17,11 +17,10 @@ import time
 import redis
 
 from bench._util import write_results
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
+from gridfleet.exchange.messages import MarketEventHead, decode_event_for_ingress
 from gridfleet.platform.ingress import cut_shards
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.protocol import MarketEventHead, decode_event_for_ingress
-from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.rounds import round_context
 from gridfleet.platform.shard import (
     FleetSpec,
@@ -30,8 +29,9 @@ from gridfleet.platform.shard import (
     run_shard,
     write_round,
 )
-from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
+from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 
 def main() -> None:

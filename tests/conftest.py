@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gridfleet.platform.redis_server import RedisServer
+from gridfleet.runtime.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / "shared"

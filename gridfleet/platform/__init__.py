@@ -1,2 +1,2 @@
-"""Everything that talks to the exchange: protocol models, the Redis link, ingress,
-coordinator and the embedded exchange simulator."""
+"""The fleet services: ingress, rounds, shards, dispatch, coordinator, the one-process loop and the
+fleet plan. They reach the exchange only through :mod:`gridfleet.exchange`'s link interface."""

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from gridfleet.platform.protocol import (
+from gridfleet.exchange.messages import (
     AggregatorEvent,
     FinishEvent,
     IngressEvent,

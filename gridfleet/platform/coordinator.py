@@ -26,13 +26,13 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
+from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
+from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.codec import packb, unpackb
 from gridfleet.platform.evaluate import merge_fragments
-from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.metrics import Metrics
-from gridfleet.platform.protocol import BatchResponse, ProtocolError, decode
 from gridfleet.platform.shard import Manifest, claim_shard, run_shard
+from gridfleet.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

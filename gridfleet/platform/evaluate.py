@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gridfleet.platform.commands import (
+from gridfleet.exchange.outbound import (
     GSY_E_1_3,
     ExchangeProfile,
     OpenMarkets,

@@ -18,8 +18,8 @@ from gridfleet.config import (
     load_catalog,
     resolve_names,
 )
-from gridfleet.platform.channels import slugify
-from gridfleet.platform.exchange import ExchangeLink
+from gridfleet.exchange.channels import slugify
+from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.shard import FleetSpec
 from gridfleet.strategies import registry
 from gridfleet.strategies.context import AssetKind

@@ -29,21 +29,21 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.platform import channels
-from gridfleet.platform.collector import PendingRound, RoundCollector
-from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
-from gridfleet.platform.exchange import ExchangeLink
-from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
-from gridfleet.platform.keys import Keys
-from gridfleet.platform.metrics import Metrics
-from gridfleet.platform.protocol import (
+from gridfleet.exchange import channels
+from gridfleet.exchange.messages import (
     ProtocolError,
     TradeEvent,
     TradeEventLite,
     decode_event_for_ingress,
 )
+from gridfleet.exchange.redis_pubsub import ExchangeLink
+from gridfleet.platform.collector import PendingRound, RoundCollector
+from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
+from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
+from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import RoundError, RoundEvent, TreePart, round_context
 from gridfleet.platform.shard import Manifest, ShardInput, publish_spec, write_round
+from gridfleet.runtime.metrics import Metrics
 from gridfleet.strategies.context import TickContext
 
 log = logging.getLogger(__name__)

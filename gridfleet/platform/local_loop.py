@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 
 from gridfleet.config import FleetConfig
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
+from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, decode_event
+from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
-from gridfleet.platform.exchange import ExchangeLink
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.protocol import MarketEvent, ProtocolError, TickEvent, decode_event
 from gridfleet.platform.rounds import RoundError, RoundInput, build_round
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State

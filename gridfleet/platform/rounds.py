@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gridfleet.platform.protocol import (
+from gridfleet.exchange.messages import (
     UNSET,
     AssetInfo,
     GridNode,

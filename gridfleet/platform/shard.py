@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 import redis
 
+from gridfleet.exchange.outbound import ExchangeProfile
 from gridfleet.platform.codec import (
     ctx_from_dict,
     ctx_to_dict,
     packb,
     unpackb,
 )
-from gridfleet.platform.commands import ExchangeProfile
 from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
-from gridfleet.platform.interpreter import gc_paused
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import TreePart, flatten_parts
+from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import DSO_MARKET_STATS_KEY, AssetStrategy, MarketStrategy
 from gridfleet.strategies.context import AssetBatch, MarketView, State, TickContext

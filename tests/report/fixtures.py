@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridfleet.platform.simulator.deadline import DeadlineTracker
+from gridfleet.simulator.deadline import DeadlineTracker
 
 A = "aaaaaaaa-0000-4000-8000-000000000001"
 B = "bbbbbbbb-0000-4000-8000-000000000002"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gridfleet.platform.simulator.grid import Kind, generate_grid
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
 from gridfleet.report import SimStatsRecorder, market_stats_from_simulator
+from gridfleet.simulator.grid import Kind, generate_grid
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 pytestmark = pytest.mark.integration  # the simulator publishes to a real Redis
 

@@ -13,9 +13,9 @@ import orjson
 import pytest
 import redis
 
-from gridfleet.platform import channels
-from gridfleet.platform.simulator import SimConfig, Simulator
-from gridfleet.platform.simulator.grid import Grid, grid_from_dict
+from gridfleet.exchange import channels
+from gridfleet.simulator import SimConfig, Simulator
+from gridfleet.simulator.grid import Grid, grid_from_dict
 from tests.conftest import PROTOCOL_DIR, load_example
 
 SESSIONS = PROTOCOL_DIR / "sessions"

@@ -18,10 +18,10 @@ import numpy as np
 import orjson
 import pytest
 
-from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
-from gridfleet.platform.simulator.events import EventBuilder, owner_array, trade_rows
-from gridfleet.platform.simulator.grid import LOAD, PV, generate_grid
-from gridfleet.platform.simulator.state import ExchangeState
+from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler
+from gridfleet.simulator.events import EventBuilder, owner_array, trade_rows
+from gridfleet.simulator.grid import LOAD, PV, generate_grid
+from gridfleet.simulator.state import ExchangeState
 from tests.simulator.reference import batch_v1, events_v1, state_v1
 
 START = datetime(2024, 6, 1, 11, 30)
@@ -273,7 +273,7 @@ def test_fast_path_answers_and_state_equal_the_original(seed: int) -> None:
 
 
 def test_round8_and_reprs_equal_round_and_repr() -> None:
-    from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
+    from gridfleet.simulator.numfmt import hex12, reprs, round8
 
     rng = np.random.default_rng(0)
     x = np.concatenate(
@@ -328,7 +328,7 @@ def test_unserialisable_transaction_id_raises_like_the_original() -> None:
 def test_a_bid_of_exactly_the_reported_energy_to_buy_is_accepted(fast: bool) -> None:
     """Events round energies to 8 decimals: rounding up must not turn the reported amount into a
     rejected bid (gsy-e reports unrounded floats, so there the same bid passes too)."""
-    from gridfleet.platform.simulator.grid import STORAGE
+    from gridfleet.simulator.grid import STORAGE
 
     grid = generate_grid(30, houses_size=10, seed=3)
     devices: dict[str, tuple[int, int]] = {u: (ASSET, i) for i, u in enumerate(grid.asset_uuid)}

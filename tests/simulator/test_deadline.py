@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gridfleet.platform.simulator.deadline import (
+from gridfleet.simulator.deadline import (
     LATE,
     MISSING,
     ON_TIME,
@@ -63,7 +63,7 @@ def test_exchange_measures_a_prompt_and_a_slow_aggregator(make_sim, raw_grid, cl
     Batches name their round in the transaction id, as gridfleet's coordinator does."""
     import time
 
-    from gridfleet.platform import channels
+    from gridfleet.exchange import channels
 
     sim = make_sim(raw_grid, tick_interval=0.1, slots=2, paused=True)
     fast, slow = client.create("fast"), client.create("slow")
@@ -114,7 +114,7 @@ def test_exchange_measures_a_prompt_and_a_slow_aggregator(make_sim, raw_grid, cl
 
 
 def test_a_tagged_batch_is_attributed_to_the_round_it_names() -> None:
-    from gridfleet.platform.simulator.deadline import DeadlineTracker
+    from gridfleet.simulator.deadline import DeadlineTracker
 
     t = DeadlineTracker()
     t.round_sent("2024-06-01T00:15", 10, 1.0, ["a"])
@@ -129,7 +129,7 @@ def test_a_tagged_batch_is_attributed_to_the_round_it_names() -> None:
 
 
 def test_a_tag_cannot_name_a_round_not_yet_sent() -> None:
-    from gridfleet.platform.simulator.deadline import DeadlineTracker
+    from gridfleet.simulator.deadline import DeadlineTracker
 
     t = DeadlineTracker()
     t.round_sent("2024-06-01T00:15", 10, 1.0, ["a"])
@@ -140,7 +140,7 @@ def test_a_tag_cannot_name_a_round_not_yet_sent() -> None:
 
 
 def test_untagged_batches_keep_the_timing_rule() -> None:
-    from gridfleet.platform.simulator.deadline import DeadlineTracker
+    from gridfleet.simulator.deadline import DeadlineTracker
 
     t = DeadlineTracker()
     t.round_sent("s", 10, 1.0, ["a"])
@@ -159,10 +159,10 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
 
     import orjson
 
-    from gridfleet.platform import channels
-    from gridfleet.platform.simulator import SimConfig, Simulator
-    from gridfleet.platform.simulator.grid import grid_from_dict
-    from gridfleet.platform.simulator.protocol_server import BATCH, Inbound
+    from gridfleet.exchange import channels
+    from gridfleet.simulator import SimConfig, Simulator
+    from gridfleet.simulator.grid import grid_from_dict
+    from gridfleet.simulator.protocol_server import BATCH, Inbound
     from tests.simulator.conftest import raw_grid_dict
 
     grid = grid_from_dict(raw_grid_dict(), seed=2)

@@ -11,11 +11,11 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from gridfleet.platform.simulator import assign_aggregators, generate_grid, load_grid_file
-from gridfleet.platform.simulator.cli import sim as sim_command
-from gridfleet.platform.simulator.events import EventBuilder
-from gridfleet.platform.simulator.grid import GridError
-from gridfleet.platform.simulator.state import ExchangeState
+from gridfleet.cli.sim import sim as sim_command
+from gridfleet.simulator import assign_aggregators, generate_grid, load_grid_file
+from gridfleet.simulator.events import EventBuilder
+from gridfleet.simulator.grid import GridError
+from gridfleet.simulator.state import ExchangeState
 from tests.simulator.conftest import raw_grid_dict
 
 GOOD = """

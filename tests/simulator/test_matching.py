@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridfleet.platform.simulator.matching import OrderBook, fee_revenue, match, path_rows
-from gridfleet.platform.simulator.stats import compute_stats
+from gridfleet.simulator.matching import OrderBook, fee_revenue, match, path_rows
+from gridfleet.simulator.stats import compute_stats
 
 # Grid(0) > Community A(1), B(2) > houses 3,4 under A and 5 under B
 PARENT = np.array([-1, 0, 0, 1, 1, 2])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 from tests.conftest import PROTOCOL_DIR, load_example
 from tests.simulator.conftest import WireClient
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 from tests.simulator.conftest import UUID_RE, WireClient, session_rows
 
 pytestmark = pytest.mark.integration

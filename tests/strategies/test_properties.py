@@ -1,7 +1,7 @@
 """Property tests: no built-in strategy emits an order the exchange (or gridfleet) refuses.
 
 ``OUTBOUND_CHECKS`` lists the validators every strategy result must pass. The platform's
-outbound validator (gridfleet/platform/commands.py) is meant to be appended there: a function
+outbound validator (gridfleet/exchange/outbound.py) is meant to be appended there: a function
 ``(batch, result) -> list of problems``.
 """
 
@@ -24,12 +24,12 @@ Check = Callable[[AssetBatch, StrategyResult], list]
 
 
 def platform_outbound(batch: AssetBatch, result: StrategyResult) -> list:
-    """What gridfleet's own outbound validation (gridfleet/platform/commands.py) refuses.
+    """What gridfleet's own outbound validation (gridfleet/exchange/outbound.py) refuses.
 
     Degrees of freedom are allowed here: whether the exchange takes them is the fleet's
     ``accepts_requirements``, not the strategy's business.
     """
-    from gridfleet.platform.commands import (
+    from gridfleet.exchange.outbound import (
         ExchangeProfile,
         OpenMarkets,
         OutboundRejected,

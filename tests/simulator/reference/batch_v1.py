@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gridfleet.platform.simulator.grid import LOAD, PV, STORAGE
+from gridfleet.simulator.grid import LOAD, PV, STORAGE
 from tests.simulator.reference.state_v1 import MIN_ENERGY_KWH, OFFER_TOLERANCE_KWH, ExchangeState
 
 SPOT = "Spot Market"

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import orjson
 
-from gridfleet.platform.simulator.grid import LOAD, PV, Grid
+from gridfleet.simulator.grid import LOAD, PV, Grid
 from tests.simulator.reference.state_v1 import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from gridfleet.platform.simulator import profiles
-from gridfleet.platform.simulator.grid import LOAD, PV, Grid, Kind
-from gridfleet.platform.simulator.matching import EPS_KWH, OrderBook, Trades, match
-from gridfleet.platform.simulator.stats import MarketStats, compute_stats
+from gridfleet.simulator import profiles
+from gridfleet.simulator.grid import LOAD, PV, Grid, Kind
+from gridfleet.simulator.matching import EPS_KWH, OrderBook, Trades, match
+from gridfleet.simulator.stats import MarketStats, compute_stats
 
 MARKET_SLOT_FORMAT = "%Y-%m-%dT%H:%M"
 OFFER_TOLERANCE_KWH = 2e-5  # gsy-e accepts offers this much above what is available

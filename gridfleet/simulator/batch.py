@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gridfleet.platform.simulator.grid import LOAD, PV, STORAGE
-from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
-from gridfleet.platform.simulator.state import (
+from gridfleet.simulator.grid import LOAD, PV, STORAGE
+from gridfleet.simulator.numfmt import hex12, reprs, round8
+from gridfleet.simulator.state import (
     MIN_ENERGY_KWH,
     OFFER_TOLERANCE_KWH,
     REPORT_ROUNDING_KWH,

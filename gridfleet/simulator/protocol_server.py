@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 
 log = logging.getLogger(__name__)
 

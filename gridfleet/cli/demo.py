@@ -24,8 +24,8 @@ import redis
 import yaml
 
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.processes import ProcessGroup, gridfleet_command
-from gridfleet.platform.redis_server import RedisServer, free_port
+from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
+from gridfleet.runtime.redis_server import RedisServer, free_port
 
 TICKS_PER_SLOT = 10
 
@@ -73,7 +73,7 @@ class LiveFigures:
 
 class Demo:
     def __init__(self, opts: DemoOptions) -> None:
-        from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
+        from gridfleet.simulator.grid import assign_aggregators, generate_grid
 
         self.opts = opts
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -118,7 +118,7 @@ class Demo:
         return path
 
     def start(self, say: Any) -> None:
-        from gridfleet.platform.simulator.runner import SimConfig, Simulator
+        from gridfleet.simulator.runner import SimConfig, Simulator
 
         exchange = RedisServer().start()
         self.servers.append(exchange)
@@ -495,7 +495,7 @@ def demo(
     Starts private Redis servers, the exchange, Celery workers, coordinator, ingress and Flower;
     stops all of them at the end or on Ctrl-C.
     """
-    from gridfleet.platform.simulator.grid import GridError
+    from gridfleet.simulator.grid import GridError
 
     opts = DemoOptions(
         assets=assets,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import orjson
 import redis
 
-from gridfleet.platform import channels
-from gridfleet.platform.protocol import (
+from gridfleet.exchange import channels
+from gridfleet.exchange.messages import (
     AggregatorResponse,
     ProtocolError,
     RegisterResponse,

@@ -21,11 +21,11 @@ import psutil
 import redis
 
 from gridfleet.config import FleetConfig, parse_config
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 from gridfleet.platform.coordinator import Coordinator
 from gridfleet.platform.ingress import Ingress
-from gridfleet.platform.simulator.grid import assign_aggregators, generate_grid
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
+from gridfleet.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[2]
 

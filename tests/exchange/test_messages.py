@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gridfleet.platform import protocol as p
+from gridfleet.exchange import messages as p
 from tests.conftest import PROTOCOL_DIR
 
 EXAMPLES = sorted((PROTOCOL_DIR / "examples").glob("*.json"))

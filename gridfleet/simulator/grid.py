@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from gridfleet.platform.channels import slugify
+from gridfleet.exchange.channels import slugify
 
 
 class Kind(IntEnum):

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from gridfleet.config import parse_config
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.ingress import Ingress

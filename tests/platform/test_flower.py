@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from gridfleet.platform.dispatch import ShardDispatcher
-from gridfleet.platform.redis_server import RedisServer, free_port
-from tests.pipeline.harness import REPO, kill_group, start_workers
+from gridfleet.runtime.redis_server import RedisServer, free_port
+from tests.platform.harness import REPO, kill_group, start_workers
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

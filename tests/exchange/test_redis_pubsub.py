@@ -10,12 +10,12 @@ import orjson
 import pytest
 import redis
 
-from gridfleet.platform import channels
-from gridfleet.platform.exchange import ExchangeLink, PendingRequests
-from gridfleet.platform.protocol import BatchResponse, TickEvent, decode, decode_event
-from gridfleet.platform.redis_server import RedisServer
+from gridfleet.exchange import channels
+from gridfleet.exchange.messages import BatchResponse, TickEvent, decode, decode_event
+from gridfleet.exchange.redis_pubsub import ExchangeLink, PendingRequests
+from gridfleet.runtime.redis_server import RedisServer
 from tests.conftest import load_example
-from tests.platform.fake_exchange import FakeExchange
+from tests.exchange.fake_exchange import FakeExchange
 
 pytestmark = pytest.mark.integration
 

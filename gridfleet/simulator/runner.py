@@ -28,20 +28,20 @@ from typing import Any
 import orjson
 import redis
 
-from gridfleet.platform import channels
-from gridfleet.platform.interpreter import gc_paused
-from gridfleet.platform.redis_server import RedisServer
-from gridfleet.platform.simulator.batch import ASSET, MARKET, BatchHandler
-from gridfleet.platform.simulator.deadline import DeadlineTracker, percentiles
-from gridfleet.platform.simulator.events import (
+from gridfleet.exchange import channels
+from gridfleet.runtime.interpreter import gc_paused
+from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler
+from gridfleet.simulator.deadline import DeadlineTracker, percentiles
+from gridfleet.simulator.events import (
     FINISH_EVENT,
     EventBuilder,
     TreeMode,
     owner_array,
     trade_rows,
 )
-from gridfleet.platform.simulator.grid import Grid
-from gridfleet.platform.simulator.protocol_server import (
+from gridfleet.simulator.grid import Grid
+from gridfleet.simulator.protocol_server import (
     AGG_COMMAND,
     BATCH,
     CONTROL,
@@ -50,7 +50,7 @@ from gridfleet.platform.simulator.protocol_server import (
     Inbound,
     Inbox,
 )
-from gridfleet.platform.simulator.state import ExchangeState, TradeReport
+from gridfleet.simulator.state import ExchangeState, TradeReport
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Simulator:
         if not engine:
             return self
         # The inbox thread stamps each batch's arrival while the engine applies earlier ones:
-        # run the exchange with gridfleet.platform.interpreter.favour_reader_threads() (the
+        # run the exchange with gridfleet.runtime.interpreter.favour_reader_threads() (the
         # `gridfleet` command and the benchmarks do) or it measures its own backlog.
         self._inbox = Inbox(
             redis.Redis.from_url(self._redis_url, socket_read_size=1 << 20), self.config.config_id

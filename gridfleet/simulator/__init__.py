@@ -15,14 +15,14 @@ Modules, in the order data flows through them:
 - ``cli``: the ``sim`` click command
 """
 
-from gridfleet.platform.simulator.grid import (
+from gridfleet.simulator.grid import (
     Grid,
     GridError,
     assign_aggregators,
     generate_grid,
     load_grid_file,
 )
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 __all__ = [
     "Grid",

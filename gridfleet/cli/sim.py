@@ -13,14 +13,14 @@ from typing import Any
 import click
 import redis
 
-from gridfleet.platform.simulator.grid import (
+from gridfleet.simulator.grid import (
     Grid,
     GridError,
     assign_aggregators,
     generate_grid,
     load_grid_file,
 )
-from gridfleet.platform.simulator.runner import SimConfig, Simulator
+from gridfleet.simulator.runner import SimConfig, Simulator
 
 EXIT_UNREACHABLE = 3
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour)?\s*$")

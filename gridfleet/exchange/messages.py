@@ -6,7 +6,7 @@ checked, no intermediate dicts. That keeps a 100 000-asset event within a small 
 message re-encodes to the same JSON it came from: a key that was absent stays absent, a key that
 was ``null`` stays ``null``.
 
-Outbound batch commands are strict and live in :mod:`gridfleet.platform.commands`.
+Outbound batch commands are strict and live in :mod:`gridfleet.exchange.outbound`.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ DirectEvent = AssetMarketEvent | AssetTickEvent | AreaFinishEvent
 class BatchCommands(_Msg):
     """A BATCHED message as it travels. Commands stay raw dicts here: this is what an exchange
     receives, malformed commands included. What gridfleet *sends* is built and validated by
-    :mod:`gridfleet.platform.commands`."""
+    :mod:`gridfleet.exchange.outbound`."""
 
     transaction_id: str
     aggregator_uuid: str

@@ -1,6 +1,6 @@
 import redis
 
-from gridfleet.platform.redis_server import RedisServer, find_redis_server
+from gridfleet.runtime.redis_server import RedisServer, find_redis_server
 
 
 def test_binary_is_found() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gridfleet.platform.simulator.grid import Grid, Kind
+from gridfleet.simulator.grid import Grid, Kind
 
 
 def load_shape(hour: np.ndarray) -> np.ndarray:

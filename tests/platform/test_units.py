@@ -15,17 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridfleet.config import ConfigError, load_config, parse_config, resolve_names
-from gridfleet.platform.codec import packb, unpackb
-from gridfleet.platform.collector import RoundCollector
-from gridfleet.platform.evaluate import evaluate_shard, merge_fragments
-from gridfleet.platform.ingress import cut_shards
-from gridfleet.platform.keys import Keys
-from gridfleet.platform.protocol import (
+from gridfleet.exchange.messages import (
     MarketEvent,
     TickEvent,
     decode_event,
     decode_event_for_ingress,
 )
+from gridfleet.platform.codec import packb, unpackb
+from gridfleet.platform.collector import RoundCollector
+from gridfleet.platform.evaluate import evaluate_shard, merge_fragments
+from gridfleet.platform.ingress import cut_shards
+from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import RoundError, TreePart, build_round, flatten_parts
 from gridfleet.platform.shard import (
     FleetSpec,
@@ -298,8 +298,8 @@ def test_metrics_and_healthz_are_served() -> None:
     import urllib.error
     import urllib.request
 
-    from gridfleet.platform.metrics import Metrics
-    from gridfleet.platform.redis_server import free_port
+    from gridfleet.runtime.metrics import Metrics
+    from gridfleet.runtime.redis_server import free_port
 
     m = Metrics()
     port = free_port()

@@ -13,9 +13,9 @@ import orjson
 import pytest
 
 from gridfleet.platform.local_loop import replay_rounds
-from gridfleet.platform.redis_server import RedisServer
 from gridfleet.platform.shard import Runtime
-from tests.pipeline.harness import Fleet, kill_group, running_fleet
+from gridfleet.runtime.redis_server import RedisServer
+from tests.platform.harness import Fleet, kill_group, running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """A scripted stand-in for the exchange side, for testing the aggregator-side link only.
 
 It answers CREATE / register / SELECT / batches the way the captured gsy-e does, and publishes
-whatever events the test tells it to. The real simulator lives in gridfleet.platform.simulator.
+whatever events the test tells it to. The real simulator lives in gridfleet.simulator.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import uuid
 import orjson
 import redis
 
-from gridfleet.platform import channels
+from gridfleet.exchange import channels
 
 
 class FakeExchange(threading.Thread):

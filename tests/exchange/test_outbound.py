@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gridfleet.platform.commands import (
+from gridfleet.exchange.outbound import (
     GSY_E_1_3,
     ExchangeProfile,
     OpenMarkets,

@@ -1,0 +1,5 @@
+"""``python -m gridfleet.cli``: the same as the ``gridfleet`` command."""
+
+from gridfleet.cli import main
+
+main()
