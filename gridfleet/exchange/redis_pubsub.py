@@ -1,6 +1,6 @@
-"""The aggregator side of the gsy-e protocol over Redis.
+"""The aggregator side of the gsy-e protocol over Redis pub/sub: an :class:`ExchangeLink` transport.
 
-:class:`ExchangeLink` creates aggregators, registers and selects thousands of assets and markets
+:class:`RedisPubSubLink` creates aggregators, registers and selects thousands of assets and markets
 (pipelined: one round trip per bulk step, not one blocking call each), subscribes to event and
 batch-response channels, publishes batches and correlates answers by transaction id.
 
@@ -21,15 +21,24 @@ import contextlib
 import logging
 import threading
 import time
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 import redis
 
 from gridfleet.exchange import channels
+from gridfleet.exchange.link import (
+    AggregatorRequest,
+    BroughtUp,
+    ExchangeError,
+    OutgoingBatch,
+    RawHandler,
+    ReconnectHandler,
+    SelectionReport,
+    new_transaction_id,
+)
 from gridfleet.exchange.messages import (
     AggregatorResponse,
     ProtocolError,
@@ -41,14 +50,6 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, float], None]
 """``(channel, raw message, monotonic receive time)``; must return quickly."""
-
-
-class ExchangeError(RuntimeError):
-    """The exchange answered with an error, or did not answer in time."""
-
-
-def new_transaction_id() -> str:
-    return str(uuid.uuid4())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,13 +215,7 @@ class Subscriber(threading.Thread):
 # The link
 
 
-@dataclass
-class SelectionReport:
-    selected: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # device uuid -> exchange's message
-
-
-class ExchangeLink:
+class RedisPubSubLink:
     """Aggregator-side connection to a gsy-e exchange (or gridfleet's simulator) over Redis.
 
     ``url`` may carry a password and use ``rediss://`` for TLS. ``config_id`` is the exchange's
@@ -234,7 +229,7 @@ class ExchangeLink:
         config_id: str = "",
         event_connections: int = 4,
         request_timeout: float = 30.0,
-        on_reconnect: Callable[[str], None] | None = None,
+        on_reconnect: ReconnectHandler | None = None,
     ) -> None:
         self.url = url
         self.config_id = config_id
@@ -418,17 +413,15 @@ class ExchangeLink:
             sub.wait_ready()
         readers.extend(fresh)
 
-    def subscribe_events(self, aggregator_uuids: Iterable[str], handler: MessageHandler) -> None:
+    def subscribe_events(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
         """Receive every event of these aggregators (spread over several connections)."""
         names = [channels.aggregator_events(a, self.config_id) for a in aggregator_uuids]
-        self._spread(self._event_readers, names, handler, "events")
+        self._spread(self._event_readers, names, _by_aggregator(handler), "events")
 
-    def subscribe_batch_responses(
-        self, aggregator_uuids: Iterable[str], handler: MessageHandler
-    ) -> None:
+    def subscribe_answers(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
         """Receive the exchange's answers to these aggregators' batches."""
         names = [channels.batch_response(a, self.config_id) for a in aggregator_uuids]
-        self._spread(self._response_readers, names, handler, "responses")
+        self._spread(self._response_readers, names, _by_aggregator(handler), "responses")
 
     @property
     def reconnects(self) -> int:
@@ -451,6 +444,13 @@ class ExchangeLink:
         )
         return tid, head[:-1] + b',"batch_commands":' + commands_json + b"}"
 
+    def send_batches(self, batches: Iterable[OutgoingBatch]) -> int:
+        """Publish BATCHED messages in one pipeline; returns how many were sent."""
+        return self.publish_batches(
+            self.batch_message(b.aggregator_uuid, b.commands_json, b.transaction_id)[1]
+            for b in batches
+        )
+
     def publish_batches(self, batches: Iterable[bytes]) -> int:
         """Publish ready BATCHED messages in one pipeline; returns how many were sent."""
         pipe = self.redis.pipeline(transaction=False)
@@ -463,6 +463,27 @@ class ExchangeLink:
             pipe.execute()
         return n
 
+    # -- bringing a fleet up -------------------------------------------------------------------
+
+    def bring_up(
+        self, aggregators: Sequence[AggregatorRequest], timeout: float = 60.0
+    ) -> BroughtUp:
+        """Create the aggregators, register every asset and market (pipelined), select them."""
+        aggregator_uuid = self.create_aggregators([a.name for a in aggregators], timeout=timeout)
+        asset_names = [n for a in aggregators for n in a.assets]
+        market_names = [m for a in aggregators for m in a.markets]
+        asset_uuid = self.register(asset_names, timeout=timeout) if asset_names else {}
+        # Markets register under their slug; the fleet knows them by name.
+        slugs = {m: channels.slugify(m) for m in market_names}
+        slug_uuid = self.register(list(slugs.values()), timeout=timeout) if market_names else {}
+        market_uuid = {m: slug_uuid[slug] for m, slug in slugs.items()}
+        errors: dict[str, str] = {}
+        for agg in aggregators:
+            devices = [asset_uuid[n] for n in agg.assets] + [market_uuid[m] for m in agg.markets]
+            if devices:
+                errors.update(self.select(aggregator_uuid[agg.name], devices, timeout).errors)
+        return BroughtUp(aggregator_uuid, asset_uuid, market_uuid, errors)
+
     def close(self) -> None:
         for sub in (self._control, *self._event_readers, *self._response_readers):
             sub.stop()
@@ -470,8 +491,19 @@ class ExchangeLink:
             sub.join(timeout=2)
         self.redis.close()
 
-    def __enter__(self) -> ExchangeLink:
+    def __enter__(self) -> RedisPubSubLink:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _by_aggregator(handler: RawHandler) -> MessageHandler:
+    """Adapt a link-level handler to pub/sub messages: the channel names the aggregator."""
+
+    def on_message(channel: str, raw: bytes, t: float) -> None:
+        aggregator = channels.aggregator_of(channel)
+        if aggregator is not None:
+            handler(aggregator, raw, t)
+
+    return on_message

@@ -26,8 +26,8 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
+from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, open_link
 from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
-from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.codec import packb, unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
@@ -71,6 +71,7 @@ class Coordinator:
         broker_url: str,
         *,
         metrics: Metrics | None = None,
+        link: ExchangeLink | None = None,
     ) -> None:
         self.config = config
         self.keys = Keys(config.namespace)
@@ -78,7 +79,7 @@ class Coordinator:
         self.broker = redis.Redis.from_url(
             broker_url, socket_keepalive=True, health_check_interval=10
         )
-        self.link = ExchangeLink(
+        self.link = link or open_link(
             exchange_url,
             config_id=config.exchange_config_id,
             on_reconnect=lambda _: self.metrics.reconnects.inc(),
@@ -109,9 +110,7 @@ class Coordinator:
             self.asset_names.update(reg.get("markets", {}))
             new += [a for a in reg["aggregators"] if a not in self._subscribed]
         if new:
-            self.link.subscribe_batch_responses(
-                new, lambda ch, raw, t: self._responses.put((ch, raw))
-            )
+            self.link.subscribe_answers(new, lambda agg, raw, t: self._responses.put((agg, raw)))
             self._subscribed.update(new)
 
     # -- rounds -------------------------------------------------------------------------------
@@ -194,12 +193,12 @@ class Coordinator:
                 fragments.setdefault(agg, []).append(frag)
         for agg in unusable:  # skipped this tick (the worker logged why)
             fragments.pop(agg, None)
-        bodies = []
         tag = round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index)
-        for agg, frags in fragments.items():
-            _, body = self.link.batch_message(agg, merge_fragments(frags), f"{tag}/{uuid.uuid4()}")
-            bodies.append(body)
-        self.link.publish_batches(bodies)
+        bodies = [
+            OutgoingBatch(agg, f"{tag}/{uuid.uuid4()}", merge_fragments(frags))
+            for agg, frags in fragments.items()
+        ]
+        self.link.send_batches(bodies)
         published = time.time()
         latency = published - manifest.received_at
         on_time = published <= manifest.deadline
@@ -297,7 +296,7 @@ class Coordinator:
     def _response_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                _channel, raw = self._responses.get(timeout=0.5)
+                _aggregator, raw = self._responses.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:

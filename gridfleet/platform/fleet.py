@@ -18,8 +18,7 @@ from gridfleet.config import (
     load_catalog,
     resolve_names,
 )
-from gridfleet.exchange.channels import slugify
-from gridfleet.exchange.redis_pubsub import ExchangeLink
+from gridfleet.exchange.link import AggregatorRequest, ExchangeLink
 from gridfleet.platform.shard import FleetSpec
 from gridfleet.strategies import registry
 from gridfleet.strategies.context import AssetKind
@@ -161,31 +160,21 @@ def build_tables(
 
 
 def connect_fleet(link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0) -> Fleet:
-    """Create aggregators, register and select assets and markets in bulk (pipelined)."""
-    names = [a.spec.name for a in plan.aggregators]
-    aggregator_uuid = link.create_aggregators(names, timeout=timeout)
-    asset_names = [n for a in plan.aggregators for n in a.assets]
-    market_names = [m for a in plan.aggregators for m in a.markets]
-    asset_uuid = link.register(asset_names, timeout=timeout) if asset_names else {}
-    slug_uuid = (
-        link.register([slugify(m) for m in market_names], timeout=timeout) if market_names else {}
+    """Bring the plan's aggregators up on the exchange (whatever the transport) and build the
+    strategy tables from the uuids it answered with."""
+    up = link.bring_up(
+        [AggregatorRequest(a.spec.name, a.assets, a.markets) for a in plan.aggregators],
+        timeout=timeout,
     )
-    market_uuid = {m: slug_uuid[slugify(m)] for m in market_names}
-    errors: dict[str, str] = {}
-    for agg in plan.aggregators:
-        devices = [asset_uuid[n] for n in agg.assets] + [market_uuid[m] for m in agg.markets]
-        if devices:
-            report = link.select(aggregator_uuid[agg.spec.name], devices, timeout=timeout)
-            errors.update(report.errors)
-    if errors:
-        sample = "; ".join(f"{d}: {m}" for d, m in list(errors.items())[:3])
-        log.error("%d devices could not be selected (%s)", len(errors), sample)
-    fleet = build_tables(plan, aggregator_uuid, asset_uuid, market_uuid)
-    fleet.selection_errors = errors
+    if up.selection_errors:
+        sample = "; ".join(f"{d}: {m}" for d, m in list(up.selection_errors.items())[:3])
+        log.error("%d devices could not be selected (%s)", len(up.selection_errors), sample)
+    fleet = build_tables(plan, up.aggregator_uuid, up.asset_uuid, up.market_uuid)
+    fleet.selection_errors = up.selection_errors
     log.info(
         "fleet connected: %d aggregators, %d assets, %d markets",
-        len(names),
-        len(asset_names),
-        len(market_names),
+        len(up.aggregator_uuid),
+        len(up.asset_uuid),
+        len(up.market_uuid),
     )
     return fleet

@@ -29,14 +29,13 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange import channels
+from gridfleet.exchange.link import ExchangeLink, open_link
 from gridfleet.exchange.messages import (
     ProtocolError,
     TradeEvent,
     TradeEventLite,
     decode_event_for_ingress,
 )
-from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
 from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
@@ -176,6 +175,7 @@ class Ingress:
         partition: tuple[int, int] = (0, 1),
         metrics: Metrics | None = None,
         plan: FleetPlan | None = None,
+        link: ExchangeLink | None = None,
     ) -> None:
         from gridfleet.platform.fleet import plan_fleet
 
@@ -189,7 +189,7 @@ class Ingress:
         self.broker = redis.Redis.from_url(
             broker_url, socket_keepalive=True, health_check_interval=10
         )
-        self.link = ExchangeLink(
+        self.link = link or open_link(
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
         self.dispatcher = ShardDispatcher(broker_url)
@@ -249,9 +249,9 @@ class Ingress:
         }
         self.broker.hset(f"{self.keys.ns}:fleet", f"p{self.partition[0]}", orjson.dumps(registry))
 
-    def _on_event(self, channel: str, raw: bytes, t: float) -> None:
+    def _on_event(self, aggregator: str, raw: bytes, t: float) -> None:
         # Runs on a reader thread: only hand the bytes over (a slow reader gets dropped by Redis).
-        self._events.put((channel, raw, t, time.time()))
+        self._events.put((aggregator, raw, t, time.time()))
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -288,12 +288,12 @@ class Ingress:
                     break
             keys = [peek_round(raw) for _, raw, _, _ in batch]
             newest = max((k for k in keys if k), default=None)
-            for (channel, raw, t_mono, t_wall), key in zip(batch, keys, strict=True):
+            for (aggregator, raw, t_mono, t_wall), key in zip(batch, keys, strict=True):
                 if newest is not None and key is not None and key < newest:
                     # A newer round is already here: the exchange has moved on, skip the parse.
                     self.stale_events += 1
                     continue
-                self._take(collector, channel, raw, t_mono, t_wall)
+                self._take(collector, aggregator, raw, t_mono, t_wall)
             # Decide which rounds are complete right after reading: time spent sending below
             # must not count as a quiet gap in the exchange's events.
             for pending in self._newest_only(collector.ready()):
@@ -354,11 +354,8 @@ class Ingress:
         return [p for p in ready if p.key == newest]
 
     def _take(
-        self, collector: RoundCollector, channel: str, raw: bytes, t_mono: float, t_wall: float
+        self, collector: RoundCollector, aggregator: str, raw: bytes, t_mono: float, t_wall: float
     ) -> None:
-        aggregator = channels.aggregator_of(channel)
-        if aggregator is None:
-            return
         try:
             event = decode_event_for_ingress(raw)
         except ProtocolError as exc:

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange import channels
+from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, new_transaction_id, open_link
 from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, decode_event
-from gridfleet.exchange.redis_pubsub import ExchangeLink
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
@@ -65,10 +64,12 @@ class LoopStats:
 class LocalLoop:
     """Connect a fleet and answer every round from this one process."""
 
-    def __init__(self, config: FleetConfig, exchange_url: str) -> None:
+    def __init__(
+        self, config: FleetConfig, exchange_url: str, *, link: ExchangeLink | None = None
+    ) -> None:
         self.config = config
         self.plan = plan_fleet(config)
-        self.link = ExchangeLink(exchange_url, config_id=config.exchange_config_id)
+        self.link = link or open_link(exchange_url, config_id=config.exchange_config_id)
         self.events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
         self.stats = LoopStats()
@@ -80,7 +81,7 @@ class LocalLoop:
         self.runtime = Runtime(self.fleet.spec)
         self.link.subscribe_events(
             self.fleet.aggregator_uuid.values(),
-            lambda ch, raw, t: self.events.put((ch, raw, t, time.time())),
+            lambda agg, raw, t: self.events.put((agg, raw, t, time.time())),
         )
         return self.fleet
 
@@ -102,10 +103,7 @@ class LocalLoop:
                     items.append(self.events.get_nowait())
                 except queue.Empty:
                     break
-            for channel, raw, t_mono, t_wall in items:
-                agg = channels.aggregator_of(channel)
-                if agg is None:
-                    continue
+            for agg, raw, t_mono, t_wall in items:
                 try:
                     collector.add(agg, decode_event(raw), t_mono, t_wall)
                 except ProtocolError as exc:
@@ -117,8 +115,8 @@ class LocalLoop:
                     log.warning("round %s skipped: %s", pending.id, exc)
                     continue
                 batches = evaluate_round(fleet, self.runtime, rnd, self.state)
-                self.link.publish_batches(
-                    self.link.batch_message(agg, body)[1] for agg, body in batches.items()
+                self.link.send_batches(
+                    OutgoingBatch(agg, new_transaction_id(), body) for agg, body in batches.items()
                 )
                 self.stats.rounds += 1
                 self.stats.latencies_s.append(time.time() - pending.first_wall)

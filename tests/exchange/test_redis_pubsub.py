@@ -1,4 +1,4 @@
-"""ExchangeLink against a real Redis server and a scripted exchange."""
+"""The Redis pub/sub transport of the exchange link, against a real Redis server and a scripted exchange."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from gridfleet.exchange import channels
+from gridfleet.exchange.link import AggregatorRequest, OutgoingBatch, open_link
 from gridfleet.exchange.messages import BatchResponse, TickEvent, decode, decode_event
-from gridfleet.exchange.redis_pubsub import ExchangeLink, PendingRequests
+from gridfleet.exchange.redis_pubsub import PendingRequests, RedisPubSubLink
 from gridfleet.runtime.redis_server import RedisServer
 from tests.conftest import load_example
 from tests.exchange.fake_exchange import FakeExchange
@@ -24,7 +25,7 @@ def test_create_register_select_event_batch_response(redis_url: str) -> None:
     assets = {f"H{i} Load": str(uuid.uuid4()) for i in range(2000)}
     exchange = FakeExchange(redis_url, assets).start_ready()
     try:
-        with ExchangeLink(redis_url) as link:
+        with RedisPubSubLink(redis_url) as link:
             aggs = link.create_aggregators(["alpha", "beta"])
             assert set(aggs) == {"alpha", "beta"}
             uuids = link.register(assets)  # 2 000 registrations, pipelined
@@ -38,15 +39,13 @@ def test_create_register_select_event_batch_response(redis_url: str) -> None:
 
             events: queue.SimpleQueue = queue.SimpleQueue()
             responses: queue.SimpleQueue = queue.SimpleQueue()
-            link.subscribe_events(aggs.values(), lambda ch, raw, t: events.put((ch, raw)))
-            link.subscribe_batch_responses(
-                aggs.values(), lambda ch, raw, t: responses.put((ch, raw))
-            )
+            link.subscribe_events(aggs.values(), lambda agg, raw, t: events.put((agg, raw)))
+            link.subscribe_answers(aggs.values(), lambda agg, raw, t: responses.put((agg, raw)))
 
             tick = load_example("05_event_tick")["data"]
             exchange.redis.publish(channels.aggregator_events(aggs["alpha"]), orjson.dumps(tick))
-            ch, raw = events.get(timeout=5)
-            assert channels.aggregator_of(ch) == aggs["alpha"]
+            agg, raw = events.get(timeout=5)
+            assert agg == aggs["alpha"]
             assert isinstance(decode_event(raw), TickEvent)
 
             commands = orjson.dumps(
@@ -64,8 +63,9 @@ def test_create_register_select_event_batch_response(redis_url: str) -> None:
                 "batch_commands": orjson.loads(commands),
             }
             assert link.publish_batches([body]) == 1
-            ch, raw = responses.get(timeout=5)
+            agg, raw = responses.get(timeout=5)
             answer = decode(raw, BatchResponse)
+            assert agg == aggs["alpha"]
             assert answer.transaction_id == tid and answer.responses[first[0]][0].ok
     finally:
         exchange.stop()
@@ -73,9 +73,9 @@ def test_create_register_select_event_batch_response(redis_url: str) -> None:
 
 def test_event_reader_survives_a_redis_restart(private_redis: RedisServer) -> None:
     reconnected: list[str] = []
-    with ExchangeLink(private_redis.url, on_reconnect=reconnected.append) as link:
+    with RedisPubSubLink(private_redis.url, on_reconnect=reconnected.append) as link:
         got: queue.SimpleQueue = queue.SimpleQueue()
-        link.subscribe_events(["agg-1"], lambda ch, raw, t: got.put(raw))
+        link.subscribe_events(["agg-1"], lambda agg, raw, t: got.put(raw))
         pub = redis.Redis.from_url(private_redis.url)
         pub.publish(channels.aggregator_events("agg-1"), b'{"event": "finish"}')
         assert got.get(timeout=5) == b'{"event": "finish"}'
@@ -100,3 +100,39 @@ def test_pending_requests_are_bounded() -> None:
     assert len(pending) == 3 and pending.evicted == 2
     assert not pending.resolve("0", "late answer")
     assert pending.resolve("4", "answer")
+
+
+def test_bring_up_and_send_batches_through_the_link_interface(redis_url: str) -> None:
+    """What the fleet services use: ``open_link`` -> bring_up -> send_batches -> answers."""
+    assets = {f"H{i} Load": str(uuid.uuid4()) for i in range(40)}
+    exchange = FakeExchange(redis_url, assets).start_ready()
+    names = list(assets)
+    try:
+        link = open_link(redis_url)
+        assert isinstance(link, RedisPubSubLink)
+        try:
+            up = link.bring_up(
+                [AggregatorRequest("alpha", names[:30]), AggregatorRequest("beta", names[20:])]
+            )
+            assert set(up.aggregator_uuid) == {"alpha", "beta"}
+            assert up.asset_uuid == assets
+            # beta asked for ten assets alpha already holds: named, not silently dropped
+            assert set(up.selection_errors) == {assets[n] for n in names[20:30]}
+            answers: queue.SimpleQueue = queue.SimpleQueue()
+            alpha = up.aggregator_uuid["alpha"]
+            link.subscribe_answers([alpha], lambda agg, raw, t: answers.put((agg, raw)))
+            commands = orjson.dumps(
+                {assets[names[0]]: [{"type": "bid", "energy": 0.01, "price": 0.3}]}
+            )
+            assert link.send_batches([OutgoingBatch(alpha, "tid-1", commands)]) == 1
+            agg, raw = answers.get(timeout=5)
+            assert agg == alpha and decode(raw, BatchResponse).transaction_id == "tid-1"
+        finally:
+            link.close()
+    finally:
+        exchange.stop()
+
+
+def test_open_link_names_an_unknown_transport() -> None:
+    with pytest.raises(ValueError, match="no exchange transport for 'ftp'"):
+        open_link("ftp://example")

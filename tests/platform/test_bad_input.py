@@ -10,7 +10,6 @@ import pytest
 import redis
 
 from gridfleet.config import parse_config
-from gridfleet.exchange import channels
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.coordinator import Coordinator
@@ -45,9 +44,7 @@ def test_a_malformed_event_is_skipped_and_counted(
         good = orjson.dumps({**load_example("05_event_tick")["data"], "slot_completion": "10%"})
         with caplog.at_level(logging.ERROR):
             for agg, raw in (("agg-0", not_json), ("agg-1", not_a_tree), ("agg-2", good)):
-                node._take(
-                    collector, channels.aggregator_events(agg), raw, time.monotonic(), time.time()
-                )
+                node._take(collector, agg, raw, time.monotonic(), time.time())
         assert node.bad_events == 1 and node.metrics.bad_events._value.get() == 1
         assert any(
             "agg-0" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records

@@ -11,7 +11,6 @@ import pytest
 import redis
 
 from gridfleet.config import parse_config
-from gridfleet.exchange import channels
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.ingress import Ingress
@@ -58,7 +57,7 @@ def test_full_shards_go_out_before_the_round_is_complete(redis_url: str) -> None
 
         def arrive(agg: str) -> None:
             raw = orjson.dumps(TICK)
-            node._take(collector, channels.aggregator_events(agg), raw, time.monotonic(), 0.0)
+            node._take(collector, agg, raw, time.monotonic(), 0.0)
 
         for agg in AGGS[:3]:
             arrive(agg)

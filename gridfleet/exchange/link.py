@@ -1,0 +1,115 @@
+"""The one interface between gridfleet's fleet services and an exchange, whatever the transport.
+
+Ingress, coordinator and the one-process loop hold an :class:`ExchangeLink` and nothing else of
+the wire's plumbing: they bring a fleet up, receive every aggregator's events, send one batch per
+aggregator and read the exchange's answers. :func:`open_link` picks the transport from the
+target; it is the only place that imports one.
+
+Events and answers reach the owner as ``(aggregator uuid, raw message, monotonic receive time)``
+on a transport thread: the handler must be cheap (put the bytes on a queue) because a transport
+that stalls its reader loses messages (Redis drops a slow pub/sub subscriber).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+from uuid import uuid4
+
+RawHandler = Callable[[str, bytes, float], None]
+"""``(aggregator uuid, raw message, monotonic receive time)``; must return quickly."""
+
+ReconnectHandler = Callable[[str], None]
+"""Called with the reader's name each time a transport connection came back."""
+
+
+def new_transaction_id() -> str:
+    """A fresh transaction id: the exchange echoes it in its answer."""
+    return str(uuid4())
+
+
+class ExchangeError(RuntimeError):
+    """The exchange answered with an error, or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class AggregatorRequest:
+    """One aggregator of a fleet as the exchange must see it: its name and what it trades."""
+
+    name: str
+    assets: Sequence[str] = ()
+    markets: Sequence[str] = ()
+
+
+@dataclass
+class SelectionReport:
+    """What a SELECT (or UNSELECT) of many devices achieved."""
+
+    selected: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # device uuid -> exchange's message
+
+
+@dataclass
+class BroughtUp:
+    """A fleet on the exchange: the uuids it learnt, and what could not be selected."""
+
+    aggregator_uuid: dict[str, str]  # aggregator name -> uuid
+    asset_uuid: dict[str, str]  # asset name -> uuid
+    market_uuid: dict[str, str]  # market name -> uuid
+    selection_errors: dict[str, str] = field(default_factory=dict)  # device uuid -> reason
+
+
+@dataclass(frozen=True)
+class OutgoingBatch:
+    """One aggregator's batch, its commands already serialized as ``{asset uuid: [command]}``."""
+
+    aggregator_uuid: str
+    transaction_id: str
+    commands_json: bytes
+
+
+class ExchangeLink(Protocol):
+    """An aggregator-side connection to an exchange (gsy-e, or gridfleet's embedded one)."""
+
+    def bring_up(
+        self, aggregators: Sequence[AggregatorRequest], timeout: float = 60.0
+    ) -> BroughtUp:
+        """Create (or find) the aggregators, learn every asset's and market's uuid, select them."""
+        ...
+
+    def subscribe_events(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
+        """Receive every market, tick, trade and finish event of these aggregators."""
+        ...
+
+    def subscribe_answers(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
+        """Receive the exchange's answers to these aggregators' batches."""
+        ...
+
+    def send_batches(self, batches: Iterable[OutgoingBatch]) -> int:
+        """Send ready batches, as one burst where the transport allows; returns how many went."""
+        ...
+
+    @property
+    def reconnects(self) -> int:
+        """How often a connection of this link was lost and came back."""
+        ...
+
+    def close(self) -> None:
+        """Stop every reader and close every connection."""
+        ...
+
+
+def open_link(
+    url: str,
+    *,
+    config_id: str = "",
+    on_reconnect: ReconnectHandler | None = None,
+) -> ExchangeLink:
+    """The link for an exchange target: ``redis://`` / ``rediss://`` / ``unix://`` URLs today."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        from gridfleet.exchange.redis_pubsub import RedisPubSubLink
+
+        return RedisPubSubLink(url, config_id=config_id, on_reconnect=on_reconnect)
+    raise ValueError(f"no exchange transport for {scheme or url!r}: expected a redis:// URL")
