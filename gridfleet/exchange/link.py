@@ -15,13 +15,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-from uuid import uuid4
+from uuid import UUID, uuid4, uuid5
 
 RawHandler = Callable[[str, bytes, float], None]
 """``(aggregator uuid, raw message, monotonic receive time)``; must return quickly."""
 
 ReconnectHandler = Callable[[str], None]
 """Called with the reader's name each time a transport connection came back."""
+
+
+_IDENTITY_NAMESPACE = UUID("6a0d2c3e-51f4-4e0b-9a55-9d1f8e6c2b7a")
+
+
+def aggregator_identity(fleet_id: str, name: str) -> str:
+    """The uuid of aggregator ``name`` of fleet ``fleet_id``: the same in every run and process,
+    so a restarted ingress or a rerun finds the aggregators (and selections) it made before."""
+    return str(uuid5(_IDENTITY_NAMESPACE, f"{fleet_id}\x00{name}"))
 
 
 def new_transaction_id() -> str:
@@ -52,12 +61,21 @@ class SelectionReport:
 
 @dataclass
 class BroughtUp:
-    """A fleet on the exchange: the uuids it learnt, and what could not be selected."""
+    """A fleet on the exchange: the uuids it learnt, and what could not be had, with reasons."""
 
     aggregator_uuid: dict[str, str]  # aggregator name -> uuid
-    asset_uuid: dict[str, str]  # asset name -> uuid
-    market_uuid: dict[str, str]  # market name -> uuid
+    asset_uuid: dict[str, str]  # asset name -> uuid (registered)
+    market_uuid: dict[str, str]  # market name -> uuid (registered)
     selection_errors: dict[str, str] = field(default_factory=dict)  # device uuid -> reason
+    unregistered: dict[str, str] = field(default_factory=dict)  # asset/market name -> reason
+    reused: list[str] = field(default_factory=list)  # aggregators found from an earlier run
+
+    def failures(self) -> dict[str, str]:
+        """Every asset or market of the fleet that is not selected, by name, with the reason."""
+        names = {u: n for n, u in (*self.asset_uuid.items(), *self.market_uuid.items())}
+        out = dict(self.unregistered)
+        out.update({names.get(u, u): why for u, why in self.selection_errors.items()})
+        return out
 
 
 @dataclass(frozen=True)
@@ -73,9 +91,18 @@ class ExchangeLink(Protocol):
     """An aggregator-side connection to an exchange (gsy-e, or gridfleet's embedded one)."""
 
     def bring_up(
-        self, aggregators: Sequence[AggregatorRequest], timeout: float = 60.0
+        self,
+        aggregators: Sequence[AggregatorRequest],
+        timeout: float = 60.0,
+        *,
+        fleet_id: str = "",
     ) -> BroughtUp:
-        """Create (or find) the aggregators, learn every asset's and market's uuid, select them."""
+        """Create (or find) the aggregators, learn every asset's and market's uuid, select them.
+
+        ``fleet_id`` makes the aggregators' identity stable: the same fleet id and name are the
+        same aggregator in every run. Nothing is raised for what could not be selected: it is
+        in the result, with the exchange's reason.
+        """
         ...
 
     def subscribe_events(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:

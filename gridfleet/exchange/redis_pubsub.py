@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -37,6 +37,7 @@ from gridfleet.exchange.link import (
     RawHandler,
     ReconnectHandler,
     SelectionReport,
+    aggregator_identity,
     new_transaction_id,
 )
 from gridfleet.exchange.messages import (
@@ -50,6 +51,15 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, float], None]
 """``(channel, raw message, monotonic receive time)``; must return quickly."""
+
+ALREADY_SELECTED = "Device already have selected "
+"""gsy-e's answer to a SELECT of a device an aggregator holds, followed by that aggregator's uuid."""
+
+NO_REGISTRATION_ANSWER = (
+    "no answer to its registration: gsy-e answers only for assets with an external strategy"
+    " (e.g. LoadHoursExternalStrategy) and markets with external_connection_available=True;"
+    " check that the name is spelled as in the setup"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,9 +276,12 @@ class RedisPubSubLink:
         self._pending.resolve(answer.transaction_id, answer)
 
     def _request_many(
-        self, requests: list[tuple[str, str, bytes]], what: str, timeout: float | None
-    ) -> dict[str, object]:
-        """Publish ``(transaction_id, channel, payload)`` in one pipeline; wait for every answer."""
+        self, requests: list[tuple[str, str, bytes]], timeout: float | None
+    ) -> tuple[dict[str, object], list[str]]:
+        """Publish ``(transaction_id, channel, payload)`` in one pipeline and wait for the answers.
+
+        Returns the answers by transaction id and the transaction ids that got none in time.
+        """
         waits = {tid: self._pending.add(tid) for tid, _, _ in requests}
         pipe = self.redis.pipeline(transaction=False)
         for _, channel, payload in requests:
@@ -283,65 +296,84 @@ class RedisPubSubLink:
             else:
                 self._pending.discard(tid)
                 missing.append(tid)
-        if missing:
-            raise ExchangeError(
-                f"{what}: {len(missing)} of {len(requests)} requests got no answer in time"
-            )
-        return answers
+        return answers, missing
 
     # -- aggregators, registration, selection --------------------------------------------------
 
     def create_aggregators(
-        self, names: Iterable[str], timeout: float | None = None
+        self,
+        names: Iterable[str],
+        timeout: float | None = None,
+        *,
+        uuids: Mapping[str, str] | None = None,
+        reused: list[str] | None = None,
     ) -> dict[str, str]:
-        """Create aggregators; returns name -> aggregator uuid (the CREATE's transaction id)."""
+        """Create aggregators; returns name -> aggregator uuid (the CREATE's transaction id).
+
+        ``uuids`` (name -> uuid) fixes each aggregator's uuid instead of drawing a new one. gsy-e
+        answers a CREATE whose uuid exists with an error naming that uuid: such an aggregator is
+        the same fleet's from an earlier run or a crashed process, and is reused (its name is
+        appended to ``reused``), selections and all.
+        """
         reqs = []
         by_tid: dict[str, str] = {}
         for name in names:
-            tid = new_transaction_id()
+            tid = (uuids or {}).get(name) or new_transaction_id()
             by_tid[tid] = name
-            reqs.append(
-                (
-                    tid,
-                    channels.AGGREGATOR_COMMANDS,
-                    orjson.dumps({"name": name, "type": "CREATE", "transaction_id": tid}),
-                )
+            body = {"name": name, "type": "CREATE", "transaction_id": tid}
+            reqs.append((tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body)))
+        answers, missing = self._request_many(reqs, timeout)
+        if missing:
+            raise ExchangeError(
+                f"the exchange did not answer the creation of {_names(by_tid[t] for t in missing)}"
+                " in time: is it running, with external connections on"
+                " (gsy-e run ... --enable-external-connection), on this Redis?"
             )
-        answers = self._request_many(reqs, "create aggregators", timeout)
         out: dict[str, str] = {}
         for tid, answer in answers.items():
             assert isinstance(answer, AggregatorResponse)
-            if answer.status != "ready":
+            name = by_tid[tid]
+            if answer.status == "error" and uuids and answer.aggregator_uuid == tid:
+                if reused is not None:
+                    reused.append(name)
+            elif answer.status != "ready":
                 raise ExchangeError(
-                    f"creating aggregator {by_tid[tid]!r} failed: {answer.status} {answer.msg or ''}".strip()
+                    f"creating aggregator {name!r} failed: {answer.status} {answer.msg or ''}".strip()
                 )
-            out[by_tid[tid]] = tid
+            out[name] = tid
         return out
 
-    def register(self, names: Iterable[str], timeout: float | None = None) -> dict[str, str]:
-        """Register assets (by name) or markets (by slug); returns name -> device uuid.
+    def register_many(
+        self, names: Iterable[str], timeout: float | None = None
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Register assets (by name) or markets (by slug).
 
-        Registration is the only way to learn a uuid, so it comes before selection.
+        Returns (name -> device uuid, name -> why it is not registered). Registration is the only
+        way to learn a uuid, so it comes before selection.
         """
         reqs = []
         by_tid: dict[str, str] = {}
         for name in names:
             tid = new_transaction_id()
             by_tid[tid] = name
-            reqs.append(
-                (
-                    tid,
-                    channels.register_participant(name),
-                    orjson.dumps({"name": name, "transaction_id": tid}),
-                )
-            )
-        answers = self._request_many(reqs, "register", timeout)
+            body = {"name": name, "transaction_id": tid}
+            reqs.append((tid, channels.register_participant(name), orjson.dumps(body)))
+        answers, missing = self._request_many(reqs, timeout)
         out: dict[str, str] = {}
+        failed = {by_tid[tid]: NO_REGISTRATION_ANSWER for tid in missing}
         for tid, answer in answers.items():
             assert isinstance(answer, RegisterResponse)
             if answer.status != "ready" or not isinstance(answer.device_uuid, str):
-                raise ExchangeError(f"registering {by_tid[tid]!r} failed: {answer.status}")
-            out[by_tid[tid]] = answer.device_uuid
+                failed[by_tid[tid]] = f"registration refused ({answer.status})"
+            else:
+                out[by_tid[tid]] = answer.device_uuid
+        return out, failed
+
+    def register(self, names: Iterable[str], timeout: float | None = None) -> dict[str, str]:
+        """:meth:`register_many`, raising :class:`ExchangeError` naming what did not register."""
+        out, failed = self.register_many(names, timeout)
+        if failed:
+            raise ExchangeError(f"not registered: {_names(failed)}: {next(iter(failed.values()))}")
         return out
 
     def _aggregator_command(
@@ -360,18 +392,31 @@ class RedisPubSubLink:
             }
             reqs.append((tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body)))
         report = SelectionReport()
-        for tid, answer in self._request_many(reqs, kind.lower(), timeout).items():
+        answers, missing = self._request_many(reqs, timeout)
+        for tid in missing:
+            report.errors[by_tid[tid]] = f"no answer to {kind} in time"
+        mine = f"{ALREADY_SELECTED}{aggregator_uuid}"
+        for tid, answer in answers.items():
             assert isinstance(answer, AggregatorResponse)
-            if answer.status == "error":
-                report.errors[by_tid[tid]] = answer.msg if isinstance(answer.msg, str) else "error"
-            else:
+            msg = answer.msg if isinstance(answer.msg, str) else ""
+            if answer.status != "error" or (kind == "SELECT" and msg == mine):
+                # gsy-e answers a SELECT of a device this aggregator already holds with an error
+                # naming this very aggregator: after a restart that is success.
                 report.selected.append(by_tid[tid])
+            elif kind == "SELECT" and msg.startswith(ALREADY_SELECTED):
+                report.errors[by_tid[tid]] = (
+                    f"{msg} (held by another aggregator: unselect it there, or leave it out of"
+                    " this fleet)"
+                )
+            else:
+                report.errors[by_tid[tid]] = msg or "error"
         return report
 
     def select(
         self, aggregator_uuid: str, device_uuids: Iterable[str], timeout: float | None = None
     ) -> SelectionReport:
-        """Select devices for an aggregator. Devices owned by another aggregator come back in ``errors``."""
+        """Select devices for an aggregator. Devices it already holds count as selected; devices
+        held by another aggregator come back in ``errors`` with the reason."""
         return self._aggregator_command("SELECT", aggregator_uuid, device_uuids, timeout)
 
     def unselect(
@@ -382,9 +427,12 @@ class RedisPubSubLink:
     def delete_aggregator(self, aggregator_uuid: str, timeout: float | None = None) -> None:
         tid = new_transaction_id()
         body = {"aggregator_uuid": aggregator_uuid, "type": "DELETE", "transaction_id": tid}
-        (answer,) = self._request_many(
-            [(tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body))], "delete", timeout
-        ).values()
+        answers, missing = self._request_many(
+            [(tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body))], timeout
+        )
+        if missing:
+            raise ExchangeError(f"deleting aggregator {aggregator_uuid}: no answer in time")
+        answer = answers[tid]
         assert isinstance(answer, AggregatorResponse)
         if answer.status != "deleted":
             raise ExchangeError(f"deleting aggregator {aggregator_uuid} failed: {answer.status}")
@@ -466,23 +514,51 @@ class RedisPubSubLink:
     # -- bringing a fleet up -------------------------------------------------------------------
 
     def bring_up(
-        self, aggregators: Sequence[AggregatorRequest], timeout: float = 60.0
+        self,
+        aggregators: Sequence[AggregatorRequest],
+        timeout: float = 60.0,
+        *,
+        fleet_id: str = "",
     ) -> BroughtUp:
-        """Create the aggregators, register every asset and market (pipelined), select them."""
-        aggregator_uuid = self.create_aggregators([a.name for a in aggregators], timeout=timeout)
+        """Create (or reuse) the aggregators, register every asset and market (pipelined), select
+        what registered. With a ``fleet_id`` each aggregator's uuid is
+        :func:`~gridfleet.exchange.link.aggregator_identity`, so a restart finds its own."""
+        reused: list[str] = []
+        uuids = {a.name: aggregator_identity(fleet_id, a.name) for a in aggregators}
+        aggregator_uuid = self.create_aggregators(
+            [a.name for a in aggregators],
+            timeout=timeout,
+            uuids=uuids if fleet_id else None,
+            reused=reused,
+        )
         asset_names = [n for a in aggregators for n in a.assets]
         market_names = [m for a in aggregators for m in a.markets]
-        asset_uuid = self.register(asset_names, timeout=timeout) if asset_names else {}
+        asset_uuid, unregistered = (
+            self.register_many(asset_names, timeout=timeout) if asset_names else ({}, {})
+        )
         # Markets register under their slug; the fleet knows them by name.
         slugs = {m: channels.slugify(m) for m in market_names}
-        slug_uuid = self.register(list(slugs.values()), timeout=timeout) if market_names else {}
-        market_uuid = {m: slug_uuid[slug] for m, slug in slugs.items()}
+        slug_uuid, slug_failed = (
+            self.register_many(list(slugs.values()), timeout=timeout) if slugs else ({}, {})
+        )
+        market_uuid = {m: slug_uuid[slug] for m, slug in slugs.items() if slug in slug_uuid}
+        unregistered.update(
+            {m: slug_failed[slug] for m, slug in slugs.items() if slug in slug_failed}
+        )
         errors: dict[str, str] = {}
         for agg in aggregators:
-            devices = [asset_uuid[n] for n in agg.assets] + [market_uuid[m] for m in agg.markets]
+            devices = [asset_uuid[n] for n in agg.assets if n in asset_uuid]
+            devices += [market_uuid[m] for m in agg.markets if m in market_uuid]
             if devices:
                 errors.update(self.select(aggregator_uuid[agg.name], devices, timeout).errors)
-        return BroughtUp(aggregator_uuid, asset_uuid, market_uuid, errors)
+        return BroughtUp(
+            aggregator_uuid,
+            asset_uuid,
+            market_uuid,
+            selection_errors=errors,
+            unregistered=unregistered,
+            reused=reused,
+        )
 
     def close(self) -> None:
         for sub in (self._control, *self._event_readers, *self._response_readers):
@@ -507,3 +583,10 @@ def _by_aggregator(handler: RawHandler) -> MessageHandler:
             handler(aggregator, raw, t)
 
     return on_message
+
+
+def _names(names: Iterable[str], shown: int = 5) -> str:
+    """``'a', 'b' and 3 more`` for an error line."""
+    items = list(names)
+    head = ", ".join(repr(n) for n in items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")

@@ -86,7 +86,8 @@ class Fleet:
     market_uuid: dict[str, str]  # name -> uuid
     owner_of: dict[str, str]  # device uuid -> aggregator uuid
     spec: FleetSpec  # strategies and the tables that say which asset and market each serves
-    selection_errors: dict[str, str] = field(default_factory=dict)
+    selection_errors: dict[str, str] = field(default_factory=dict)  # device uuid -> reason
+    failures: dict[str, str] = field(default_factory=dict)  # name -> why it is not selected
 
     @property
     def aggregator_name(self) -> dict[str, str]:
@@ -131,8 +132,9 @@ def build_tables(
             if name in asset_uuid:
                 fleet_by_asset[asset_uuid[name]] = idx(spec, asset_specs, index)
         for name in agg.assets:
-            owner_of[asset_uuid[name]] = a_uuid
-        mine = frozenset(market_uuid[m] for m in agg.markets)
+            if name in asset_uuid:  # an asset that did not register is not traded
+                owner_of[asset_uuid[name]] = a_uuid
+        mine = frozenset(market_uuid[m] for m in agg.markets if m in market_uuid)
         own_markets[a_uuid] = mine
         for m in mine:
             owner_of[m] = a_uuid
@@ -159,22 +161,45 @@ def build_tables(
     )
 
 
-def connect_fleet(link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0) -> Fleet:
+class SelectionFailed(RuntimeError):
+    """Some of the fleet's assets or markets could not be selected, and the policy is to stop."""
+
+
+def connect_fleet(
+    link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0, *, stop_on_failure: bool = False
+) -> Fleet:
     """Bring the plan's aggregators up on the exchange (whatever the transport) and build the
-    strategy tables from the uuids it answered with."""
+    strategy tables from the uuids it answered with.
+
+    Aggregators keep their identity across runs (the fleet's namespace is its id), so a restart
+    reuses them and their selections. What could not be selected is logged by name with the
+    exchange's reason; the fleet goes on without it unless ``stop_on_failure``.
+    """
     up = link.bring_up(
         [AggregatorRequest(a.spec.name, a.assets, a.markets) for a in plan.aggregators],
         timeout=timeout,
+        fleet_id=plan.config.namespace,
     )
-    if up.selection_errors:
-        sample = "; ".join(f"{d}: {m}" for d, m in list(up.selection_errors.items())[:3])
-        log.error("%d devices could not be selected (%s)", len(up.selection_errors), sample)
+    failures = up.failures()
+    if failures:
+        shown = "; ".join(f"{name!r}: {why}" for name, why in list(failures.items())[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        log.error("%d assets or markets not selected: %s%s", len(failures), shown, more)
+        if stop_on_failure:
+            raise SelectionFailed(f"{len(failures)} not selected: {shown}{more}")
     fleet = build_tables(plan, up.aggregator_uuid, up.asset_uuid, up.market_uuid)
     fleet.selection_errors = up.selection_errors
+    fleet.failures = failures
+    wanted_assets = plan.asset_count
+    wanted_markets = sum(len(a.markets) for a in plan.aggregators)
     log.info(
-        "fleet connected: %d aggregators, %d assets, %d markets",
+        "fleet connected: %d aggregators (%d reused from an earlier run), %d of %d assets and"
+        " %d of %d markets selected",
         len(up.aggregator_uuid),
-        len(up.asset_uuid),
-        len(up.market_uuid),
+        len(up.reused),
+        wanted_assets - sum(1 for a in plan.aggregators for n in a.assets if n in failures),
+        wanted_assets,
+        wanted_markets - sum(1 for a in plan.aggregators for m in a.markets if m in failures),
+        wanted_markets,
     )
     return fleet

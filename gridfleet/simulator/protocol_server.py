@@ -161,7 +161,7 @@ class AggregatorRegistry:
             if dev not in self.devices:
                 return [{"status": "error", **base, "msg": f"Device {dev} does not exist"}]
             current = self.owner.get(dev)
-            if current is not None and current != agg:
+            if current is not None:  # gsy-e refuses a second SELECT, even by the same aggregator
                 return [
                     {"status": "error", **base, "msg": f"Device already have selected {current}"}
                 ]

@@ -16,10 +16,12 @@ from gridfleet.exchange import channels
 
 
 class FakeExchange(threading.Thread):
-    def __init__(self, url: str, assets: dict[str, str]) -> None:
+    def __init__(self, url: str, assets: dict[str, str], silent: set[str] | None = None) -> None:
         super().__init__(daemon=True)
         self.redis = redis.Redis.from_url(url)
         self.assets = assets  # name -> uuid
+        self.silent = silent or set()  # names whose registration gsy-e never answers
+        self.aggregators: set[str] = set()
         self.owner: dict[str, str] = {}
         self.batches: list[dict] = []
         self._halt = threading.Event()
@@ -40,6 +42,8 @@ class FakeExchange(threading.Thread):
                 self._aggregator_command(data)
             elif ch.endswith("/register_participant") and "/response/" not in ch:
                 name = ch[: -len("/register_participant")]
+                if name in self.silent:
+                    continue  # e.g. a market without external_connection_available
                 body = {
                     "command": "register",
                     "status": "ready",
@@ -75,11 +79,14 @@ class FakeExchange(threading.Thread):
 
     def _aggregator_command(self, data: dict) -> None:
         tid = data["transaction_id"]
-        if data["type"] == "CREATE":
+        if data["type"] == "CREATE" and tid in self.aggregators:
+            body = {"status": "error", "aggregator_uuid": tid, "transaction_id": tid}
+        elif data["type"] == "CREATE":
+            self.aggregators.add(tid)
             body = {"status": "ready", "name": data["name"], "transaction_id": tid}
         elif data["type"] == "SELECT":
             owner = self.owner.get(data["device_uuid"])
-            if owner and owner != data["aggregator_uuid"]:
+            if owner:  # gsy-e refuses a second SELECT even by the same aggregator
                 body = {
                     "status": "error",
                     "aggregator_uuid": data["aggregator_uuid"],

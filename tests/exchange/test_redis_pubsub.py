@@ -11,7 +11,12 @@ import pytest
 import redis
 
 from gridfleet.exchange import channels
-from gridfleet.exchange.link import AggregatorRequest, OutgoingBatch, open_link
+from gridfleet.exchange.link import (
+    AggregatorRequest,
+    OutgoingBatch,
+    aggregator_identity,
+    open_link,
+)
 from gridfleet.exchange.messages import BatchResponse, TickEvent, decode, decode_event
 from gridfleet.exchange.redis_pubsub import PendingRequests, RedisPubSubLink
 from gridfleet.runtime.redis_server import RedisServer
@@ -118,6 +123,7 @@ def test_bring_up_and_send_batches_through_the_link_interface(redis_url: str) ->
             assert up.asset_uuid == assets
             # beta asked for ten assets alpha already holds: named, not silently dropped
             assert set(up.selection_errors) == {assets[n] for n in names[20:30]}
+            assert all("held by another aggregator" in m for m in up.selection_errors.values())
             answers: queue.SimpleQueue = queue.SimpleQueue()
             alpha = up.aggregator_uuid["alpha"]
             link.subscribe_answers([alpha], lambda agg, raw, t: answers.put((agg, raw)))
@@ -136,3 +142,52 @@ def test_bring_up_and_send_batches_through_the_link_interface(redis_url: str) ->
 def test_open_link_names_an_unknown_transport() -> None:
     with pytest.raises(ValueError, match="no exchange transport for 'ftp'"):
         open_link("ftp://example")
+
+
+def test_a_second_bring_up_of_the_same_fleet_reuses_its_aggregators(redis_url: str) -> None:
+    """A restarted ingress (or a rerun) must find the aggregators and selections it made."""
+    assets = {f"H{i} Load": str(uuid.uuid4()) for i in range(10)}
+    exchange = FakeExchange(redis_url, assets).start_ready()
+    wanted = [
+        AggregatorRequest("north", list(assets)[:6]),
+        AggregatorRequest("south", list(assets)[6:]),
+    ]
+    try:
+        first = open_link(redis_url)
+        try:
+            up1 = first.bring_up(wanted, fleet_id="fleet-a")
+        finally:
+            first.close()
+        assert up1.reused == [] and not up1.failures()
+        second = open_link(redis_url)  # a new process: nothing remembered but the fleet id
+        try:
+            up2 = second.bring_up(wanted, fleet_id="fleet-a")
+        finally:
+            second.close()
+        assert up2.aggregator_uuid == up1.aggregator_uuid
+        assert sorted(up2.reused) == ["north", "south"]
+        assert not up2.failures()  # "already have selected <itself>" is success
+        assert up1.aggregator_uuid["north"] == aggregator_identity("fleet-a", "north")
+        assert aggregator_identity("fleet-b", "north") != aggregator_identity("fleet-a", "north")
+    finally:
+        exchange.stop()
+
+
+def test_what_does_not_register_is_named_with_a_hint(redis_url: str) -> None:
+    assets = {"H1 Load": str(uuid.uuid4()), "H1 PV": str(uuid.uuid4())}
+    exchange = FakeExchange(redis_url, assets, silent={"H1 PV", "house-2"}).start_ready()
+    try:
+        link = open_link(redis_url)
+        try:
+            up = link.bring_up(
+                [AggregatorRequest("a", ["H1 Load", "H1 PV"], ["House 2"])],
+                timeout=1.0,
+                fleet_id="f",
+            )
+        finally:
+            link.close()
+        assert list(up.asset_uuid) == ["H1 Load"]
+        assert set(up.failures()) == {"H1 PV", "House 2"}
+        assert "external_connection_available" in up.failures()["House 2"]
+    finally:
+        exchange.stop()

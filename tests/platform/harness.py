@@ -92,6 +92,31 @@ def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[byt
     raise TimeoutError("worker did not come up in 60 s")
 
 
+def start_ingress(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``gridfleet ingress`` as a process of its own (so a test can kill -9 it)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gridfleet.cli",
+                "ingress",
+                "-c",
+                str(config_path),
+                "--metrics-port",
+                "0",
+                "--log-level",
+                "INFO",
+            ],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
@@ -115,6 +140,7 @@ class Fleet:
     extra_config: dict[str, Any] = field(default_factory=dict)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "linear_ramp"})
     partitions: int = 1  # ingress processes splitting the aggregators
+    ingress_process: Path | None = None  # a work dir: run `gridfleet ingress` as a process there
 
     def __post_init__(self) -> None:
         self.grid = generate_grid(self.assets, houses_size=10, seed=7)
@@ -140,10 +166,46 @@ class Fleet:
         )  # type: ignore[arg-type]
         self.recorder = Recorder(self.exchange_url)
 
+    def write_fleet_file(self, path: Path) -> Path:
+        """The fleet's configuration as a fleet file (what the CLI reads)."""
+        import yaml
+
+        path.write_text(yaml.safe_dump(self.config.model_dump(mode="json", exclude_none=True)))
+        return path
+
+    def start_ingress_process(self) -> subprocess.Popen[bytes]:
+        assert self.ingress_process is not None
+        config = self.write_fleet_file(self.ingress_process / "fleet.yaml")
+        self.ingress_proc = start_ingress(config, self.ingress_process / "ingress.log")
+        return self.ingress_proc
+
+    def wait_fleet_published(self, timeout: float = 60) -> None:
+        """Until an ingress has connected the fleet and published its registry on the broker."""
+        client = redis.Redis.from_url(self.broker_url)
+        deadline = time.monotonic() + timeout
+        while not client.exists(f"{self.config.namespace}:fleet"):
+            proc = getattr(self, "ingress_proc", None)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"ingress exited with {proc.returncode}")
+            assert time.monotonic() < deadline, "no ingress published the fleet"
+            time.sleep(0.05)
+
     def start(self) -> None:
         self.recorder.start()
         self.recorder.ready.wait(5)
         self.sim.start()
+        if self.ingress_process is not None:
+            self.ingresses = []
+            self.start_ingress_process()
+            self.wait_fleet_published()
+            self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
+            self._threads = [
+                threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator")
+            ]
+            self._threads[0].start()
+            time.sleep(0.5)
+            self.sim.resume()
+            return
         self.ingresses = [
             Ingress(self.config, self.exchange_url, self.broker_url, partition=(i, self.partitions))
             for i in range(self.partitions)
@@ -170,6 +232,8 @@ class Fleet:
         return self.sim.report()
 
     def stop(self) -> None:
+        if getattr(self, "ingress_proc", None) is not None:
+            kill_group(self.ingress_proc, signal.SIGTERM)
         for node in getattr(self, "ingresses", []):
             node.stop_event.set()
         self.coordinator.stop_event.set()
