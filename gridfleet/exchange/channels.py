@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from slugify import slugify as _slugify
+
 AGGREGATOR_COMMANDS = "aggregator-commands"
 AGGREGATOR_RESPONSE = "aggregator-response"
 HEARTBEAT = "gsy-e-heartbeat/"
@@ -75,5 +77,11 @@ def aggregator_of(channel: str | bytes) -> str | None:
 
 
 def slugify(name: str) -> str:
-    """gsy-e's market slug (python-slugify): ``House 2`` -> ``house-2``, ``PV 1 (4kW)`` -> ``pv-1-4kw``."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    """A market's name as gsy-e slugs it: ``House 2`` -> ``house-2``, ``PV 1 (4kW)`` ->
+    ``pv-1-4kw``, ``Straße 1`` -> ``strasse-1``.
+
+    gsy-e uses python-slugify, which transliterates letters outside ASCII before it drops the
+    rest: a hand-written rule that only keeps ``[a-z0-9]`` makes ``stra-e-1``, a channel gsy-e
+    never listens on.
+    """
+    return _slugify(name)
