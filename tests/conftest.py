@@ -12,13 +12,14 @@ import redis
 from gridfleet.runtime.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
-PROTOCOL_DIR = SHARED / "protocol"
-STRATEGY_DATA_DIR = SHARED / "strategy-data"
+# The captured protocol and the SDK's data files, vendored (see tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PROTOCOL_DIR = FIXTURES / "protocol"
+STRATEGY_DATA_DIR = FIXTURES / "strategy-data"
 
 
 def load_example(name: str) -> dict:
-    """One captured message from ../shared/protocol/examples (without the .json suffix)."""
+    """One captured message from tests/fixtures/protocol/examples (without the .json suffix)."""
     return json.loads((PROTOCOL_DIR / "examples" / f"{name}.json").read_text())
 
 

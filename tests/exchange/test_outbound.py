@@ -1,6 +1,6 @@
 """Outbound validation: what kills or is rejected by the real exchange never leaves gridfleet.
 
-Each case feeds the very command captured in ../shared/protocol/examples to the validator.
+Each case feeds the very command captured in tests/fixtures/protocol/examples to the validator.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import numpy as np
 from gridfleet.strategies.commands import Bid, Offer, StrategyResult
 from gridfleet.strategies.context import AssetBatch, AssetKind, MarketView, TickContext
 
-STRATEGY_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "strategy-data"
+# The SDK templates' data files, vendored (see tests/fixtures/README.md).
+STRATEGY_DATA = Path(__file__).resolve().parents[1] / "fixtures" / "strategy-data"
 
 LOAD, PV, STORAGE, METER = AssetKind.LOAD, AssetKind.PV, AssetKind.STORAGE, AssetKind.SMART_METER
 
