@@ -88,6 +88,8 @@ def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> Fleet
                 )
             owner.setdefault(name, spec.name)
         plans.append(AggregatorPlan(spec, assets, markets))
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the fleet:\n  " + "\n  ".join(problems))
     return FleetPlan(config, plans)
