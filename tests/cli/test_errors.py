@@ -82,15 +82,17 @@ aggregators:
     assert len(message.splitlines()) == 1, message
 
 
-def test_ingress_refuses_an_unknown_strategy_in_one_message(tmp_path: Path) -> None:
+@pytest.mark.integration
+def test_ingress_refuses_an_unknown_strategy_in_one_message(tmp_path: Path, redis_url: str) -> None:
     path = fleet_file(
         tmp_path,
         "aggregators:\n  - {name: a, assets: [x], strategy: {name: nope}}\n",
     )
-    env = {"GRIDFLEET_EXCHANGE_URL": UNREACHABLE, "GRIDFLEET_BROKER_URL": UNREACHABLE}
+    env = {"GRIDFLEET_EXCHANGE_URL": redis_url, "GRIDFLEET_BROKER_URL": redis_url}
     outcome = gridfleet("ingress", "-c", str(path), "--metrics-port", "0", env=env)
-    message = assert_one_clear_error(outcome, 3)  # Redis is checked first, as before
-    assert "cannot reach Redis" in message
+    message = assert_one_clear_error(outcome, 2)
+    assert "aggregators.0.strategy.name: unknown strategy 'nope'" in message
+    assert len(message.splitlines()) == 1, message
 
 
 @pytest.mark.parametrize(
