@@ -27,18 +27,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
-# Only what the wheel needs (hatchling reads README.md as the long description). The
-# .dockerignore is an allow-list, so nothing else from the checkout can reach the build.
-COPY pyproject.toml README.md ./
+# Only what the wheel needs (hatchling reads README.md as the long description) and the lock file
+# (`make lock`): every dependency at the version and hash it pins. The .dockerignore is an
+# allow-list, so nothing else from the checkout can reach the build.
+COPY pyproject.toml README.md requirements.lock ./
 COPY gridfleet ./gridfleet
 
-# 1. wheels for gridfleet and all its runtime dependencies (no dev extras)
-RUN python -m pip wheel --wheel-dir /wheels .
+# 1. wheels for every locked dependency (hashes checked on download), then gridfleet's own
+#    (no dev extras; --no-deps: its dependencies are exactly the locked ones)
+RUN python -m pip wheel --wheel-dir /wheels --require-hashes -r requirements.lock \
+    && python -m pip wheel --wheel-dir /wheels --no-deps .
 # 2. an isolated virtualenv installed from those wheels only (no index); pip is removed after.
 #    Bytecode is compiled here because the runtime root filesystem is read-only (fast start-up,
 #    which matters for the exec health probes).
 RUN python -m venv /opt/gridfleet \
-    && /opt/gridfleet/bin/pip install --no-index --find-links /wheels gridfleet \
+    && /opt/gridfleet/bin/pip install --no-index --find-links /wheels -r requirements.lock \
+    && /opt/gridfleet/bin/pip install --no-index --find-links /wheels --no-deps gridfleet \
+    && /opt/gridfleet/bin/pip check \
     && /opt/gridfleet/bin/pip uninstall -y pip \
     && /opt/gridfleet/bin/python -m compileall -q -j 0 /opt/gridfleet/lib \
     && /opt/gridfleet/bin/gridfleet --version

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup browser lint typecheck bench clean
+.PHONY: demo test setup browser lint typecheck bench lock clean
 
 demo: $(STAMP)
 	$(BIN)/gridfleet demo $(ARGS)
@@ -38,6 +38,14 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/gridfleet bench all
+
+# The lock file the Docker image installs from (runtime dependencies only, with hashes, for the
+# image's Python 3.11 on x86_64 Linux). Rerun after changing the dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	  --custom-compile-command "make lock" -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

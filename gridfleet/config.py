@@ -36,6 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 AssetKindName = Literal["load", "pv", "storage", "smart_meter"]
 
+DEFAULT_NAMESPACE = "gf"
+"""The prefix of every Redis key gridfleet writes when the fleet file names none."""
+
 
 class ConfigError(ValueError):
     """The fleet file is wrong; the message names the file and the bad field."""
@@ -68,12 +71,20 @@ class RedisEndpoint(_Model):
         if self.url:
             return self.url
         assert self.url_env is not None
-        value = os.environ.get(self.url_env)
-        if not value:
-            raise ConfigError(
-                f"environment variable {self.url_env} is not set (it should hold a redis:// URL)"
-            )
-        return value
+        return read_url_env(self.url_env)
+
+
+def read_url_env(name: str) -> str:
+    """The URL in the environment variable the fleet file's ``url_env`` names.
+
+    The one place gridfleet reads a variable by a name the user chose (the default names,
+    ``GRIDFLEET_EXCHANGE_URL`` and ``GRIDFLEET_BROKER_URL``, are also :mod:`gridfleet.settings`
+    fields, which feed ``--exchange-url`` / ``--broker-url`` and win over the fleet file).
+    """
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set (it should hold a redis:// URL)")
+    return value
 
 
 class StrategySpec(_Model):
@@ -127,7 +138,7 @@ class FleetConfig(_Model):
     # (at 100 000 assets 0.05 s split most rounds in two or three); full shards stream out
     # meanwhile, so waiting costs only the round's tail.
     coalesce_window_s: float = Field(default=0.15, ge=0, le=1)
-    namespace: str = Field(default="gf", pattern=r"^[A-Za-z0-9_.-]+$")
+    namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=r"^[A-Za-z0-9_.-]+$")
     flower_events: bool = False
     accepts_requirements: bool = False  # the exchange takes degrees of freedom on bids
     state_ttl_s: int = Field(default=86_400, ge=60)
@@ -179,6 +190,11 @@ def load_config(path: str | Path) -> FleetConfig:
     if config.grid_file is not None and not config.grid_file.is_absolute():
         config = config.model_copy(update={"grid_file": (path.parent / config.grid_file).resolve()})
     return config
+
+
+def fleet_namespace(path: str | Path | None) -> str:
+    """The namespace of the fleet file at ``path``; :data:`DEFAULT_NAMESPACE` without one."""
+    return load_config(path).namespace if path else DEFAULT_NAMESPACE
 
 
 PATH_PARAMS = ("path", "profile_dir")

@@ -1,16 +1,19 @@
 """The ``gridfleet`` command line.
 
-Every sub-command takes its URLs from flags or from environment variables (``GRIDFLEET_*``), so
-secrets never have to appear on a command line. Exit codes: 0 done, 1 the run failed, 2 bad usage
-or bad input, 3 a service (Redis, the exchange) could not be reached.
+Every sub-command takes its URLs from flags or from :mod:`gridfleet.settings` (``GRIDFLEET_*``
+environment variables), so secrets never have to appear on a command line. Exit codes: 0 done,
+1 the run failed, 2 bad usage or bad input, 3 a service (Redis, the exchange) could not be
+reached. A user's mistake ends in one clear message, never a traceback.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import click
@@ -64,16 +67,52 @@ def check_redis(url: str, flag: str) -> None:
         raise BadInput(f"{flag}: not a Redis URL ({exc})") from None
 
 
+def settings():  # type: ignore[no-untyped-def]
+    """This process's :class:`~gridfleet.settings.Settings`; a bad variable is bad input."""
+    from gridfleet.settings import SettingsError, get_settings
+
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        raise BadInput(f"bad environment: {exc}") from None
+
+
+def from_settings(field: str) -> Callable[[], Any]:
+    """A click default read from the settings when the command runs (secrets in plain text,
+    only for the code that connects with them; ``--help`` never shows them)."""
+
+    def default() -> Any:
+        from pydantic import SecretStr
+
+        value = getattr(settings(), field)
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        return str(value) if field == "config" and value is not None else value
+
+    return default
+
+
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]
     from gridfleet.config import ConfigError, load_config
 
-    path = path or os.environ.get("GRIDFLEET_CONFIG")
     if not path:
         raise BadInput("no fleet file: pass --config PATH or set GRIDFLEET_CONFIG")
     try:
         return load_config(path)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
+
+
+def _check_fleet(config, path: str) -> None:  # type: ignore[no-untyped-def]
+    """Every strategy, parameter, data file and asset glob of the fleet, before any process
+    starts: a child's error would be lost in its log."""
+    from gridfleet.config import ConfigError
+    from gridfleet.platform.fleet import plan_fleet
+
+    try:
+        plan_fleet(config)
+    except ConfigError as exc:
+        raise BadInput(f"{path}: {exc}") from None
 
 
 def _urls(config, exchange_url: str | None, broker_url: str | None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -98,29 +137,36 @@ def _stop_on_signals(*stoppers: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _default_of(field: str) -> str:
+    from gridfleet.settings import Settings
+
+    return str(Settings.model_fields[field].default)
+
+
+# Defaults come from gridfleet.settings (the one reader of GRIDFLEET_*), so no option names an
+# envvar of its own; the help says which variable feeds it.
 config_option = click.option(
     "-c",
     "--config",
     "config_path",
-    envvar="GRIDFLEET_CONFIG",
+    default=from_settings("config"),
     help="Fleet file (YAML). [env: GRIDFLEET_CONFIG]",
 )
 exchange_option = click.option(
     "--exchange-url",
-    envvar="GRIDFLEET_EXCHANGE_URL",
+    default=from_settings("exchange_url"),
     help="Redis URL of the exchange. [env: GRIDFLEET_EXCHANGE_URL]",
 )
 broker_option = click.option(
     "--broker-url",
-    envvar="GRIDFLEET_BROKER_URL",
+    default=from_settings("broker_url"),
     help="Redis URL of the broker and shard state. [env: GRIDFLEET_BROKER_URL]",
 )
 metrics_option = click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
-    envvar="GRIDFLEET_METRICS_PORT",
-    default=9100,
-    show_default=True,
+    default=from_settings("metrics_port"),
+    show_default=_default_of("metrics_port"),
     help="Prometheus /metrics and /healthz port (0: off). [env: GRIDFLEET_METRICS_PORT]",
 )
 log_option = click.option(
@@ -131,7 +177,32 @@ log_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose heavy sub-commands are imported only when they run (or ``--help`` lists
+    them): ``gridfleet health worker``, a probe run every few seconds, loads no numpy, no
+    simulator and no demo."""
+
+    lazy: dict[str, str] = {
+        "sim": "gridfleet.cli.sim:sim",
+        "demo": "gridfleet.cli.demo:demo",
+        "bench": "gridfleet.cli.bench:bench",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="gridfleet")
 def cli() -> None:
     """Run fleets of energy-trading aggregators on the Grid Singularity Exchange.
@@ -241,23 +312,29 @@ def coordinator(
 @cli.command(context_settings={"ignore_unknown_options": True})
 @broker_option
 @click.option(
+    "--config",
+    "config_path",
+    default=from_settings("config"),
+    help="Fleet file: its namespace names the heartbeat (default namespace without one). [env: GRIDFLEET_CONFIG]",
+)
+@click.option(
     "-c",
     "--concurrency",
     type=click.IntRange(1, 256),
-    default=None,
-    help="Worker processes (default: CPU count).",
+    default=from_settings("worker_concurrency"),
+    help="Worker processes (default: CPU count). [env: GRIDFLEET_WORKER_CONCURRENCY]",
 )
 @click.option("--loglevel", default="WARNING", show_default=True)
 @click.option(
     "--task-events/--no-task-events",
-    envvar="GRIDFLEET_TASK_EVENTS",
-    default=False,
-    help="Send task events for Flower (costs throughput).",
+    default=from_settings("task_events"),
+    help="Send task events for Flower (costs throughput). [env: GRIDFLEET_TASK_EVENTS]",
 )
 @click.option("-n", "--hostname", default=None, help="Celery node name.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     broker_url: str | None,
+    config_path: str | None,
     concurrency: int | None,
     loglevel: str,
     task_events: bool,
@@ -265,14 +342,15 @@ def worker(
     celery_args: tuple[str, ...],
 ) -> None:
     """A Celery worker that evaluates shards (prefork, msgpack only). Extra args go to Celery."""
-    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
-    check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
-    os.environ["GRIDFLEET_BROKER_URL"] = url
-    os.environ["GRIDFLEET_TASK_EVENTS"] = "1" if task_events else "0"
-    from gridfleet.workers.app import make_app
-    from gridfleet.workers.settings import QUEUE
+    from gridfleet.settings import DEFAULT_BROKER_URL
 
-    app = make_app(url, task_events=task_events)
+    url = broker_url or DEFAULT_BROKER_URL
+    namespace = _load_config(config_path).namespace if config_path else _default_namespace()
+    check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    from gridfleet.platform.celery_app import QUEUE
+    from gridfleet.workers.app import configure
+
+    app = configure(url, task_events=task_events, namespace=namespace)
     argv = ["worker", "-P", "prefork", "-Q", QUEUE, "--loglevel", loglevel]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
@@ -281,6 +359,12 @@ def worker(
     if task_events:
         argv += ["-E"]
     app.worker_main([*argv, *celery_args])
+
+
+def _default_namespace() -> str:
+    from gridfleet.config import DEFAULT_NAMESPACE
+
+    return DEFAULT_NAMESPACE
 
 
 @cli.command()
@@ -294,15 +378,18 @@ def worker(
 )
 @click.option(
     "--basic-auth",
-    envvar="GRIDFLEET_FLOWER_BASIC_AUTH",
-    default=None,
+    default=from_settings("flower_basic_auth"),
     help="user:password. [env: GRIDFLEET_FLOWER_BASIC_AUTH]",
 )
 def flower(broker_url: str | None, port: int, address: str, basic_auth: str | None) -> None:
     """Flower on the broker: workers, shard tasks (when workers send task events), queue depth."""
-    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    from gridfleet.settings import DEFAULT_BROKER_URL
+
+    url = broker_url or DEFAULT_BROKER_URL
+    if basic_auth and ":" not in basic_auth:
+        raise BadInput("--basic-auth (or GRIDFLEET_FLOWER_BASIC_AUTH) must be user:password")
     check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
-    from gridfleet.workers.app import make_app
+    from gridfleet.platform.celery_app import make_app
 
     app = make_app(url)
     argv = [
@@ -313,43 +400,45 @@ def flower(broker_url: str | None, port: int, address: str, basic_auth: str | No
         "--purge_offline_workers=60",
     ]
     if basic_auth:
-        if ":" not in basic_auth:
-            raise BadInput("--basic-auth must be user:password")
         argv.append(f"--basic-auth={basic_auth}")
     app.start(argv)
 
 
 @cli.group()
 def health() -> None:
-    """Cheap health checks for probes (exit 0 healthy, 1 not)."""
+    """Cheap health checks for probes (exit 0 healthy, 1 not, 3 the broker unreachable)."""
 
 
 @health.command("worker")
+@config_option
 @broker_option
 @click.option(
     "--hostname",
-    envvar="HOSTNAME",
     default=None,
-    help="Whose heartbeat to check (default: this host).",
+    help="Whose heartbeat to check (default: $HOSTNAME, else this host's name).",
 )
-@click.option("--namespace", envvar="GRIDFLEET_NAMESPACE", default="gf", show_default=True)
-def health_worker(broker_url: str | None, hostname: str | None, namespace: str) -> None:
-    """Exit 0 when this host's worker wrote its heartbeat within the last 30 s."""
-    import socket
+def health_worker(config_path: str | None, broker_url: str | None, hostname: str | None) -> None:
+    """Exit 0 when this host's worker wrote its heartbeat within the last 30 s.
 
+    The heartbeat is looked up in the namespace of the fleet file (--config), the default
+    namespace without one.
+    """
     import redis
 
-    from gridfleet.workers.heartbeat import heartbeat_key
+    from gridfleet.settings import DEFAULT_BROKER_URL
+    from gridfleet.workers.heartbeat import heartbeat_key, this_host
 
-    url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
-    host = hostname or socket.gethostname()
+    url = broker_url or DEFAULT_BROKER_URL
+    namespace = _load_config(config_path).namespace if config_path else _default_namespace()
+    host = hostname or this_host()
     try:
-        alive = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).exists(
-            heartbeat_key(namespace, host)
-        )
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    except ValueError as exc:
+        raise BadInput(f"--broker-url (or GRIDFLEET_BROKER_URL): not a Redis URL ({exc})") from None
+    try:
+        alive = client.exists(heartbeat_key(namespace, host))
     except redis.RedisError as exc:
-        click.echo(f"unhealthy: broker unreachable ({exc})", err=True)
-        sys.exit(EXIT_FAILED)
+        raise Unreachable(f"unhealthy: broker {redact(url)} unreachable ({exc})") from None
     if not alive:
         click.echo(f"unhealthy: no heartbeat from worker {host} in the last 30 s", err=True)
         sys.exit(EXIT_FAILED)
@@ -395,6 +484,8 @@ def run(
 
     setup_logging(log_level)
     config = _load_config(config_path)
+    assert config_path is not None  # _load_config refused a missing one
+    _check_fleet(config, config_path)
     if single_process:
         from gridfleet.config import ConfigError
         from gridfleet.platform.local_loop import LocalLoop
@@ -414,29 +505,15 @@ def run(
         return
     ex, br = _urls(config, exchange_url, broker_url)
     procs = FleetProcesses(
-        config_path or os.environ["GRIDFLEET_CONFIG"],
+        config_path,
         ex,
         br,
         workers=0 if no_workers else workers,
         metrics_port=metrics_port,
+        task_events=config.flower_events,
     )
     _stop_on_signals(procs.stop_event)
     sys.exit(procs.run())
-
-
-def _add_commands() -> None:
-    # Imported here: `gridfleet health worker` must start fast, so heavy modules load only when
-    # the command line is built, and each module stays importable on its own.
-    from gridfleet.cli.bench import bench
-    from gridfleet.cli.demo import demo
-    from gridfleet.cli.sim import sim
-
-    cli.add_command(sim)
-    cli.add_command(demo)
-    cli.add_command(bench)
-
-
-_add_commands()
 
 
 def main() -> None:

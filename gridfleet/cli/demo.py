@@ -105,6 +105,7 @@ class Demo:
             "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
             "grid_file": grid_file.name,
             "shard_size": self.opts.shard_size,
+            "flower_events": self.opts.flower,
             "aggregators": [
                 {"name": name, "assets": entry["assets"], "strategy": {"name": self.opts.strategy}}
                 for name, entry in self.assignment.items()

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import redis
 
+from gridfleet.cli import from_settings
 from gridfleet.simulator.grid import (
     Grid,
     GridError,
@@ -67,8 +68,7 @@ def build_grid(
 @click.command("sim")
 @click.option(
     "--redis-url",
-    envvar="GRIDFLEET_EXCHANGE_URL",
-    default=None,
+    default=from_settings("exchange_url"),
     help="Redis the exchange speaks on [env GRIDFLEET_EXCHANGE_URL]; default: start an embedded redis-server.",
 )
 @click.option(

@@ -28,14 +28,9 @@ import msgspec
 import numpy as np
 from msgspec import Struct
 
+from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH, OFFER_TOLERANCE_KWH
 from gridfleet.strategies import commands as intent
 from gridfleet.strategies.context import AssetKind, FloatArray
-
-MIN_ENERGY_KWH = 2e-5
-"""The exchange rejects orders with energy at or below this."""
-
-OFFER_TOLERANCE_KWH = 2e-5
-"""The exchange lets an offer exceed the available energy by this much (bids get no tolerance)."""
 
 ORDER_KEYS = frozenset(
     {"type", "energy", "price", "transaction_id", "replace_existing", "time_slot"}
@@ -253,9 +248,9 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         raise OutboundRejected(label, ctype, "energy and price must be finite")
     if price < 0:
         raise OutboundRejected(label, ctype, f"negative price {price}")
-    if energy <= MIN_ENERGY_KWH:
+    if energy <= MIN_ORDER_ENERGY_KWH:
         raise OutboundRejected(
-            label, ctype, f"energy {energy} kWh is at or below {MIN_ENERGY_KWH} kWh"
+            label, ctype, f"energy {energy} kWh is at or below {MIN_ORDER_ENERGY_KWH} kWh"
         )
     slot = cmd.time_slot
     if slot is not None and not markets.is_open(slot):
@@ -437,7 +432,7 @@ def validate_orders(
     checks: list[tuple[np.ndarray, str]] = [
         (~finite, "energy and price must be finite"),
         (price < 0, "negative price"),
-        (energy <= MIN_ENERGY_KWH, f"energy at or below {MIN_ENERGY_KWH} kWh"),
+        (energy <= MIN_ORDER_ENERGY_KWH, f"energy at or below {MIN_ORDER_ENERGY_KWH} kWh"),
         (is_bid & (kind == AssetKind.PV), "a PV cannot bid on the spot market"),
         (~is_bid & (kind == AssetKind.LOAD), "a load cannot offer on the spot market"),
         (is_bid & (energy > bid_cap), "bid energy above the requirement"),

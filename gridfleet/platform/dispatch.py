@@ -1,27 +1,23 @@
 """Sending shard tasks to the workers by name, without importing the worker code.
 
-The platform sends; ``gridfleet.workers`` defines the task under the same name and queue. Task
+The platform sends with the app :mod:`gridfleet.platform.celery_app` builds; ``gridfleet.workers``
+builds its app from the same definition and registers the task under the same name and queue. Task
 messages carry keys only (namespace, round id, shard number); the payloads stay in Redis.
 """
 
 from __future__ import annotations
 
-from celery import Celery
+from gridfleet.platform.celery_app import QUEUE, TASK_NAME, make_app
 
-TASK_NAME = "gridfleet.evaluate_shard"
-QUEUE = "gridfleet.shards"
+__all__ = ["QUEUE", "TASK_NAME", "ShardDispatcher"]
 
 
 class ShardDispatcher:
+    """Sends shard tasks with gridfleet's one Celery app definition (:mod:`.celery_app`)."""
+
     def __init__(self, broker_url: str) -> None:
-        self.app = Celery("gridfleet-producer", broker=broker_url, set_as_current=False)
-        self.app.conf.update(
-            task_serializer="msgpack",
-            accept_content=["msgpack"],
-            task_default_queue=QUEUE,
-            broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": 30},
-        )
+        # Not the process's current app: a process may hold a worker app beside it (tests).
+        self.app = make_app(broker_url, set_as_current=False)
 
     def warm_up(self) -> None:
         """Open the broker connection now rather than on the first round."""

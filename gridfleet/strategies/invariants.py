@@ -21,9 +21,9 @@ import numpy as np
 
 from gridfleet.strategies.commands import Bid, Offer, StrategyResult
 from gridfleet.strategies.context import AssetBatch, AssetKind
+from gridfleet.strategies.rules import MIN_ORDER_ENERGY_KWH
 
-MIN_ORDER_ENERGY_KWH = 2e-5
-"""The exchange rejects orders at or below this energy; strategies skip such assets instead."""
+__all__ = ["MIN_ORDER_ENERGY_KWH", "Violation", "check_order", "order_violations"]
 
 # Which kinds may bid / offer in the spot market, and the asset_info field that caps the energy.
 _BID_CAP = {

@@ -1,43 +1,51 @@
 """The Celery app of gridfleet's workers (``gridfleet worker`` runs it).
 
-The broker URL comes from ``GRIDFLEET_BROKER_URL``; it is also where shard inputs, results and
-strategy state live. Task events (for Flower) are on when ``GRIDFLEET_TASK_EVENTS=1``.
+Built from :func:`gridfleet.platform.celery_app.make_app`, the definition the ingress sends
+with, and from :mod:`gridfleet.settings`: the broker (``GRIDFLEET_BROKER_URL``) is also where
+shard inputs, results and strategy state live. ``gridfleet worker`` calls :func:`configure` with
+its flags before it starts the worker; nothing is handed over through the environment.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from gridfleet.workers.heartbeat import Heartbeat, heartbeat_key
-from gridfleet.workers.settings import celery_settings
-
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
-
-
-def broker_url() -> str:
-    return os.environ.get("GRIDFLEET_BROKER_URL", DEFAULT_BROKER)
+from gridfleet.platform.celery_app import celery_settings, make_app
+from gridfleet.settings import DEFAULT_BROKER_URL, get_settings, secret
+from gridfleet.workers.heartbeat import Heartbeat, heartbeat_key, this_host
 
 
-def make_app(url: str | None = None, *, task_events: bool | None = None) -> Celery:
-    if task_events is None:
-        task_events = os.environ.get("GRIDFLEET_TASK_EVENTS", "0") == "1"
-    soft_shutdown = float(os.environ.get("GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT", "10"))
-    app = Celery("gridfleet", include=["gridfleet.workers.tasks"])
+def _app_from_settings() -> Celery:
+    settings = get_settings()
+    return make_app(
+        secret(settings.broker_url) or DEFAULT_BROKER_URL,
+        task_events=settings.task_events,
+        soft_shutdown_timeout=settings.worker_soft_shutdown_timeout,
+        include=["gridfleet.workers.tasks"],
+    )
+
+
+app = _app_from_settings()
+_heartbeat: Heartbeat | None = None
+_namespace: str | None = None  # the fleet's; None: the fleet file of GRIDFLEET_CONFIG, if any
+
+
+def configure(broker_url: str, *, task_events: bool, namespace: str) -> Celery:
+    """Point this process's worker app at ``broker_url`` (the ``gridfleet worker`` flags) and
+    name the fleet namespace its heartbeat is written under."""
+    global _namespace
     app.conf.update(
         celery_settings(
-            url or broker_url(), task_events=task_events, soft_shutdown_timeout=soft_shutdown
+            broker_url,
+            task_events=task_events,
+            soft_shutdown_timeout=get_settings().worker_soft_shutdown_timeout,
         )
     )
+    _namespace = namespace
     return app
-
-
-app = make_app()
-_heartbeat: Heartbeat | None = None
 
 
 @worker_process_init.connect
@@ -90,8 +98,10 @@ def _evaluate_a_tiny_shard() -> None:
 @worker_ready.connect
 def _start_heartbeat(sender: object = None, **_: object) -> None:
     global _heartbeat
-    ns = os.environ.get("GRIDFLEET_NAMESPACE", "gf")
-    key = heartbeat_key(ns, os.environ.get("HOSTNAME") or socket.gethostname())
+    from gridfleet.config import fleet_namespace
+
+    ns = _namespace if _namespace is not None else fleet_namespace(get_settings().config)
+    key = heartbeat_key(ns, this_host())
     _heartbeat = Heartbeat(str(app.conf.broker_url), key)
     _heartbeat.start()
 

@@ -7,12 +7,20 @@ every few seconds) starts fast.
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import threading
 
 import redis
 
 HEARTBEAT_EVERY_S = 5
 HEARTBEAT_TTL_S = 30
+
+
+def this_host() -> str:
+    """The name a worker's heartbeat carries: ``$HOSTNAME`` (the pod's name in Kubernetes),
+    else the machine's host name."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()
 
 
 def heartbeat_key(namespace: str, hostname: str) -> str:

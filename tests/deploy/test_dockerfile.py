@@ -182,3 +182,43 @@ def test_everything_the_dockerfile_copies_is_in_the_context() -> None:
                 assert (REPO_ROOT / source).exists(), f"COPY {source}: missing"
                 probe = source if (REPO_ROOT / source).is_file() else f"{source}/cli.py"
                 assert not _ignored(probe, patterns), f"COPY {source}: excluded by .dockerignore"
+
+
+LOCK = REPO_ROOT / "requirements.lock"
+
+
+def _lock_pins() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^ \\]+)", line)
+        if match:
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins
+
+
+def test_the_image_installs_the_locked_dependencies() -> None:
+    builder_runs = " ".join(rest for s in STAGES[:-1] for i, rest in s.instructions if i == "RUN")
+    copies = " ".join(rest for s in STAGES[:-1] for i, rest in s.instructions if i == "COPY")
+    assert "requirements.lock" in copies.split(), "the lock file is copied into the builder"
+    assert "--require-hashes -r requirements.lock" in builder_runs, "wheels come from the lock"
+    assert "--no-deps ." in builder_runs, "gridfleet's own wheel adds no unlocked dependency"
+    assert "-r requirements.lock" in builder_runs.split("pip wheel")[-1], "installed from the lock"
+    assert "--no-deps gridfleet" in builder_runs
+
+
+def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    text = LOCK.read_text()
+    assert "make lock" in text, "the lock says how it was made"
+    pins = _lock_pins()
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    for spec in pyproject["project"]["dependencies"]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in requirements.lock: run `make lock`"
+        assert Version(pins[name]) in req.specifier, f"{name}=={pins[name]} does not fit {spec}"
+    entries = [b for b in re.split(r"\n(?=[A-Za-z0-9])", text) if "==" in b.split("\n")[0]]
+    assert entries and all("--hash=sha256:" in b for b in entries), "every pin has its hashes"
+    assert "celery" in pins and Version(pins["celery"]) >= Version("5.5")

@@ -610,15 +610,13 @@ def _python_constant(path: str, pattern: str) -> str | None:
 
 
 def test_soft_shutdown_timeout_matches_the_worker_settings(rendered: Rendered) -> None:
+    from gridfleet.settings import Settings  # the settings only, not the app
+
     (container,) = containers(get(rendered["prod"], "Deployment", "worker"))
     declared = float(env_map(container)["GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"]["value"])
     # The worker reads the manifest's variable; its default must not exceed what the pod allows.
-    default = _python_constant(
-        "gridfleet/workers/app.py", r'GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT",\s*"([0-9.]+)"'
-    )
-    assert default is not None, (
-        "gridfleet/workers/app.py no longer reads GRIDFLEET_WORKER_SOFT_SHUTDOWN_TIMEOUT"
-    )
+    default = Settings.model_fields["worker_soft_shutdown_timeout"].default
+    assert default is not None, "gridfleet.settings no longer has worker_soft_shutdown_timeout"
     assert float(default) <= declared
     grace = get(rendered["prod"], "Deployment", "worker")["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"
@@ -629,6 +627,6 @@ def test_soft_shutdown_timeout_matches_the_worker_settings(rendered: Rendered) -
 def test_keda_reads_the_shard_queue(rendered: Rendered) -> None:
     scaled = get(rendered["prod+keda-queue-scaling"], "ScaledObject", "worker")
     (redis_trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "redis"]
-    queue = _python_constant("gridfleet/platform/dispatch.py", r'(?m)^QUEUE\s*=\s*"([^"]+)"')
+    queue = _python_constant("gridfleet/platform/celery_app.py", r'(?m)^QUEUE\s*=\s*"([^"]+)"')
     expected = queue or "gridfleet.shards"
     assert redis_trigger["metadata"]["listName"] == expected

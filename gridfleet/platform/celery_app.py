@@ -1,10 +1,19 @@
-"""Celery settings for gridfleet's shard workers, and why each is what it is."""
+"""The one Celery app definition of gridfleet: the workers run it, the ingress sends with it.
+
+Both sides build their app with :func:`make_app` from the same settings table, so a producer and
+a worker can never disagree on the serializer, the queue or the broker's transport options. The
+platform sends tasks by name (:data:`TASK_NAME`); ``gridfleet.workers`` registers the task under
+that name on its app, so the platform never imports worker code.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gridfleet.platform.dispatch import QUEUE
+from celery import Celery
+
+TASK_NAME = "gridfleet.evaluate_shard"
+QUEUE = "gridfleet.shards"
 
 
 def celery_settings(
@@ -14,6 +23,7 @@ def celery_settings(
     soft_time_limit: float = 5.0,
     soft_shutdown_timeout: float = 10.0,
 ) -> dict[str, Any]:
+    """Celery's configuration for gridfleet, and why each value is what it is."""
     return {
         "broker_url": broker_url,
         # msgpack only: a worker must never unpickle what arrives on the broker.
@@ -46,3 +56,21 @@ def celery_settings(
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
+
+
+def make_app(
+    broker_url: str,
+    *,
+    task_events: bool = False,
+    soft_shutdown_timeout: float = 10.0,
+    include: list[str] | None = None,
+    set_as_current: bool = True,
+) -> Celery:
+    """gridfleet's Celery app on ``broker_url``; ``include`` names the modules defining tasks."""
+    app = Celery("gridfleet", include=include or [], set_as_current=set_as_current)
+    app.conf.update(
+        celery_settings(
+            broker_url, task_events=task_events, soft_shutdown_timeout=soft_shutdown_timeout
+        )
+    )
+    return app
