@@ -9,8 +9,7 @@ from pathlib import Path
 import click
 import redis
 
-from gridfleet.simulator.grid import GridError, assign_aggregators
-from gridfleet.simulator.runner import SimConfig, Simulator
+from gridfleet.simulator import GridError, SimConfig, Simulator, assign_aggregators
 from gridfleet.simulator.standalone import (
     build_grid,
     final_report,
