@@ -117,50 +117,74 @@ def _envelope_head(tid: Any, aggregator: Any) -> tuple[bytes, str]:
         return b"", ""
 
 
-def _fast_candidates(
-    a: int, k: int, cmds: list[Any], cand: list[_Candidate], slot_now: str, closing: bool
-) -> bool:
-    """The shape checks of :meth:`BatchHandler.order` for one asset's commands (kind ``k``),
-    appending each order to ``cand``; False when one does not fit the fast path (the caller
-    drops what this appended)."""
+def _device_plan(
+    mine: list[tuple[str, tuple[int, int]]],
+    commands: dict[str, Any],
+    kinds: list[int],
+    cand: list[_Candidate],
+    slot_now: str,
+    closing: bool,
+) -> list[_Device]:
+    """One batch's devices (``mine``: the sender's, in order): the shape checks of
+    :meth:`BatchHandler.order` per command (the hot loop), each fast device's orders appended
+    to ``cand``; a device whose commands do not all fit takes the general path (start -1)."""
     issuperset = ORDER_KEYS.issuperset
-    sides = 0
-    for c in cmds:
-        if type(c) is not dict or not issuperset(c):
-            return False
-        t = c.get("type")
-        if t == "bid":
-            if k == PV or sides & 1:
-                return False
-            sides |= 1
-            is_bid = True
-        elif t == "offer":
-            if k == LOAD or sides & 2:
-                return False
-            sides |= 2
-            is_bid = False
-        else:
-            return False
-        e: Any = c.get("energy")
-        p: Any = c.get("price")
-        te, tp = type(e), type(p)
-        if not ((te is float and e - e == 0.0) or (te is int and -_INT_MAX < e < _INT_MAX)) or not (
-            (tp is float and p - p == 0.0) or (tp is int and -_INT_MAX < p < _INT_MAX)
-        ):
-            return False
-        slot = c.get("time_slot")
-        cand.append(
-            (
-                a,
-                is_bid,
-                e,
-                p,
-                c.get("replace_existing", True) is not False,
-                slot is not None
-                and (not isinstance(slot, str) or slot[:16] != slot_now or closing),
-            )
-        )
-    return True
+    plan: list[_Device] = []
+    for uuid, (kind, a) in mine:
+        cmds = commands[uuid]
+        if type(cmds) is not list:
+            cmds = cmds if isinstance(cmds, list) else [cmds]
+        start = len(cand)
+        ok = kind == ASSET and 0 < len(cmds) <= 2
+        if ok:
+            k = kinds[a]
+            sides = 0
+            for c in cmds:
+                if type(c) is not dict or not issuperset(c):
+                    ok = False
+                    break
+                t = c.get("type")
+                if t == "bid":
+                    if k == PV or sides & 1:
+                        ok = False
+                        break
+                    sides |= 1
+                    is_bid = True
+                elif t == "offer":
+                    if k == LOAD or sides & 2:
+                        ok = False
+                        break
+                    sides |= 2
+                    is_bid = False
+                else:
+                    ok = False
+                    break
+                e: Any = c.get("energy")
+                p: Any = c.get("price")
+                te, tp = type(e), type(p)
+                if not (
+                    (te is float and e - e == 0.0) or (te is int and -_INT_MAX < e < _INT_MAX)
+                ) or not (
+                    (tp is float and p - p == 0.0) or (tp is int and -_INT_MAX < p < _INT_MAX)
+                ):
+                    ok = False
+                    break
+                slot = c.get("time_slot")
+                cand.append(
+                    (
+                        a,
+                        is_bid,
+                        e,
+                        p,
+                        c.get("replace_existing", True) is not False,
+                        slot is not None
+                        and (not isinstance(slot, str) or slot[:16] != slot_now or closing),
+                    )
+                )
+            if not ok:
+                del cand[start:]
+        plan.append((uuid, kind, a, cmds, start if ok else -1))
+    return plan
 
 
 def _is_number(v: Any) -> bool:
@@ -258,21 +282,10 @@ class BatchHandler:
                 break
             seen |= assets
             head, tid_js = _envelope_head(batch.get("transaction_id"), aggregator)
-            plan: list[_Device] = []
             if not self.fast or not head:
-                heads.append((b"", "", batch, plan))
+                heads.append((b"", "", batch, []))
                 continue
-            for uuid, (kind, a) in mine:
-                cmds = commands[uuid]
-                if type(cmds) is not list:
-                    cmds = cmds if isinstance(cmds, list) else [cmds]
-                start = len(cand)
-                ok = kind == ASSET and 0 < len(cmds) <= 2
-                if ok:
-                    ok = _fast_candidates(a, kinds[a], cmds, cand, slot_now, closing)
-                    if not ok:
-                        del cand[start:]
-                plan.append((uuid, kind, a, cmds, start if ok else -1))
+            plan = _device_plan(mine, commands, kinds, cand, slot_now, closing)
             heads.append((head, tid_js, batch, plan))
         return heads, cand, cut
 
