@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.runtime.redis_server import RedisServer
 from gridfleet.simulator import SimConfig, Simulator, assign_aggregators, generate_grid
 from gridfleet.simulator.grid import Kind
-from gridfleet.simulator.runner import gc_paused
 
 # A subscriber in its own process: reads and discards everything published to the event channels,
 # so Redis really delivers the bytes (publishing to nobody would flatter the figures).

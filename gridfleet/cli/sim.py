@@ -1,68 +1,25 @@
-"""``gridfleet sim``: run the embedded exchange from the command line."""
+"""``gridfleet sim``: the click command; the work is :mod:`gridfleet.simulator.standalone`."""
 
 from __future__ import annotations
 
 import json
-import re
 import sys
-import time
-from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import click
 import redis
 
 from gridfleet.cli import from_settings
-from gridfleet.simulator.grid import (
-    Grid,
-    GridError,
-    assign_aggregators,
-    generate_grid,
-    load_grid_file,
+from gridfleet.simulator import GridError, SimConfig, Simulator, assign_aggregators
+from gridfleet.simulator.standalone import (
+    build_grid,
+    final_report,
+    parse_duration,
+    parse_start,
+    summary_line,
 )
-from gridfleet.simulator.runner import SimConfig, Simulator
 
 EXIT_UNREACHABLE = 3
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hour)?\s*$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``15min``, ``900s``, ``1h``, ``15`` (minutes) -> timedelta."""
-    m = _DURATION.match(text)
-    if not m:
-        raise click.BadParameter(f"{text!r}: use a number with s, min or h, e.g. 15min")
-    value = float(m.group(1))
-    unit = (m.group(2) or "min")[0]
-    seconds = value * {"s": 1, "m": 60, "h": 3600}[unit]
-    if seconds < 60:
-        raise click.BadParameter(f"{text!r}: a slot must last at least 1 min")
-    return timedelta(seconds=seconds)
-
-
-def parse_start(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"{text!r}: use YYYY-MM-DD or YYYY-MM-DDTHH:MM") from exc
-
-
-def build_grid(
-    grid_file: str | None, assets: int | None, markets: int | None, houses_size: int, seed: int
-) -> Grid:
-    if grid_file and assets:
-        raise click.UsageError("give either --grid FILE or --assets N, not both")
-    if not grid_file and not assets:
-        raise click.UsageError("give --grid FILE (YAML/JSON grid) or --assets N to generate one")
-    try:
-        if grid_file:
-            if markets is not None:
-                raise click.UsageError("--markets only applies to a generated grid (--assets N)")
-            return load_grid_file(grid_file, seed=seed)
-        assert assets is not None
-        return generate_grid(assets, communities=markets, houses_size=houses_size, seed=seed)
-    except GridError as exc:
-        raise click.UsageError(str(exc)) from exc
 
 
 @click.command("sim")
@@ -161,12 +118,25 @@ def sim(
     fleet_out: str | None,
 ) -> None:
     """Run the embedded gsy-e-compatible exchange until the last slot finishes."""
-    grid = build_grid(grid_file, assets, markets, houses_size, seed)
+    if grid_file and assets:
+        raise click.UsageError("give either --grid FILE or --assets N, not both")
+    if not grid_file and not assets:
+        raise click.UsageError("give --grid FILE (YAML/JSON grid) or --assets N to generate one")
+    if grid_file and markets is not None:
+        raise click.UsageError("--markets only applies to a generated grid (--assets N)")
+    try:
+        grid = build_grid(grid_file, assets, markets, houses_size, seed)
+    except GridError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        length, start = parse_duration(slot_length), parse_start(start_date)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     config = SimConfig(
         slots=slots,
-        slot_length=parse_duration(slot_length),
+        slot_length=length,
         tick_interval=tick_interval,
-        start=parse_start(start_date),
+        start=start,
         paused=paused,
         tree=tree,  # type: ignore[arg-type]
     )
@@ -209,22 +179,7 @@ def sim(
         click.echo("interrupted; writing what was measured", err=True)
     finally:
         simulator.stop()
-    _finish(simulator, report_path)
+    report = final_report(simulator, " ".join(["gridfleet", *sys.argv[1:]]), report_path)
+    click.echo(summary_line(report, report_path), err=True)
     if simulator.error is not None:
         sys.exit(1)
-
-
-def _finish(simulator: Simulator, report_path: str | None) -> None:
-    report: dict[str, Any] = simulator.report()
-    report["meta"]["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    report["meta"]["command"] = " ".join(["gridfleet", *sys.argv[1:]])
-    if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=1))
-    s = report["summary"]
-    c = report["meta"]["counts"]
-    click.echo(
-        f"done: {c['rounds']} rounds, {c['events_sent']} events, {c['batches_received']} batches, "
-        f"{c['trades']} trades, {c['energy_traded_kwh']:.3f} kWh; on time {s['on_time']}, late {s['late']}, "
-        f"missing {s['missing']}" + (f"; report -> {report_path}" if report_path else ""),
-        err=True,
-    )

@@ -8,11 +8,18 @@ Modules, in the order data flows through them:
 - ``matching``: vectorised two-sided pay-as-bid matching over the market tree
 - ``stats``: per-market DSO statistics
 - ``batch``: one BATCHED message -> state changes + gsy-e's per-command responses
-- ``protocol_server``: Redis inbox, aggregator registry (CREATE/SELECT/...)
+- ``registry``: aggregators, registrations, who selected which device (CREATE/SELECT/...)
+- ``selection``: the device map and what the engine derives from the selections
 - ``events``: per-aggregator event JSON from shared pieces (``full`` / ``pruned`` trees)
 - ``deadline``: exchange-side on-time / late / missing accounting
-- ``runner``: the engine loop and :class:`Simulator`
-- ``cli``: the ``sim`` click command
+- ``door``: the seam between the engine and its doors (inbound messages, outboxes)
+- ``redis_door``: gsy-e's protocol over Redis (the reader thread, pipelined publishing)
+- ``intake``: applying what came in between rounds (commands, registrations, batches)
+- ``simconfig``: :class:`SimConfig`, the tick arithmetic
+- ``engine``: the market clock, tick rounds, trade events, the finish
+- ``reporting``: the run's counts and the deadline report
+- ``runner``: :class:`Simulator`, the engine behind the Redis door
+- ``standalone``: what ``gridfleet sim`` does around it (grid building, the final report)
 """
 
 from gridfleet.simulator.grid import (

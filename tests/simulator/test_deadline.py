@@ -161,8 +161,8 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
 
     from gridfleet.exchange import channels
     from gridfleet.simulator import SimConfig, Simulator
+    from gridfleet.simulator.door import BATCH, Inbound
     from gridfleet.simulator.grid import grid_from_dict
-    from gridfleet.simulator.protocol_server import BATCH, Inbound
     from tests.simulator.conftest import raw_grid_dict
 
     grid = grid_from_dict(raw_grid_dict(), seed=2)
@@ -171,7 +171,7 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
     agg = sim.preselect({"agg": {"asset_uuids": [load]}})["agg"]
     sim.batch_chunk = 2
     dispatched: list[float] = []
-    real_dispatch, real_respond = sim._dispatch, sim.handler.respond_many
+    real_dispatch, real_respond = sim.engine.dispatch, sim.handler.respond_many
 
     def dispatch() -> None:
         dispatched.append(time.monotonic())
@@ -181,7 +181,7 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
         time.sleep(0.02 * len(items))
         return real_respond(items)
 
-    sim._dispatch = dispatch  # type: ignore[method-assign]
+    sim.engine.dispatch = dispatch  # type: ignore[method-assign]
     sim.handler.respond_many = slow_respond  # type: ignore[method-assign]
     sim.start()
     try:
@@ -189,7 +189,6 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
         while not sim.deadline.rounds and time.monotonic() < end:
             time.sleep(0.005)  # the first round of slot 1 (the first one that counts)
         first = sim.deadline.rounds[0]
-        assert sim._inbox is not None
         at = [time.time() + i * 1e-6 for i in range(40)]
         t_backlog = time.monotonic()
         for i, t in enumerate(at):
@@ -199,7 +198,7 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
                 "aggregator_uuid": agg,
                 "batch_commands": {load: [{"type": "device_info"}]},
             }
-            sim._inbox.queue.put(Inbound(BATCH, channels.batch_commands(), orjson.dumps(msg), t))
+            sim.inbound.put(Inbound(BATCH, channels.batch_commands(), orjson.dumps(msg), t))
         assert sim.wait(5)
         assert sim.error is None
     finally:

@@ -1,105 +1,16 @@
-"""The Redis side of the exchange: who is subscribed to what, aggregators and their devices.
+"""Aggregators, registered participants and who selected which device.
 
-- :class:`Inbox` runs one reader thread on a pub/sub connection and queues every inbound
-  message with its arrival time. It never parses: the engine thread does, so all state has a
-  single owner and needs no locks.
-- :class:`AggregatorRegistry` answers CREATE/SELECT/UNSELECT/DELETE and registrations exactly
-  as the captures show (``../shared/protocol/examples/0[1-4]_*``).
+Answers CREATE/SELECT/UNSELECT/DELETE and registrations exactly as the captures show
+(``../shared/protocol/examples/0[1-4]_*``); the door the messages came through is not its concern.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-
-from gridfleet.exchange import channels
-
 log = logging.getLogger(__name__)
-
-REGISTER_PATTERN = "*/register_participant"
-
-# kinds of inbound messages
-AGG_COMMAND, BATCH, REGISTER, CONTROL = "agg", "batch", "register", "control"
-
-
-@dataclass(slots=True)
-class Inbound:
-    kind: str
-    channel: str
-    data: bytes
-    at: float  # time.time() at arrival
-
-
-class Inbox:
-    """Subscribes to every channel the exchange listens on; queues messages for the engine."""
-
-    def __init__(self, client: redis.Redis, config_id: str = "") -> None:
-        self.client = client
-        self.config_id = config_id
-        self.queue: queue.Queue[Inbound] = queue.Queue()
-        self._pubsub = client.pubsub(ignore_subscribe_messages=False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._kinds = {
-            channels.AGGREGATOR_COMMANDS: AGG_COMMAND,
-            channels.batch_commands(config_id): BATCH,
-            **{channels.sim_control(c, config_id): CONTROL for c in channels.SIM_CONTROL_COMMANDS},
-        }
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Subscribe, wait until Redis confirmed every subscription, then start reading."""
-        self._pubsub.subscribe(*self._kinds)
-        self._pubsub.psubscribe(REGISTER_PATTERN)
-        expected = len(self._kinds) + 1
-        deadline = time.monotonic() + timeout
-        while expected and time.monotonic() < deadline:
-            msg = self._pubsub.get_message(timeout=0.1)
-            if msg and msg["type"] in ("subscribe", "psubscribe"):
-                expected -= 1
-        if expected:
-            raise TimeoutError("Redis did not confirm the exchange's subscriptions")
-        self._thread = threading.Thread(target=self._run, name="sim-inbox", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        ps = self._pubsub
-        while not self._stop.is_set():
-            try:
-                msg = ps.get_message(timeout=0.05)
-            except (redis.ConnectionError, ValueError, OSError):
-                if self._stop.is_set():
-                    return
-                log.exception("exchange inbox lost its Redis connection; retrying")
-                time.sleep(0.5)
-                continue
-            if msg is None:
-                continue
-            at = time.time()
-            mtype = msg["type"]
-            channel = (
-                msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
-            )
-            data = msg["data"] if isinstance(msg["data"], bytes) else str(msg["data"]).encode()
-            if mtype == "pmessage":
-                if "/response/" in channel:
-                    continue  # our own answers also match */register_participant
-                self.queue.put(Inbound(REGISTER, channel, data, at))
-            elif mtype == "message":
-                self.queue.put(Inbound(self._kinds.get(channel, CONTROL), channel, data, at))
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-        with contextlib.suppress(Exception):  # closing a dead connection is fine
-            self._pubsub.close()
 
 
 @dataclass
@@ -117,15 +28,14 @@ class AggregatorRegistry:
     registered: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)  # aggregators whose selection changed
 
-    def register(self, channel: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """``<name>/register_participant`` -> (response channel, response); None if unknown."""
-        name = channel[: -len("/register_participant")]
+    def register(self, name: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer to the registration of asset or market ``name``; None if unknown."""
         uuid = self.names.get(name)
         if uuid is None:
             log.info("register_participant for unknown asset or market %r ignored", name)
             return None
         self.registered.add(uuid)
-        return channels.register_participant_response(name), {
+        return {
             "command": "register",
             "status": "ready",
             "registered": True,
