@@ -142,6 +142,11 @@ class FleetConfig(_Model):
     flower_events: bool = False
     accepts_requirements: bool = False  # the exchange takes degrees of freedom on bids
     state_ttl_s: int = Field(default=86_400, ge=60)
+    # What to do when assets or markets of the fleet cannot be selected at start-up (not
+    # registered at the exchange, or held by another aggregator): go on without them (named in
+    # the log with the exchange's reason), or stop before trading.
+    on_unselected: Literal["continue", "stop"] = "continue"
+    bring_up_timeout_s: float = Field(default=60.0, gt=0)  # each bulk step waits this long
 
     @field_validator("aggregators")
     @classmethod

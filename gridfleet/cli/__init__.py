@@ -8,11 +8,12 @@ reached. A user's mistake ends in one clear message, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +34,25 @@ class Unreachable(click.ClickException):
 
 class BadInput(click.ClickException):
     exit_code = EXIT_USAGE
+
+
+class RunFailed(click.ClickException):
+    exit_code = EXIT_FAILED
+
+
+@contextlib.contextmanager
+def bring_up_errors() -> Iterator[None]:
+    """Bringing a fleet up: an exchange that does not answer exits 3, a fleet that cannot be
+    selected under ``on_unselected: stop`` exits 1, each with one line saying what and why."""
+    from gridfleet.exchange.link import ExchangeError
+    from gridfleet.platform.fleet import SelectionFailed
+
+    try:
+        yield
+    except ExchangeError as exc:
+        raise Unreachable(str(exc)) from None
+    except SelectionFailed as exc:
+        raise RunFailed(f"stopping (on_unselected: stop): {exc}") from None
 
 
 def redact(url: str) -> str:
@@ -271,7 +291,8 @@ def ingress(
         raise BadInput(str(exc)) from None
     _stop_on_signals(node.stop_event)
     try:
-        node.connect()
+        with bring_up_errors():
+            node.connect()
         node.run()
     finally:
         node.close()
@@ -498,7 +519,8 @@ def run(
         loop = LocalLoop(config, ex)
         _stop_on_signals(loop.stop_event)
         try:
-            loop.connect()
+            with bring_up_errors():
+                loop.connect()
             loop.run()
         finally:
             loop.close()

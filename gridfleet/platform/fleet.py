@@ -244,15 +244,24 @@ class SelectionFailed(RuntimeError):
 
 
 def connect_fleet(
-    link: ExchangeLink, plan: FleetPlan, timeout: float = 60.0, *, stop_on_failure: bool = False
+    link: ExchangeLink,
+    plan: FleetPlan,
+    timeout: float | None = None,
+    *,
+    stop_on_failure: bool | None = None,
 ) -> Fleet:
     """Bring the plan's aggregators up on the exchange (whatever the transport) and build the
     strategy tables from the uuids it answered with.
 
     Aggregators keep their identity across runs (the fleet's namespace is its id), so a restart
     reuses them and their selections. What could not be selected is logged by name with the
-    exchange's reason; the fleet goes on without it unless ``stop_on_failure``.
+    exchange's reason; the fleet goes on without it unless ``stop_on_failure`` (default: the
+    fleet file's ``on_unselected: stop``).
     """
+    if stop_on_failure is None:
+        stop_on_failure = plan.config.on_unselected == "stop"
+    if timeout is None:
+        timeout = plan.config.bring_up_timeout_s
     up = link.bring_up(
         [AggregatorRequest(a.spec.name, a.assets, a.markets) for a in plan.aggregators],
         timeout=timeout,

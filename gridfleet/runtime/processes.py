@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,40 @@ def gridfleet_command() -> list[str]:
     return [sys.executable, "-m", "gridfleet.cli"]
 
 
+TAIL_LINES = 50
+"""Lines of a child's output kept in memory when it has no log file: enough to say why it died."""
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def last_error(self) -> str | None:
+        """The child's last error line (its last line when none says error), for the terminal."""
+        lines = list(self.tail)
+        if not lines and self.log_path is not None and self.log_path.exists():
+            with self.log_path.open("rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+                lines = f.read().decode("utf-8", "replace").splitlines()[-TAIL_LINES:]
+        lines = [line.strip() for line in lines if line.strip()]
+        for line in reversed(lines):
+            if "error" in line.lower() or "Traceback" in line:
+                return line[:500]
+        return lines[-1][:500] if lines else None
+
+
+def _keep_tail(child: Child, stream: IO[bytes]) -> None:
+    for raw in iter(stream.readline, b""):
+        child.tail.append(raw.decode("utf-8", "replace").rstrip())
+    stream.close()
 
 
 @dataclass
@@ -53,7 +78,7 @@ class ProcessGroup:
     ) -> Child:
         child = Child(name, list(argv))
         env = {**self.env, **(extra_env or {})}
-        out: int | IO[bytes] = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.PIPE  # drained into child.tail below
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             child.log_path = self.log_dir / f"{name}.log"
@@ -66,6 +91,10 @@ class ProcessGroup:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        if child.process.stdout is not None:
+            threading.Thread(
+                target=_keep_tail, args=(child, child.process.stdout), daemon=True
+            ).start()
         self.children.append(child)
         log.info("started %s (pid %d)", name, child.process.pid)
         return child
@@ -157,7 +186,11 @@ class FleetProcesses:
         self.group.start("ingress", [*base, "ingress", "--metrics-port", str(port)])
 
     def run(self) -> int:
-        """Start everything, wait until ingress ends (the exchange finished) or a stop; 0 if clean."""
+        """Start everything, wait until ingress ends (the exchange finished) or a stop.
+
+        Returns 0 when the run ended as it should (the exchange's finish, or a stop), 1 when a
+        process failed; the failing process and its last error line are logged.
+        """
         self.start()
         ingress = self.group.children[-1]
         code = 0
@@ -166,17 +199,42 @@ class FleetProcesses:
                 if not ingress.alive:
                     code = ingress.process.returncode if ingress.process else 1
                     if code:
-                        log.error("ingress exited with %s; stopping the fleet", code)
+                        self._report_failure(ingress, code)
                     break
                 dead = [c for c in self.group.dead() if c is not ingress]
-                if dead:
-                    log.error(
-                        "%s exited with %s; stopping the fleet",
-                        dead[0].name,
-                        dead[0].process.returncode if dead[0].process else "?",
-                    )
-                    code = 1
+                if not dead:
+                    continue
+                child = dead[0]
+                child_code = child.process.returncode if child.process else 1
+                if child.name == "coordinator" and child_code == 0:
+                    # At the exchange's finish the coordinator may leave before the ingress:
+                    # the run's outcome is the ingress's.
+                    code = self._wait_for(ingress, timeout=15.0)
                     break
+                self._report_failure(child, child_code)
+                code = 1
+                break
         finally:
             self.group.stop()
         return code
+
+    def _wait_for(self, child: Child, timeout: float) -> int:
+        assert child.process is not None
+        try:
+            code = child.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the coordinator ended but %s did not within %.0f s", child.name, timeout)
+            return 1
+        if code:
+            self._report_failure(child, code)
+        return code
+
+    @staticmethod
+    def _report_failure(child: Child, code: int) -> None:
+        why = child.last_error()
+        log.error(
+            "%s exited with %s%s; stopping the fleet",
+            child.name,
+            code,
+            f": {why}" if why else "",
+        )
