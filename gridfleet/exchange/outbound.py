@@ -330,7 +330,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
                 f"no negative deviation to sell for {slot} (deviation {deviation} kWh)",
             )
         cap = abs(deviation)
-        if energy > cap + (OFFER_TOLERANCE_KWH if ctype == "offer" else 0.0):
+        if not energy <= cap + (OFFER_TOLERANCE_KWH if ctype == "offer" else 0.0):  # NaN refuses
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the unsettled {cap} kWh for {slot}"
             )
@@ -342,7 +342,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         cap = (
             target.energy_to_buy_kwh if kind is AssetKind.STORAGE else target.energy_requirement_kwh
         )
-        if energy > cap:
+        if not energy <= cap:  # written so that a NaN requirement refuses too
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the requirement {cap} kWh"
             )
@@ -352,7 +352,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         cap = (
             target.energy_to_sell_kwh if kind is AssetKind.STORAGE else target.available_energy_kwh
         )
-        if energy > cap + OFFER_TOLERANCE_KWH:
+        if not energy <= cap + OFFER_TOLERANCE_KWH:  # NaN availability refuses too
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the available {cap} kWh"
             )
@@ -522,8 +522,9 @@ def validate_orders(
         (too_dear, f"rate above the bound of {MAX_RATE_CT_PER_KWH:g} ct/kWh"),
         (is_bid & (kind == AssetKind.PV), "a PV cannot bid on the spot market"),
         (~is_bid & (kind == AssetKind.LOAD), "a load cannot offer on the spot market"),
-        (is_bid & (energy > bid_cap), "bid energy above the requirement"),
-        (~is_bid & (energy > offer_cap), "offer energy above the available energy"),
+        # ~(<=), not >: a NaN requirement or availability refuses the order.
+        (is_bid & ~(energy <= bid_cap), "bid energy above the requirement"),
+        (~is_bid & ~(energy <= offer_cap), "offer energy above the available energy"),
     ]
     bad = np.zeros(len(energy), dtype=bool)
     refusals: list[tuple[int, str, str]] = []

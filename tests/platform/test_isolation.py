@@ -147,7 +147,9 @@ def test_trees_that_disagree_about_a_shared_fee_each_price_with_their_own() -> N
     _, rnd = one_process([("agg-a", bad), ("agg-b", B)])
     fees = {
         (agg, name): f
-        for agg, name, f in zip(rnd.assets.aggregator, rnd.assets.name, rnd.assets.grid_fee)
+        for agg, name, f in zip(
+            rnd.assets.aggregator, rnd.assets.name, rnd.assets.grid_fee, strict=True
+        )
     }
     # Grid and Community charge 4 ct/kWh each in the captured tree (the house none), and the
     # Market Maker hangs off Grid: the load pays Community + Grid on its way there.
