@@ -30,6 +30,11 @@ from msgspec import Struct
 
 from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH, OFFER_TOLERANCE_KWH
 from gridfleet.strategies import commands as intent
+from gridfleet.strategies.bounds import (
+    MAX_ORDER_ENERGY_KWH,
+    MAX_ORDER_PRICE_CT,
+    MAX_RATE_CT_PER_KWH,
+)
 from gridfleet.strategies.context import AssetKind, FloatArray
 
 ORDER_KEYS = frozenset(
@@ -241,6 +246,51 @@ def _shape(raw: Mapping[str, Any], target: Target, profile: ExchangeProfile) -> 
         raise OutboundRejected(target.label, ctype, str(exc)) from exc
 
 
+def _check_bounds(label: str, ctype: str, energy: float, price: float) -> None:
+    """gridfleet's own upper bounds (:mod:`gridfleet.strategies.bounds`) on a finite order."""
+    if energy > MAX_ORDER_ENERGY_KWH:
+        raise OutboundRejected(
+            label, ctype, f"energy {energy} kWh above the bound of {MAX_ORDER_ENERGY_KWH:g} kWh"
+        )
+    if price > MAX_ORDER_PRICE_CT:
+        raise OutboundRejected(
+            label, ctype, f"price {price} ct above the bound of {MAX_ORDER_PRICE_CT:g} ct"
+        )
+    if price > MAX_RATE_CT_PER_KWH * energy:
+        raise OutboundRejected(
+            label,
+            ctype,
+            f"rate {price / energy} ct/kWh above the bound of {MAX_RATE_CT_PER_KWH:g} ct/kWh",
+        )
+
+
+def _check_requirements(label: str, energy: float, requirements: list[dict[str, Any]]) -> None:
+    """Degrees of freedom carry numbers of their own: the same rules as the bid's."""
+    for i, requirement in enumerate(requirements):
+        where = f"requirements[{i}]"
+        for key in ("energy", "price"):
+            if key in requirement and not _is_number(requirement[key]):
+                raise OutboundRejected(
+                    label, "bid", f"{where}.{key} must be a number, got {requirement[key]!r}"
+                )
+        req_energy = requirement.get("energy")
+        if req_energy is not None and not (
+            math.isfinite(req_energy) and MIN_ORDER_ENERGY_KWH < req_energy <= energy
+        ):
+            raise OutboundRejected(
+                label,
+                "bid",
+                f"{where}.energy {req_energy} kWh outside ({MIN_ORDER_ENERGY_KWH}, {energy}]",
+            )
+        req_price = requirement.get("price")
+        if req_price is not None and not (
+            math.isfinite(req_price) and 0 <= req_price <= MAX_ORDER_PRICE_CT
+        ):
+            raise OutboundRejected(
+                label, "bid", f"{where}.price {req_price} outside [0, {MAX_ORDER_PRICE_CT:g}] ct"
+            )
+
+
 def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> None:
     label = target.label
     energy, price = float(cmd.energy), float(cmd.price)
@@ -252,6 +302,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         raise OutboundRejected(
             label, ctype, f"energy {energy} kWh is at or below {MIN_ORDER_ENERGY_KWH} kWh"
         )
+    _check_bounds(label, ctype, energy, price)
     slot = cmd.time_slot
     if slot is not None and not markets.is_open(slot):
         raise OutboundRejected(
@@ -274,7 +325,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
                 f"no negative deviation to sell for {slot} (deviation {deviation} kWh)",
             )
         cap = abs(deviation)
-        if energy > cap + (OFFER_TOLERANCE_KWH if ctype == "offer" else 0.0):
+        if not energy <= cap + (OFFER_TOLERANCE_KWH if ctype == "offer" else 0.0):  # NaN refuses
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the unsettled {cap} kWh for {slot}"
             )
@@ -286,7 +337,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         cap = (
             target.energy_to_buy_kwh if kind is AssetKind.STORAGE else target.energy_requirement_kwh
         )
-        if energy > cap:
+        if not energy <= cap:  # written so that a NaN requirement refuses too
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the requirement {cap} kWh"
             )
@@ -296,7 +347,7 @@ def _check_order(cmd: Any, ctype: str, target: Target, markets: OpenMarkets) -> 
         cap = (
             target.energy_to_sell_kwh if kind is AssetKind.STORAGE else target.available_energy_kwh
         )
-        if energy > cap + OFFER_TOLERANCE_KWH:
+        if not energy <= cap + OFFER_TOLERANCE_KWH:  # NaN availability refuses too
             raise OutboundRejected(
                 label, ctype, f"energy {energy} kWh above the available {cap} kWh"
             )
@@ -317,6 +368,9 @@ def validate_command(
         raise OutboundRejected(target.label, ctype, "only markets take this command")
     if ctype in ("bid", "offer"):
         _check_order(cmd, ctype, target, markets)
+        requirements = getattr(cmd, "requirements", None)
+        if requirements:
+            _check_requirements(target.label, float(cmd.energy), requirements)
     elif ctype == "grid_fees":
         data = cmd.data
         if (data.fee_const is None) == (data.fee_percent is None):
@@ -330,6 +384,12 @@ def validate_command(
             )
         if data.fee_percent is not None and data.fee_percent > 100:
             raise OutboundRejected(target.label, ctype, f"fee_percent {data.fee_percent} above 100")
+        if data.fee_const is not None and data.fee_const > MAX_RATE_CT_PER_KWH:
+            raise OutboundRejected(
+                target.label,
+                ctype,
+                f"fee_const {data.fee_const} ct/kWh above the bound of {MAX_RATE_CT_PER_KWH:g}",
+            )
     elif ctype in ("set_energy_forecast", "set_energy_measurement"):
         values = cmd.energy_forecast if ctype == "set_energy_forecast" else cmd.energy_measurement
         for slot, kwh in values.items():
@@ -337,8 +397,17 @@ def validate_command(
                 raise OutboundRejected(
                     target.label, ctype, f"energy for {slot} must be >= 0, got {kwh}"
                 )
+            if kwh > MAX_ORDER_ENERGY_KWH:
+                raise OutboundRejected(
+                    target.label,
+                    ctype,
+                    f"energy for {slot} {kwh} kWh above the bound of {MAX_ORDER_ENERGY_KWH:g} kWh",
+                )
     # What was checked is what is sent: the caller's dict, not a re-encoding of it.
-    return dict(raw)
+    out = dict(raw)
+    if ctype in ("bid", "offer") and out["price"] == 0:
+        out["price"] = 0.0  # "-0.0" on the wire is legal but odd: send a plain zero
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,10 +473,15 @@ Side = Literal["bid", "offer"]
 
 @dataclass(slots=True)
 class OrderCheck:
-    """Result of :func:`validate_orders`: a mask of orders to send and a reason for each refusal."""
+    """Result of :func:`validate_orders`: a mask of orders to send and a reason for each refusal.
+
+    ``price`` is each order's wire price (total cents), computed once here: the numbers checked
+    are the numbers to serialize (``price[ok]``), not recomputed afterwards.
+    """
 
     ok: np.ndarray  # bool per order
     refusals: list[tuple[int, str, str]]  # (order index, "bid"/"offer", reason)
+    price: FloatArray = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
 
 
 def validate_orders(
@@ -423,9 +497,14 @@ def validate_orders(
     """The rules of :func:`validate_command` for spot-market orders, over arrays.
 
     All arrays are per order (the asset's energies already gathered for each order's row).
+    Every check is on the final wire values: ``price = rate * energy`` overflows to ``inf`` for
+    finite inputs (1e308 kWh at 30 ct/kWh), and is checked after it is computed.
     """
-    price = rate * energy
-    finite = np.isfinite(energy) & np.isfinite(rate)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # + 0.0 turns -0.0 into 0.0: the wire gets a plain zero.
+        price = np.asarray(rate * energy, dtype=np.float64) + 0.0
+        finite = np.isfinite(energy) & np.isfinite(rate) & np.isfinite(price)
+        too_dear = price > MAX_RATE_CT_PER_KWH * energy
     is_storage = kind == AssetKind.STORAGE
     bid_cap = np.where(is_storage, to_buy, requirement)
     offer_cap = np.where(is_storage, to_sell, available) + OFFER_TOLERANCE_KWH
@@ -433,10 +512,14 @@ def validate_orders(
         (~finite, "energy and price must be finite"),
         (price < 0, "negative price"),
         (energy <= MIN_ORDER_ENERGY_KWH, f"energy at or below {MIN_ORDER_ENERGY_KWH} kWh"),
+        (energy > MAX_ORDER_ENERGY_KWH, f"energy above the bound of {MAX_ORDER_ENERGY_KWH:g} kWh"),
+        (price > MAX_ORDER_PRICE_CT, f"price above the bound of {MAX_ORDER_PRICE_CT:g} ct"),
+        (too_dear, f"rate above the bound of {MAX_RATE_CT_PER_KWH:g} ct/kWh"),
         (is_bid & (kind == AssetKind.PV), "a PV cannot bid on the spot market"),
         (~is_bid & (kind == AssetKind.LOAD), "a load cannot offer on the spot market"),
-        (is_bid & (energy > bid_cap), "bid energy above the requirement"),
-        (~is_bid & (energy > offer_cap), "offer energy above the available energy"),
+        # ~(<=), not >: a NaN requirement or availability refuses the order.
+        (is_bid & ~(energy <= bid_cap), "bid energy above the requirement"),
+        (~is_bid & ~(energy <= offer_cap), "offer energy above the available energy"),
     ]
     bad = np.zeros(len(energy), dtype=bool)
     refusals: list[tuple[int, str, str]] = []
@@ -446,4 +529,4 @@ def validate_orders(
             for i in np.flatnonzero(fresh):
                 refusals.append((int(i), "bid" if is_bid[i] else "offer", reason))
             bad |= fresh
-    return OrderCheck(ok=~bad, refusals=refusals)
+    return OrderCheck(ok=~bad, refusals=refusals, price=price)

@@ -254,7 +254,7 @@ def _collect_orders(
         out.refusals.append(Refusal(batch.aggregator[row], batch.uuid[row], side, reason))
     ok = np.flatnonzero(check.ok)
     energy = orders.energy_kwh[ok].tolist()
-    price = (orders.rate[ok] * orders.energy_kwh[ok]).tolist()
+    price = check.price[ok].tolist()  # the prices validated, not a second computation of them
     side = np.where(orders.is_bid[ok], "bid", "offer").tolist()
     uuids = batch.uuid
     aggs = batch.aggregator

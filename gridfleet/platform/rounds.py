@@ -4,13 +4,21 @@ The exchange sends each aggregator its own event within milliseconds of the othe
 coalesces them into one round, and this module turns the round into what strategies read: one
 :class:`~gridfleet.strategies.context.TickContext` and one columnar
 :class:`~gridfleet.strategies.context.AssetBatch` of every asset of every aggregator, with the
-grid fee along each asset's path to the Market Maker computed once per market node, not once per
-asset.
+grid fee along each asset's path to the Market Maker computed once per market node of each tree,
+not once per asset.
+
+Each aggregator's assets are priced from its own tree only. gsy-e builds every aggregator's tree
+of a tick from the same grid, so the trees agree about the markets they share; when they do not
+(a corrupted or poisoned event), nothing read from one aggregator's tree reaches another's
+assets. A tree whose market fees are not numbers the exchange could have sent (negative, not
+finite, above gridfleet's rate bound) is unusable: that aggregator gets no batch this tick, the
+others are unaffected.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -30,7 +38,10 @@ from gridfleet.exchange.messages import (
     decode,
     slot_tick_index,
 )
+from gridfleet.strategies.bounds import MAX_RATE_CT_PER_KWH
 from gridfleet.strategies.context import AssetBatch, AssetKind, MarketView, TickContext
+
+log = logging.getLogger(__name__)
 
 MARKET_MAKER_NAMES = frozenset({"Market Maker", "MarketMaker", "market maker"})
 
@@ -77,6 +88,21 @@ def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
+def market_fee(uid: str, node: GridNode) -> float:
+    """The fee (ct/kWh) of market ``node`` as the strategies price with it; null counts as 0.
+
+    Raises RoundError for a fee the exchange cannot have set (gsy-e refuses negative fees, and
+    gridfleet never sends one above its rate bound): the tree carrying it is not used.
+    """
+    fee = _num(node.current_market_fee)
+    if not 0.0 <= fee <= MAX_RATE_CT_PER_KWH:  # also False for NaN
+        raise RoundError(
+            f"market {node.area_name!r} ({uid}): current_market_fee {fee!r} is not a number in "
+            f"[0, {MAX_RATE_CT_PER_KWH:g}] ct/kWh"
+        )
+    return fee
+
+
 @dataclass(slots=True)
 class _Rows:
     uuid: list[str] = field(default_factory=list)
@@ -93,6 +119,25 @@ class _Rows:
     fee: list[float] = field(default_factory=list)
     deviation: list[dict[str, float] | None] = field(default_factory=list)
 
+    def truncate(self, n: int) -> None:
+        """Drop every row from ``n`` on (a tree that turned out unusable half-way)."""
+        for column in (
+            self.uuid,
+            self.name,
+            self.aggregator,
+            self.parent,
+            self.kind,
+            self.need,
+            self.avail,
+            self.buy,
+            self.sell,
+            self.used,
+            self.free,
+            self.fee,
+            self.deviation,
+        ):
+            del column[n:]
+
 
 @dataclass(slots=True)
 class RoundInput:
@@ -103,6 +148,7 @@ class RoundInput:
     assets: AssetBatch
     markets: list[MarketView]
     aggregators: list[str]  # uuids of the aggregators whose events made this round
+    unusable: dict[str, str] = field(default_factory=dict)  # aggregator -> why its tree was not
 
 
 def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
@@ -127,6 +173,51 @@ def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
     return {uid: sum(fee for _, fee in path[i + 1 :]) for i, (uid, _) in enumerate(path)}
 
 
+@dataclass(frozen=True, slots=True)
+class MarketMakerWay:
+    """Where the Market Maker hangs, found once per round: the market uuids from a root down to
+    its parent (``None``: no Market Maker, it is taken to hang off the root).
+
+    Finding it may walk a whole tree; reading its fees from a tree only walks the way. Every
+    tree's fees are read from that tree (:meth:`down_fees`), so trees disagreeing about a fee on
+    the way do not affect each other.
+    """
+
+    markets: tuple[str, ...] | None
+
+    @classmethod
+    def find(cls, tree: dict[str, GridNode]) -> MarketMakerWay:
+        return cls(_way(tree))
+
+    def down_fees(self, tree: dict[str, GridNode]) -> dict[str, float]:
+        """:func:`market_maker_down_fees` of ``tree``, walking only the way."""
+        if self.markets is None:
+            return {uid: 0.0 for uid in tree}
+        fees: list[float] = []
+        nodes: object = tree
+        for uid in self.markets:
+            node = nodes.get(uid) if isinstance(nodes, dict) else None
+            if node is None or not node.is_market:
+                return market_maker_down_fees(tree)  # this tree is shaped otherwise
+            fees.append(_num(node.current_market_fee))
+            nodes = node.children
+        return {uid: sum(fees[i + 1 :]) for i, uid in enumerate(self.markets)}
+
+
+def _way(tree: dict[str, GridNode]) -> tuple[str, ...] | None:
+    def walk(nodes: dict[str, GridNode], path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for uid, node in nodes.items():
+            if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
+                return path
+            if isinstance(node.children, dict):
+                found = walk(node.children, (*path, uid))
+                if found is not None:
+                    return found
+        return None
+
+    return walk(tree, ())
+
+
 def stats_dict(stats: object) -> dict[str, float | None]:
     if not isinstance(stats, MarketStats):
         return {}
@@ -149,19 +240,19 @@ def flatten_tree(
     rows: _Rows,
     markets: list[MarketView],
     own_markets: frozenset[str] = frozenset(),
-    fee_cache: dict[str, float] | None = None,
-    mm_down: dict[str, float] | None = None,
+    mm_way: MarketMakerWay | None = None,
 ) -> None:
     """Append the aggregator's own assets (rows) and own markets found in ``tree``.
 
     A market's fee to the Market Maker is ``fee + fees down the MM's way`` if the Market Maker
-    hangs below it, else ``fee + its parent's fee to the MM``; an asset pays its parent's.
-    ``fee_cache`` (market uuid -> fee to MM) and ``mm_down`` (see
-    :func:`market_maker_down_fees`) are shared by every tree of a round, so each market is worked
-    out once even when a thousand aggregators' trees contain it.
+    hangs below it, else ``fee + its parent's fee to the MM``; an asset pays its parent's. Every
+    fee is read from ``tree`` itself; ``mm_way`` (found once per round) only spares walking the
+    tree to find the Market Maker.
+
+    Raises RoundError for a market fee the exchange cannot have sent (see :func:`market_fee`);
+    rows appended before that are the caller's to drop (:func:`flatten_own`).
     """
-    cache = {} if fee_cache is None else fee_cache
-    down = market_maker_down_fees(tree) if mm_down is None else mm_down
+    down = (mm_way or MarketMakerWay.find(tree)).down_fees(tree)
     # This loop runs once per asset of the fleet per round: locals instead of attribute lookups.
     unset = UNSET
     uuid_, name_, agg_, parent_, kind_ = (
@@ -195,12 +286,9 @@ def flatten_tree(
         for uid, node in nodes.items():
             children = node.children
             if children is not unset:
-                to_mm = cache.get(uid)
-                if to_mm is None:
-                    fee = _num(node.current_market_fee)
-                    below = down.get(uid)
-                    to_mm = fee + below if below is not None else fee + parent_fee
-                    cache[uid] = to_mm
+                fee = market_fee(uid, node)
+                below = down.get(uid)
+                to_mm = fee + below if below is not None else fee + parent_fee
                 if uid in own_markets:
                     markets.append(
                         MarketView(
@@ -241,6 +329,26 @@ def flatten_tree(
             fee_(parent_fee)
             dev = info.unsettled_deviation_kWh
             dev_(dict(dev) if dev and dev is not unset else None)
+
+
+def flatten_own(
+    tree: dict[str, GridNode],
+    aggregator: str,
+    rows: _Rows,
+    markets: list[MarketView],
+    own_markets: frozenset[str],
+    mm_way: MarketMakerWay,
+) -> str | None:
+    """:func:`flatten_tree`, all or nothing: on an unusable tree nothing of it is kept and the
+    reason is returned (the other aggregators' rows are untouched)."""
+    first_row, first_market = len(rows.uuid), len(markets)
+    try:
+        flatten_tree(tree, aggregator, rows, markets, own_markets, mm_way)
+    except RoundError as exc:
+        rows.truncate(first_row)
+        del markets[first_market:]
+        return str(exc)
+    return None
 
 
 def rows_to_batch(rows: _Rows) -> AssetBatch:
@@ -323,27 +431,28 @@ def build_round(
     key, ctx = round_context(list(events), slot_length_s)
     rows = _Rows()
     markets: list[MarketView] = []
-    cache: dict[str, float] = {}
-    # The Market Maker's way down is the same in every tree of a round: work it out once.
-    mm_down = next((market_maker_down_fees(e.grid_tree) for _, e in events if e.grid_tree), {})
+    unusable: dict[str, str] = {}
+    # Where the Market Maker hangs is the same in every tree of a round: find it once.
+    mm_way = next(
+        (MarketMakerWay.find(e.grid_tree) for _, e in events if e.grid_tree), MarketMakerWay(())
+    )
     own = own_markets or {}
     for aggregator, event in events:
         if event.grid_tree:
-            flatten_tree(
-                event.grid_tree,
-                aggregator,
-                rows,
-                markets,
-                own.get(aggregator, frozenset()),
-                cache,
-                mm_down,
+            why = flatten_own(
+                event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), mm_way
             )
+            if why is not None:
+                unusable[aggregator] = f"grid_tree: {why}"
+                # No worker reports it on this path (the one-process loop): say it here.
+                log.error("round %s: event of aggregator %s skipped: %s", key.id, aggregator, why)
     return RoundInput(
         key=key,
         ctx=ctx,
         assets=rows_to_batch(rows),
         markets=markets,
         aggregators=[a for a, _ in events],
+        unusable=unusable,
     )
 
 
@@ -373,14 +482,13 @@ def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str
     """Parse and flatten the trees of a shard (what :func:`build_round` does for a whole round).
 
     A tree that does not parse is reported in ``unusable`` and skipped: its aggregator gets no
-    batch this tick, the others are unaffected. The Market Maker's way down is worked out from
-    the shard's first tree, as :func:`build_round` does from the round's first: every tree of a
-    round is cut from the same grid.
+    batch this tick, the others are unaffected; so is a tree with a market fee the exchange cannot
+    have sent. Where the Market Maker hangs is found in the shard's first tree, as
+    :func:`build_round` does in the round's first; each tree's fees are its own.
     """
     rows = _Rows()
     markets: list[MarketView] = []
-    cache: dict[str, float] = {}
-    mm_down: dict[str, float] | None = None
+    mm_way: MarketMakerWay | None = None
     unusable: dict[str, str] = {}
     keep: list[np.ndarray] = []
     sliced = False
@@ -390,19 +498,16 @@ def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str
         except ProtocolError as exc:
             unusable[part.aggregator] = f"grid_tree: {exc}"
             continue
-        if mm_down is None:
-            mm_down = market_maker_down_fees(tree)
+        if mm_way is None:
+            mm_way = MarketMakerWay.find(tree)
         first = len(rows.uuid)
         mine: list[MarketView] = []
-        flatten_tree(
-            tree,
-            part.aggregator,
-            rows,
-            mine,
-            own_markets.get(part.aggregator, frozenset()),
-            cache,
-            mm_down,
+        why = flatten_own(
+            tree, part.aggregator, rows, mine, own_markets.get(part.aggregator, frozenset()), mm_way
         )
+        if why is not None:
+            unusable[part.aggregator] = f"grid_tree: {why}"
+            continue
         last = len(rows.uuid)
         if part.start or part.stop is not None:
             sliced = True

@@ -6,6 +6,11 @@ the load's requirement, an offer above the available energy. Built-in strategies
 such an order (they skip the asset instead); :func:`order_violations` proves it in the property
 tests and can screen user strategies.
 
+gridfleet's own upper bounds (:mod:`gridfleet.strategies.bounds`: energy, rate and the price
+``rate * energy`` they make) are checked too. Built-in strategies do not skip an order for
+breaking them: such inputs are not a normal state of an asset but garbage from outside, and the
+platform's outbound validator refuses the order with its reason, counted and logged.
+
 Settlement orders (a ``time_slot`` is set) are checked against the asset's unsettled deviation
 for that slot instead: a positive deviation is bought, a negative one sold, never more than its
 size. The spot rules on kinds do not apply there: a PV that produced less than it sold buys the
@@ -19,6 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gridfleet.strategies.bounds import (
+    MAX_ORDER_ENERGY_KWH,
+    MAX_ORDER_PRICE_CT,
+    MAX_RATE_CT_PER_KWH,
+)
 from gridfleet.strategies.commands import Bid, Offer, StrategyResult
 from gridfleet.strategies.context import AssetBatch, AssetKind
 from gridfleet.strategies.rules import MIN_ORDER_ENERGY_KWH
@@ -63,6 +73,12 @@ def check_order(
         return f"{side} energy {energy_kwh!r} kWh not above {MIN_ORDER_ENERGY_KWH}"
     if not (math.isfinite(rate) and rate >= 0):
         return f"{side} rate {rate!r} ct/kWh is negative or not finite"
+    if energy_kwh > MAX_ORDER_ENERGY_KWH:
+        return f"{side} energy {energy_kwh!r} kWh above the bound of {MAX_ORDER_ENERGY_KWH:g}"
+    if rate > MAX_RATE_CT_PER_KWH:
+        return f"{side} rate {rate!r} ct/kWh above the bound of {MAX_RATE_CT_PER_KWH:g}"
+    if not rate * energy_kwh <= MAX_ORDER_PRICE_CT:
+        return f"{side} price {rate * energy_kwh!r} ct above the bound of {MAX_ORDER_PRICE_CT:g}"
     if time_slot is not None:
         deviations = batch.unsettled_deviation_kwh[row] if batch.unsettled_deviation_kwh else None
         deviation = (deviations or {}).get(time_slot)
@@ -116,8 +132,8 @@ def _check_requirements(bid: Bid) -> str | None:
         if energy is not None and not (0 < energy <= bid.energy_kwh):
             return f"requirement energy {energy} kWh outside (0, {bid.energy_kwh}]"
         price = requirement.get("price")
-        if price is not None and not (math.isfinite(price) and price >= 0):
-            return f"requirement price {price} is negative or not finite"
+        if price is not None and not (math.isfinite(price) and 0 <= price <= MAX_ORDER_PRICE_CT):
+            return f"requirement price {price} is negative, not finite or above the bound"
     return None
 
 

@@ -273,3 +273,29 @@ def test_validate_orders_matches_validate_command(rows: list) -> None:
         except OutboundRejected:
             single_ok = False
         assert bool(check.ok[i]) == single_ok, (r, check.refusals)
+
+
+def test_orders_beyond_the_bounds_or_against_a_nan_cap_are_refused() -> None:
+    """Found by the whole-path property test: a NaN requirement compared as ``energy > cap``
+    let any bid through; and an overflowing rate x energy would go out as a null price."""
+    nan_load = Target("n", "NaN load", AssetKind.LOAD, energy_requirement_kwh=math.nan)
+    assert "requirement" in refused({"type": "bid", "energy": 1.0, "price": 1.0}, nan_load).reason
+    big = Target("b", "Big load", AssetKind.LOAD, energy_requirement_kwh=1e308)
+    assert "bound" in refused({"type": "bid", "energy": 1e8, "price": 1.0}, big).reason
+    assert "bound" in refused({"type": "bid", "energy": 1.0, "price": 2e6}, big).reason
+    check = validate_orders(
+        np.array([AssetKind.LOAD, AssetKind.LOAD, AssetKind.LOAD], dtype=np.int8),
+        np.array([True, True, True]),
+        np.array([1.0, 1e308, 1.0]),
+        np.array([30.0, 30.0, 30.0]),
+        np.array([math.nan, 1e308, 2.0]),
+        np.zeros(3),
+        np.zeros(3),
+        np.zeros(3),
+    )
+    assert check.ok.tolist() == [False, False, True]
+    assert {r[0]: r[2] for r in check.refusals} == {
+        0: "bid energy above the requirement",
+        1: "energy and price must be finite",  # 1e308 x 30 overflows
+    }
+    assert check.price[2] == 30.0

@@ -3,6 +3,8 @@
 Every built-in asset strategy ends here: it computes one rate per side and kind (a scalar or one
 value per row) and :func:`spot_orders` picks the energy each kind may trade, clamps negative rates
 to 0 and skips every order the exchange would refuse (energy <= 2e-5 kWh, non-finite values).
+Values beyond gridfleet's bounds (:mod:`gridfleet.strategies.bounds`, e.g. an energy of 1e308
+kWh from a broken event) are not skipped here: the outbound validator refuses them by name.
 """
 
 from __future__ import annotations
