@@ -19,7 +19,7 @@ import redis
 from bench._util import write_results
 from gridfleet.exchange import channels
 from gridfleet.exchange.messages import MarketEventHead, decode_event_for_ingress
-from gridfleet.platform.ingress import cut_shards
+from gridfleet.platform.shard_plan import cut_shards
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import round_context
 from gridfleet.platform.shard import (

@@ -255,6 +255,12 @@ def coordinator(
     help="Send task events for Flower (costs throughput).",
 )
 @click.option("-n", "--hostname", default=None, help="Celery node name.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve the pool's Prometheus /metrics on this port (0: off; 9101 in deploy/k8s).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     broker_url: str | None,
@@ -262,11 +268,16 @@ def worker(
     loglevel: str,
     task_events: bool,
     hostname: str | None,
+    metrics_port: int,
     celery_args: tuple[str, ...],
 ) -> None:
     """A Celery worker that evaluates shards (prefork, msgpack only). Extra args go to Celery."""
     url = broker_url or os.environ.get("GRIDFLEET_BROKER_URL") or "redis://127.0.0.1:6379/0"
     check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    if metrics_port:  # before anything imports prometheus_client: see gridfleet.workers.metrics
+        from gridfleet.workers.metrics import enable
+
+        enable(metrics_port)
     os.environ["GRIDFLEET_BROKER_URL"] = url
     os.environ["GRIDFLEET_TASK_EVENTS"] = "1" if task_events else "0"
     from gridfleet.workers.app import make_app
