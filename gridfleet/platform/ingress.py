@@ -9,6 +9,12 @@ at 100 000 assets parsing is most of a round's work and one ingress process coul
 
 Several ingress processes can split a fleet: ``partition=(i, n)`` takes the aggregators whose
 position in the fleet file is ``i`` modulo ``n``.
+
+This module is the loop. Its parts: :mod:`~gridfleet.platform.shard_plan` (which trees go into
+which shard), :mod:`~gridfleet.platform.tick_clock` (the round budget),
+:mod:`~gridfleet.platform.records` (trade and finish records),
+:mod:`~gridfleet.platform.broker_recovery` (a broker outage) and
+:mod:`~gridfleet.platform.observers` (everything it counts).
 """
 
 from __future__ import annotations
