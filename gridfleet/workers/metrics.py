@@ -12,8 +12,10 @@ the process and nobody serves them.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,13 +82,21 @@ def enable(port: int, host: str = "0.0.0.0") -> Path:
 
     Call before the Celery app is imported. Uses ``PROMETHEUS_MULTIPROC_DIR`` when set (its old
     value files are removed: they belong to a previous run), a fresh temporary directory
-    otherwise. Returns the directory.
+    otherwise (removed when the worker exits). Returns the directory.
     """
     if "prometheus_client" in sys.modules:
         raise RuntimeError("worker metrics must be enabled before prometheus_client is imported")
     given = os.environ.get(MULTIPROC_ENV)
     path = Path(given) if given else Path(tempfile.mkdtemp(prefix="gridfleet-worker-metrics-"))
     path.mkdir(parents=True, exist_ok=True)
+    if not given:  # ours: gone with the main process (a pool child's exit must not remove it)
+        main = os.getpid()
+
+        def remove() -> None:
+            if os.getpid() == main:
+                shutil.rmtree(path, ignore_errors=True)
+
+        atexit.register(remove)
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
