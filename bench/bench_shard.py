@@ -19,7 +19,6 @@ import redis
 from bench._util import write_results
 from gridfleet.exchange import channels
 from gridfleet.exchange.messages import MarketEventHead, decode_event_for_ingress
-from gridfleet.platform.ingress import cut_shards
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import round_context
 from gridfleet.platform.shard import (
@@ -29,6 +28,7 @@ from gridfleet.platform.shard import (
     run_shard,
     write_round,
 )
+from gridfleet.platform.shard_plan import cut_shards
 from gridfleet.runtime.redis_server import RedisServer
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.simulator.runner import SimConfig, Simulator

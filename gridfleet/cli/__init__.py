@@ -352,6 +352,12 @@ def coordinator(
     help="Send task events for Flower (costs throughput). [env: GRIDFLEET_TASK_EVENTS]",
 )
 @click.option("-n", "--hostname", default=None, help="Celery node name.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve the pool's Prometheus /metrics on this port (0: off; 9101 in deploy/k8s).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     broker_url: str | None,
@@ -360,6 +366,7 @@ def worker(
     loglevel: str,
     task_events: bool,
     hostname: str | None,
+    metrics_port: int,
     celery_args: tuple[str, ...],
 ) -> None:
     """A Celery worker that evaluates shards (prefork, msgpack only). Extra args go to Celery."""
@@ -368,6 +375,10 @@ def worker(
     url = broker_url or DEFAULT_BROKER_URL
     namespace = _load_config(config_path).namespace if config_path else _default_namespace()
     check_redis(url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    if metrics_port:  # before anything imports prometheus_client: see gridfleet.workers.metrics
+        from gridfleet.workers.metrics import enable
+
+        enable(metrics_port)
     from gridfleet.platform.celery_app import QUEUE
     from gridfleet.workers.app import configure
 

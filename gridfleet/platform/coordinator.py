@@ -7,9 +7,8 @@ but has not finished by ``deadline - hedge margin / 2`` it evaluates too, so a d
 worker does not cost the tick. A shard reported after that is ignored. Then it merges each
 aggregator's fragments and publishes every batch in one pipeline.
 
-It also reads the exchange's batch responses: each rejected command is counted, logged with its
-reason and stored where the asset's strategy sees it on its next evaluation; ``dso_market_stats``
-answers go to the market strategies' state.
+It also reads the exchange's batch responses, on a thread of their own, and hands them to
+:class:`~gridfleet.platform.responses.ResponseRecorder`.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import cast
 
 import orjson
@@ -27,10 +26,20 @@ import redis
 
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, open_link
-from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
-from gridfleet.platform.codec import packb, unpackb
+from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.observers import (
+    BrokerCounters,
+    Observer,
+    Observers,
+    PrometheusObserver,
+    RoundLoss,
+    RoundOutcome,
+    RoundSkip,
+    Tally,
+)
+from gridfleet.platform.responses import ResponseRecorder
 from gridfleet.platform.shard import Manifest, claim_shard, run_shard
 from gridfleet.runtime.metrics import Metrics
 
@@ -47,23 +56,16 @@ def round_tag(market_slot: str, tick_index: int) -> str:
     return f"{market_slot}/{tick_index * 10}%"
 
 
-@dataclass
-class RoundOutcome:
-    round_id: str
-    aggregators: int
-    shards: int
-    hedged: int
-    commands: int
-    refusals: int
-    errors: int
-    unusable: int
-    latency_s: float  # first event of the round -> batches published
-    budget_s: float
-    on_time: bool  # published before the deadline ingress set (the exchange's own figure is in the sim report)
-    shard_seconds: list[float] = field(default_factory=list)
+__all__ = ["Coordinator", "RoundOutcome", "round_tag"]
 
 
 class Coordinator:
+    """Answers the rounds ingress announces (see the module docstring).
+
+    What it counts goes to ``observers``: Prometheus (``metrics``), the broker's counters hash
+    and ``tally`` (in-process totals, with the latest round outcomes), plus any given.
+    """
+
     def __init__(
         self,
         config: FleetConfig,
@@ -72,6 +74,7 @@ class Coordinator:
         *,
         metrics: Metrics | None = None,
         link: ExchangeLink | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.config = config
         self.keys = Keys(config.namespace)
@@ -79,19 +82,28 @@ class Coordinator:
         self.broker = redis.Redis.from_url(
             broker_url, socket_keepalive=True, health_check_interval=10
         )
+        self.tally = Tally()
+        self.observers = Observers(
+            [
+                PrometheusObserver(self.metrics),
+                BrokerCounters(self.broker, self.keys.counters),
+                self.tally,
+                *observers,
+            ]
+        )
         self.link = link or open_link(
             exchange_url,
             config_id=config.exchange_config_id,
-            on_reconnect=lambda _: self.metrics.reconnects.inc(),
+            on_reconnect=self.observers.reconnect,
         )
         self.stop_event = threading.Event()
         self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed: set[str] = set()
         self.asset_names: dict[str, str] = {}
         self.aggregator_names: dict[str, str] = {}
-        self.outcomes: list[RoundOutcome] = []
-        self.broker_errors = 0
-        self.skipped_rounds = 0
+        self.responses = ResponseRecorder(
+            self.broker, self.keys, self.asset_names, self.aggregator_names, self.observers
+        )
         self._response_thread = threading.Thread(
             target=self._response_loop, daemon=True, name="batch-responses"
         )
@@ -123,9 +135,10 @@ class Coordinator:
                 item = self.broker.blpop([self.keys.rounds], timeout=0.5)
             except redis.ConnectionError as exc:
                 log.error("broker unreachable (%s); retrying", exc)
-                self.broker_errors += 1
+                self.observers.broker_error()
                 self.stop_event.wait(0.5)
                 continue
+            self.observers.flush()
             if item is None:
                 if self.broker.hget(self.keys.counters, "finished"):
                     break
@@ -135,7 +148,7 @@ class Coordinator:
                 self.handle_round(round_id)
             except (LookupError, redis.RedisError) as exc:
                 log.error("round %s lost: %s", round_id, exc)
-                self.broker.hincrby(self.keys.counters, "lost_rounds", 1)
+                self.observers.round_lost(RoundLoss.COORDINATOR)
             handled += 1
             if max_rounds is not None and handled >= max_rounds:
                 break
@@ -150,8 +163,7 @@ class Coordinator:
         if time.time() > manifest.deadline and self.broker.llen(self.keys.rounds) > 0:
             # Behind: this round's tick has passed and newer rounds wait; answering it would
             # only push them past their own deadlines.
-            self.skipped_rounds += 1
-            self.broker.hincrby(self.keys.counters, "stale_rounds_coordinator", 1)
+            self.observers.round_skipped(RoundSkip.PAST_DEADLINE)
             log.warning("round %s skipped: past its deadline with newer rounds waiting", round_id)
             return None
         done: set[int] = set()
@@ -238,17 +250,8 @@ class Coordinator:
         log.warning("round %s: shard %d hedged by the coordinator (%s)", round_id, shard, why)
 
     def _record(self, o: RoundOutcome, manifest: Manifest) -> None:
-        m = self.metrics
-        m.deadline.labels("hit" if o.on_time else "miss").inc()
-        m.hedged.inc(o.hedged)
-        m.commands_sent.inc(o.commands)
-        m.commands_refused.inc(o.refusals)
-        m.strategy_errors.inc(o.errors)
-        m.bad_events.inc(o.unusable)
-        for s in o.shard_seconds:
-            m.shard_seconds.observe(s)
-        for agg in manifest.aggregators:
-            m.latency.labels(self.aggregator_names.get(agg, agg)).observe(o.latency_s)
+        """The round's record on the event stream (the report reads it); its counts go to the
+        observers."""
         record = {
             "kind": "round",
             "round": o.round_id.split(":", 1)[-1],
@@ -265,20 +268,10 @@ class Coordinator:
             "on_time": o.on_time,
             "shard_ms_max": round(max(o.shard_seconds, default=0.0) * 1e3, 2),
         }
-        pipe = self.broker.pipeline(transaction=False)
-        pipe.xadd(
+        self.broker.xadd(
             self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
         )
-        pipe.hincrby(self.keys.counters, "rounds", 1)
-        pipe.hincrby(self.keys.counters, "batches", o.aggregators)
-        pipe.hincrby(self.keys.counters, "commands_sent", o.commands)
-        pipe.hincrby(self.keys.counters, "commands_refused", o.refusals)
-        pipe.hincrby(self.keys.counters, "hedged_shards", o.hedged)
-        pipe.hincrby(self.keys.counters, "strategy_errors", o.errors)
-        pipe.hincrby(self.keys.counters, "unusable_trees", o.unusable)
-        pipe.hincrby(self.keys.counters, "deadline_hit" if o.on_time else "deadline_miss", 1)
-        pipe.execute()
-        self.outcomes.append(o)
+        self.observers.round_published(o)
         log.info(
             "round %s: %d batches, %d commands, %d refused, %d hedged, %.0f ms of %.0f ms",
             record["round"],
@@ -306,71 +299,7 @@ class Coordinator:
 
     def handle_response(self, raw: bytes) -> int:
         """Record one batch response; returns how many commands it rejected."""
-        if b'"error"' not in raw and b"market_stats" not in raw:
-            # Nothing to record: every command was accepted. Most responses are like this, and
-            # at 100 000 assets decoding them all would cost a core a tenth of every tick.
-            return 0
-        try:
-            resp = decode(raw, BatchResponse)
-        except ProtocolError as exc:
-            log.error("unusable batch response skipped: %s", exc)
-            return 0
-        agg_name = self.aggregator_names.get(resp.aggregator_uuid, resp.aggregator_uuid)
-        rejected = 0
-        examples: list[str] = []
-        pipe = self.broker.pipeline(transaction=False)
-        for asset, answers in resp.responses.items():
-            name = self.asset_names.get(asset)
-            if name is None:
-                log.warning(
-                    "batch response of %s names an asset the fleet does not know: %s",
-                    agg_name,
-                    asset,
-                    extra={"aggregator": agg_name},
-                )
-                continue
-            for answer in answers:
-                command = answer.command if isinstance(answer.command, str) else "?"
-                if not answer.ok:
-                    rejected += 1
-                    reason = answer.reason or "no reason given"
-                    if len(examples) < 3:
-                        examples.append(f"{command} of {name}: {reason}")
-                    log.debug(
-                        "exchange rejected %s of %s (%s): %s",
-                        command,
-                        name,
-                        agg_name,
-                        reason,
-                        extra={"aggregator": agg_name},
-                    )
-                    pipe.hset(
-                        self.keys.rejections,
-                        asset,
-                        packb(
-                            {
-                                "command": command,
-                                "reason": reason,
-                                "transaction_id": resp.transaction_id,
-                            }
-                        ),
-                    )
-                elif command == "dso_market_stats" and isinstance(answer.market_stats, dict):
-                    pipe.hset(self.keys.market_answers, asset, packb(answer.market_stats))
-        if rejected:
-            # One line per batch: a bad tick can reject tens of thousands of commands.
-            log.warning(
-                "exchange rejected %d commands of %s (batch %s), e.g. %s",
-                rejected,
-                agg_name,
-                resp.transaction_id,
-                "; ".join(examples),
-                extra={"aggregator": agg_name},
-            )
-            pipe.hincrby(self.keys.counters, "commands_rejected", rejected)
-            self.metrics.commands_rejected.inc(rejected)
-        pipe.execute()
-        return rejected
+        return self.responses.record(raw)
 
     def close(self) -> None:
         self.stop_event.set()

@@ -9,163 +9,74 @@ at 100 000 assets parsing is most of a round's work and one ingress process coul
 
 Several ingress processes can split a fleet: ``partition=(i, n)`` takes the aggregators whose
 position in the fleet file is ``i`` modulo ``n``.
+
+This module is the loop. Its parts: :mod:`~gridfleet.platform.shard_plan` (which trees go into
+which shard), :mod:`~gridfleet.platform.tick_clock` (the round budget),
+:mod:`~gridfleet.platform.records` (trade and finish records),
+:mod:`~gridfleet.platform.broker_recovery` (a broker outage) and
+:mod:`~gridfleet.platform.observers` (everything it counts).
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import kombu.exceptions
-import msgspec
 import orjson
 import redis
 
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, open_link
-from gridfleet.exchange.messages import (
-    ProtocolError,
-    TradeEvent,
-    TradeEventLite,
-    decode_event_for_ingress,
-)
+from gridfleet.exchange.messages import ProtocolError, decode_event_for_ingress
+from gridfleet.platform.broker_recovery import BrokerRecovery
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
 from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.rounds import RoundError, RoundEvent, TreePart, round_context
-from gridfleet.platform.shard import Manifest, ShardInput, publish_spec, write_round
+from gridfleet.platform.observers import (
+    BrokerCounters,
+    Observer,
+    Observers,
+    PrometheusObserver,
+    RoundSkip,
+    Tally,
+)
+from gridfleet.platform.records import RecordWriter
+from gridfleet.platform.rounds import RoundError, round_context
+from gridfleet.platform.shard import Manifest, publish_spec, write_round
+from gridfleet.platform.shard_plan import (
+    StreamedRound,
+    cut_shards,
+    peek_round,
+    plan_shards,
+    shard_inputs,
+)
+from gridfleet.platform.tick_clock import TickClock
 from gridfleet.runtime.metrics import Metrics
 from gridfleet.strategies.context import TickContext
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BUDGET_FRACTION = 0.85
-"""Share of the tick interval a round may use before its batches must be out."""
-
 
 MIN_ROUND_WAIT_S = 0.3
 ROUND_WAIT_SHARE = 0.6
 """A round is closed at the latest this share of its budget after its first event (or after
 the coalescing window's quiet gap, or when every aggregator reported, whichever is first)."""
 
-
-@dataclass
-class TickClock:
-    """Learns the exchange's tick interval from the arrival of distinct rounds."""
-
-    interval_s: float | None = None
-    _last_key: tuple[str, str] | None = None
-    _last_at: float = 0.0
-
-    def observe(self, market_slot: str, completion: str, at: float) -> None:
-        key = (market_slot, completion)
-        if key == self._last_key:
-            return
-        if self._last_key is not None:
-            gap = at - self._last_at
-            if 0.02 < gap < 60:
-                self.interval_s = (
-                    gap if self.interval_s is None else 0.7 * self.interval_s + 0.3 * gap
-                )
-        self._last_key, self._last_at = key, at
-
-    def budget(self, configured: float | None, fallback: float = 0.8) -> float:
-        if configured is not None:
-            return configured
-        if self.interval_s is None:
-            return fallback
-        return self.interval_s * DEFAULT_BUDGET_FRACTION
-
-
-ShardPlan = list[list[tuple[str, int, int | None]]]
-"""Per shard: (aggregator, first row, end row or None) of each tree it takes."""
-
-
-def plan_shards(aggregators: list[str], sizes: Mapping[str, int], shard_size: int) -> ShardPlan:
-    """Pack whole aggregators into shards of about ``shard_size`` assets.
-
-    ``sizes`` (aggregator -> assets in the fleet plan) weighs each tree without parsing it. An
-    aggregator bigger than a shard is split into row ranges, one shard each.
-    """
-    plan: ShardPlan = []
-    current: list[tuple[str, int, int | None]] = []
-    filled = 0
-    for aggregator in aggregators:
-        n = sizes.get(aggregator, 0)
-        if n > shard_size:
-            for start in range(0, n, shard_size):
-                stop = start + shard_size if start + shard_size < n else None
-                plan.append([(aggregator, start, stop)])
-            continue
-        if current and filled + n > shard_size:
-            plan.append(current)
-            current, filled = [], 0
-        current.append((aggregator, 0, None))
-        filled += n
-    if current or not plan:
-        plan.append(current)
-    return plan
-
-
-def shard_inputs(plan: ShardPlan, events: Mapping[str, RoundEvent]) -> list[ShardInput]:
-    """The planned shards with their trees' raw bytes."""
-    trees: dict[str, bytes] = {}
-
-    def tree(aggregator: str) -> bytes:
-        if aggregator not in trees:
-            raw = events[aggregator].grid_tree
-            trees[aggregator] = (
-                bytes(raw) if isinstance(raw, msgspec.Raw) else msgspec.json.encode(raw)
-            )
-        return trees[aggregator]
-
-    return [ShardInput([TreePart(a, tree(a), s, e) for a, s, e in group]) for group in plan]
-
-
-def cut_shards(
-    events: list[tuple[str, RoundEvent]], sizes: Mapping[str, int], shard_size: int
-) -> list[ShardInput]:
-    """A round's (or a round's remaining) trees as shards: :func:`plan_shards`, filled."""
-    return shard_inputs(plan_shards([a for a, _ in events], sizes, shard_size), dict(events))
-
-
-_ROUND_HEAD = re.compile(rb'"slot_completion":\s*"(\d+)%",\s*"market_slot":\s*"([^"]+)"')
-
-
-def peek_round(raw: bytes) -> tuple[str, int] | None:
-    """(market slot, tick index) from the head of a raw market/tick event, without parsing it.
-
-    gsy-e (and the embedded exchange) put these two keys first; anything else returns None and
-    is parsed in full.
-    """
-    m = _ROUND_HEAD.search(raw, 0, 160)
-    if m is None:
-        return None
-    return m.group(2).decode(), int(m.group(1)) // 10
-
-
-@dataclass
-class StreamedRound:
-    """A round whose first shards went out while its events were still arriving."""
-
-    manifest: Manifest  # as sent with the first shards (context, deadline)
-    shards: int = 0
-    sent: set[str] = field(default_factory=set)  # aggregators whose trees are out
-
-    @property
-    def deadline(self) -> float:
-        return self.manifest.deadline
+BROKER_ERRORS = (redis.RedisError, kombu.exceptions.OperationalError)
 
 
 class Ingress:
+    """The loop: read events, collect rounds, send their shards (see the module docstring).
+
+    What it counts goes to ``observers``: Prometheus (``metrics``), the broker's counters hash
+    and ``tally`` (in-process totals), plus any ``observers`` given.
+    """
+
     def __init__(
         self,
         config: FleetConfig,
@@ -176,6 +87,7 @@ class Ingress:
         metrics: Metrics | None = None,
         plan: FleetPlan | None = None,
         link: ExchangeLink | None = None,
+        observers: Sequence[Observer] = (),
     ) -> None:
         from gridfleet.platform.fleet import plan_fleet
 
@@ -189,6 +101,15 @@ class Ingress:
         self.broker = redis.Redis.from_url(
             broker_url, socket_keepalive=True, health_check_interval=10
         )
+        self.tally = Tally()
+        self.observers = Observers(
+            [
+                PrometheusObserver(self.metrics),
+                BrokerCounters(self.broker, self.keys.counters),
+                self.tally,
+                *observers,
+            ]
+        )
         self.link = link or open_link(
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
@@ -199,23 +120,15 @@ class Ingress:
         self._order: dict[str, int] = {}  # aggregator uuid -> position in the fleet file
         self._sizes: dict[str, int] = {}  # aggregator uuid -> assets it trades
         self._streams: dict[str, StreamedRound] = {}  # pending round id -> what went ahead
-        self._records: list[dict[str, Any]] = []  # trade/finish records not yet written
+        self.records = RecordWriter(self.broker, self.keys.events, self.observers)
+        self.recovery = BrokerRecovery(self._publish_fleet, self.observers)
         self.spec_version = ""
         self._events: queue.SimpleQueue[tuple[str, bytes, float, float]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
-        # Counted here, not only in Redis: a broker restart must not erase the count of its losses.
-        self.lost_rounds = 0
         self._last_slot: str | None = None  # trade events carry no slot; they follow its rounds
-        self.lost_records = 0
-        self.stale_events = 0
-        self.stale_rounds = 0
-        self.bad_events = 0
-        self.broker_outages = 0
-        self._broker_ok = True
 
     def _reconnected(self, who: str) -> None:
-        self.metrics.reconnects.inc()
-        self.broker.hincrby(self.keys.counters, "reconnects", 1)
+        self.observers.reconnect(who)
         log.warning(
             "exchange reader %s reconnected: events published meanwhile are lost and counted as missing rounds",
             who,
@@ -288,54 +201,42 @@ class Ingress:
                     break
             keys = [peek_round(raw) for _, raw, _, _ in batch]
             newest = max((k for k in keys if k), default=None)
+            stale = 0
             for (aggregator, raw, t_mono, t_wall), key in zip(batch, keys, strict=True):
                 if newest is not None and key is not None and key < newest:
                     # A newer round is already here: the exchange has moved on, skip the parse.
-                    self.stale_events += 1
+                    stale += 1
                     continue
                 self._take(collector, aggregator, raw, t_mono, t_wall)
+            if stale:
+                self.observers.events_superseded(stale)
             # Decide which rounds are complete right after reading: time spent sending below
             # must not count as a quiet gap in the exchange's events.
             for pending in self._newest_only(collector.ready()):
                 try:
-                    if not self._broker_ok:
-                        self._publish_fleet()
-                        self._broker_ok = True
-                        log.warning(
-                            "broker is back: fleet spec published again; %d rounds were lost meanwhile",
-                            self.lost_rounds,
-                        )
+                    self.recovery.before_send()
                     self._dispatch(pending)
-                except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
-                    self.lost_rounds += 1
-                    if self._broker_ok:
-                        self.broker_outages += 1
-                    self._broker_ok = False
-                    log.error(
-                        "round %s lost: broker unreachable (%s)",
-                        pending.id,
-                        exc,
-                        extra={"slot": pending.key.market_slot, "tick": pending.key.tick_index},
-                    )
+                except BROKER_ERRORS as exc:
+                    at = pending.key
+                    self.recovery.lost(pending.id, exc, at.market_slot, at.tick_index)
                 dispatched += 1
-            if self._broker_ok:
+            if self.recovery.ok:
                 for pending in list(collector.pending.values()):
                     try:
                         self._stream(pending)
-                    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                    except BROKER_ERRORS as exc:
                         log.error("round %s: early shards not sent (%s)", pending.id, exc)
-            self._flush_records()
+            self.records.flush()
+            self.observers.flush()
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
+                # Not a count: the coordinator stops on it.
                 self.broker.hset(self.keys.counters, "finished", 1)
                 break
             if max_rounds is not None and dispatched >= max_rounds:
                 break
-        self._flush_records()
-        try:
-            self._write_counters(collector)
-        except redis.RedisError as exc:
-            log.error("final counters not written (%s): %s", exc, collector.stats)
+        self.records.flush()
+        self.observers.ingress_stopped(collector.stats)
 
     def _newest_only(self, ready: list[PendingRound]) -> list[PendingRound]:
         """Behind: answer only the newest round; older ones would land after their tick."""
@@ -344,7 +245,7 @@ class Ingress:
         newest = max(p.key for p in ready)
         for p in ready:
             if p.key < newest:
-                self.stale_rounds += 1
+                self.observers.round_skipped(RoundSkip.SUPERSEDED)
                 self._streams.pop(p.id, None)  # its early shards expire unread
                 log.warning(
                     "round %s dropped: a newer round is already due",
@@ -359,8 +260,7 @@ class Ingress:
         try:
             event = decode_event_for_ingress(raw)
         except ProtocolError as exc:
-            self.metrics.bad_events.inc()
-            self.bad_events += 1
+            self.observers.event_unusable(aggregator)
             log.error(
                 "aggregator %s: unusable event skipped: %s",
                 aggregator,
@@ -369,57 +269,16 @@ class Ingress:
             )
             return
         kind = type(event).__name__.removesuffix("Event").lower()
-        self.metrics.events.labels(kind).inc()
+        self.observers.event_received(kind)
         slot = getattr(event, "market_slot", None)
         completion = getattr(event, "slot_completion", None)
         if isinstance(slot, str) and isinstance(completion, str):
             self.clock.observe(slot, completion, t_mono)
         out = collector.add(aggregator, event, t_mono, t_wall)
         for agg, trade_event in out.trades:
-            self._records.append(self._trade_record(agg, trade_event))
+            self.records.trade(agg, trade_event, self._last_slot)
         for agg in out.finished:
-            self._records.append({"kind": "finish", "aggregator": agg})
-
-    def _trade_record(self, aggregator: str, event: TradeEvent | TradeEventLite) -> dict[str, Any]:
-        return {
-            "kind": "trade",
-            "slot": self._last_slot,
-            "aggregator": aggregator,
-            "trades": len(event.trade_list),
-            "energy_kwh": sum(t.traded_energy for t in event.trade_list),
-            "price_ct": sum(t.trade_price for t in event.trade_list),
-            "fees_ct": sum(
-                float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
-                for t in event.trade_list
-            ),
-        }
-
-    def _flush_records(self) -> None:
-        """Write the trade and finish records taken since the last flush, in one round trip.
-
-        Called after the loop has sent what was due: at a slot change a thousand aggregators'
-        trade events arrive right before the next round's events, and one write each would
-        hold that round up.
-        """
-        records, self._records = self._records, []
-        if not records:
-            return
-        trades = [r for r in records if r["kind"] == "trade"]
-        pipe = self.broker.pipeline(transaction=False)
-        for record in records:
-            pipe.xadd(
-                self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
-            )
-        if trades:
-            pipe.hincrby(self.keys.counters, "trades", sum(r["trades"] for r in trades))
-            pipe.hincrbyfloat(
-                self.keys.counters, "energy_traded_kwh", sum(r["energy_kwh"] for r in trades)
-            )
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            self.lost_records += len(records)
-            log.error("%d trade/finish records lost: broker unreachable (%s)", len(records), exc)
+            self.records.finish(agg)
 
     def _stream(self, pending: PendingRound) -> None:
         """Send the full shards of a round whose events are still arriving.
@@ -486,7 +345,7 @@ class Ingress:
         try:
             key, ctx = round_context(events)
         except RoundError as exc:
-            self.metrics.skipped_rounds.labels("unusable").inc()
+            self.observers.round_skipped(RoundSkip.UNUSABLE)
             log.warning("round %s skipped: %s", pending.key.id, exc)
             return
         self._last_slot = key.market_slot
@@ -507,11 +366,9 @@ class Ingress:
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, round_id, numbers, manifest.deadline)
         depth = self.broker.rpush(self.keys.rounds, round_id)
-        self.metrics.queue_depth.set(self.broker.llen(QUEUE))
+        self.observers.round_dispatched(manifest.shards, self.broker.llen(QUEUE))
         if depth > 3:
             log.warning("the coordinator is %d rounds behind", depth - 1)
-        self.metrics.rounds.inc()
-        self.metrics.shards.inc(manifest.shards)
         if missing:
             log.warning(
                 "round %s: no event from %d aggregators (lost or late)",
@@ -531,26 +388,6 @@ class Ingress:
             first,
             budget * 1e3,
             extra={"slot": key.market_slot, "tick": key.tick_index},
-        )
-
-    def _write_counters(self, collector: RoundCollector) -> None:
-        s = collector.stats
-        self.broker.hset(
-            self.keys.counters,
-            mapping={
-                "ingress_events": s.events,
-                "ingress_rounds": s.rounds,
-                "skipped_empty": s.skipped_empty,
-                "late_events": s.late_events,
-                "incomplete_rounds": s.incomplete_rounds,
-                "twin_events": s.twin_events,
-                "bad_events": self.bad_events,
-                "lost_rounds": self.lost_rounds,
-                "lost_records": self.lost_records,
-                "broker_outages": self.broker_outages,
-                "stale_events": self.stale_events,
-                "stale_rounds": self.stale_rounds,
-            },
         )
 
     def close(self) -> None:

@@ -241,6 +241,7 @@ class ShardRun:
     output: ShardOutput
     duration_s: float
     already_done: bool = False
+    assets: int = 0  # assets and markets evaluated
 
 
 def run_shard(
@@ -331,4 +332,4 @@ def run_shard(
     pipe.rpush(keys.done(round_id), shard)
     pipe.expire(keys.done(round_id), ROUND_TTL_S)
     pipe.execute()
-    return ShardRun(output=output, duration_s=duration)
+    return ShardRun(output=output, duration_s=duration, assets=len(uuids))

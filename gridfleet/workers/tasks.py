@@ -16,8 +16,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from gridfleet.platform.dispatch import TASK_NAME
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.observers import Observer, Observers, ShardEvaluated
 from gridfleet.platform.shard import claim_shard, run_shard
 from gridfleet.workers.app import app
+from gridfleet.workers.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,12 @@ _WHO = f"{socket.gethostname()}:{os.getpid()}"
 @lru_cache(maxsize=4)
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_keepalive=True, health_check_interval=10)
+
+
+@lru_cache(maxsize=1)
+def observers() -> Observer:
+    """This process's observers; built in the pool child on its first shard (after the fork)."""
+    return Observers([WorkerMetrics()])
 
 
 @app.task(name=TASK_NAME, ignore_result=True)
@@ -46,6 +54,16 @@ def evaluate_shard(namespace: str, round_id: str, shard: int) -> None:
     except LookupError as exc:
         log.warning("round %s shard %d: %s (dropped)", round_id, shard, exc)
         return
+    out = run.output
+    observers().shard_evaluated(
+        ShardEvaluated(
+            assets=run.assets,
+            duration_s=run.duration_s,
+            commands=out.commands,
+            refused=len(out.refusals),
+            errors=len(out.errors),
+        )
+    )
     log.debug(
         "round %s shard %d: %d commands in %.1f ms",
         round_id,

@@ -61,8 +61,11 @@ class Recorder(threading.Thread):
         ps.close()
 
 
-def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+def start_workers(
+    broker_url: str, concurrency: int = 2, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "GRIDFLEET_BROKER_URL": broker_url, "PYTHONPATH": str(REPO)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the worker makes its own
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -73,6 +76,8 @@ def start_workers(broker_url: str, concurrency: int = 2) -> subprocess.Popen[byt
             str(concurrency),
             "--loglevel",
             "ERROR",
+            "--metrics-port",
+            str(metrics_port),
         ],
         cwd=REPO,
         env=env,
@@ -249,10 +254,10 @@ class Fleet:
 
 @contextlib.contextmanager
 def running_fleet(
-    exchange_url: str, broker_url: str, **options: Any
+    exchange_url: str, broker_url: str, *, worker_metrics_port: int = 0, **options: Any
 ) -> Iterator[tuple[Fleet, subprocess.Popen[bytes]]]:
     """Worker processes and a started fleet; everything stopped again on the way out."""
-    workers = start_workers(broker_url)
+    workers = start_workers(broker_url, metrics_port=worker_metrics_port)
     fleet = Fleet(exchange_url, broker_url, **options)
     try:
         fleet.start()

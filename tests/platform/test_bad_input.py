@@ -45,7 +45,7 @@ def test_a_malformed_event_is_skipped_and_counted(
         with caplog.at_level(logging.ERROR):
             for agg, raw in (("agg-0", not_json), ("agg-1", not_a_tree), ("agg-2", good)):
                 node._take(collector, agg, raw, time.monotonic(), time.time())
-        assert node.bad_events == 1 and node.metrics.bad_events._value.get() == 1
+        assert node.tally.bad_events == 1 and node.metrics.bad_events._value.get() == 1
         assert any(
             "agg-0" in r.getMessage() and "unusable event" in r.getMessage() for r in caplog.records
         )

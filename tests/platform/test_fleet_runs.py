@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import orjson
 import pytest
+from prometheus_client.metrics_core import Metric as Family
+from prometheus_client.parser import text_string_to_metric_families
 
 from gridfleet.platform.local_loop import replay_rounds
 from gridfleet.platform.shard import Runtime
-from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.runtime.redis_server import RedisServer, free_port
 from tests.platform.harness import Fleet, kill_group, running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,24 +37,85 @@ def _summary(report: dict) -> dict:
 def _wait_for_rounds(fleet: Fleet, n: int, timeout: float = 60) -> None:
     """Until the coordinator has published ``n`` rounds (the first slot's ticks carry no tree)."""
     deadline = time.monotonic() + timeout
-    while len(fleet.coordinator.outcomes) < n and time.monotonic() < deadline:
+    while fleet.coordinator.tally.rounds_published < n and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(fleet.coordinator.outcomes) >= n
+    assert fleet.coordinator.tally.rounds_published >= n
+
+
+def _scrape(port: int) -> dict[str, Family]:
+    """The metric families a real ``/metrics`` endpoint serves, by name."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {f.name: f for f in text_string_to_metric_families(body)}
+
+
+def _value(families: dict[str, Family], name: str) -> float:
+    """The value of an unlabelled counter (``name`` without ``_total``) or gauge."""
+    (sample,) = [s for s in families[name].samples if not s.name.endswith("_created")]
+    return sample.value
 
 
 def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
     two_redis: tuple[RedisServer, RedisServer],
 ) -> None:
     exchange, broker = two_redis
-    with running_fleet(exchange.url, broker.url, assets=2000, aggregators=20, slots=3) as (
-        fleet,
-        _workers,
-    ):
+    worker_port = free_port()
+    with running_fleet(
+        exchange.url,
+        broker.url,
+        assets=2000,
+        aggregators=20,
+        slots=3,
+        worker_metrics_port=worker_port,
+    ) as (fleet, _workers):
         report = fleet.wait()
+        servers = [
+            n.metrics.serve(free_port(), host="127.0.0.1")
+            for n in (fleet.ingress, fleet.coordinator)
+        ]
+        try:
+            ingress_m, coordinator_m = (_scrape(srv.server_address[1]) for srv in servers)
+        finally:
+            for srv in servers:
+                srv.shutdown()
+        worker_m = _scrape(worker_port)
     s = _summary(report)
     # 2 slots with trees (the first slot's ticks carry none, as at gsy-e) x 10 rounds x 20 aggregators
     assert s["aggregator_rounds"] == 400
     assert s["on_time"] == 400 and s["late"] == 0 and s["missing"] == 0
+
+    # Prometheus, scraped from the running processes: the conventional names, the process's own
+    # metrics, and no histogram (no series at all) per aggregator.
+    for families in (ingress_m, coordinator_m, worker_m):
+        assert "process_cpu_seconds" in families and "process_resident_memory_bytes" in families
+        for family in families.values():
+            for sample in family.samples:
+                assert "aggregator" not in sample.labels, (family.name, sample)
+    for families in (ingress_m, coordinator_m):
+        assert "python_gc_collections" in families
+        assert "gridfleet_event_to_batch_seconds" not in families
+        assert "gridfleet_shard_seconds" not in families
+    latency = coordinator_m["gridfleet_event_to_batch_duration_seconds"]
+    assert latency.type == "histogram"
+    count = [x for x in latency.samples if x.name.endswith("_count")]
+    assert [x.value for x in count] == [20.0]  # once per round with trees, for all aggregators
+    assert coordinator_m["gridfleet_shard_duration_seconds"].type == "histogram"
+    assert _value(coordinator_m, "gridfleet_batches") == 400
+    # The workers' pool processes, summed by the worker's main process: every shard ingress
+    # sent ran on a worker unless the coordinator hedged it, and each asset once per round.
+    sent = _value(ingress_m, "gridfleet_shards")
+    hedged = fleet.coordinator.tally.hedged_shards
+    ran = _value(worker_m, "gridfleet_worker_shards")
+    assert sent == 20 * 4  # 2000 assets in shards of 500, 20 rounds with trees
+    assert ran <= sent <= ran + hedged
+    assets = _value(worker_m, "gridfleet_worker_assets_evaluated")
+    if hedged == 0:
+        assert assets == 2000 * 20
+    else:  # a hedged shard's assets may have been evaluated by the coordinator alone
+        assert 2000 * 20 - hedged * 500 <= assets <= 2000 * 20
+    durations = worker_m["gridfleet_worker_shard_duration_seconds"]
+    assert [x.value for x in durations.samples if x.name.endswith("_count")] == [ran]
+    assert _value(worker_m, "gridfleet_worker_strategy_errors") == 0
+    assert _value(worker_m, "gridfleet_worker_commands_refused") == 0
 
     # Determinism across shards: the same events evaluated in one process give the same batches.
     assert fleet.ingress.fleet is not None
@@ -80,7 +144,7 @@ def test_killing_the_workers_costs_no_tick_and_sends_nothing_twice(
         report = fleet.wait()
     s = _summary(report)
     assert s["missing"] == 0 and s["late"] == 0, s
-    assert sum(o.hedged for o in fleet.coordinator.outcomes) > 0, (
+    assert fleet.coordinator.tally.hedged_shards > 0, (
         "with every worker dead, shards must have been hedged"
     )
     # Exactly one batch per aggregator per round the exchange sent it, and no asset twice.
@@ -107,7 +171,7 @@ def test_pipeline_recovers_from_a_broker_restart(
         broker.restart(down_for=1.0)
         report = fleet.wait()
     rows = report["ticks"]
-    assert fleet.ingress.broker_outages >= 1 and fleet.ingress.lost_rounds >= 1, (
+    assert fleet.ingress.tally.broker_outages >= 1 and fleet.ingress.tally.lost_rounds >= 1, (
         "the outage must be counted"
     )
     # The last slot is entirely after the restart: every round of it on time again.

@@ -24,7 +24,6 @@ from gridfleet.exchange.messages import (
 from gridfleet.platform.codec import packb, unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.evaluate import evaluate_shard, merge_fragments
-from gridfleet.platform.ingress import cut_shards
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import RoundError, TreePart, build_round, flatten_parts
 from gridfleet.platform.shard import (
@@ -35,6 +34,7 @@ from gridfleet.platform.shard import (
     run_shard,
     write_round,
 )
+from gridfleet.platform.shard_plan import cut_shards
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import AssetStrategy, PerAssetStrategy
 from gridfleet.strategies.commands import Bid, OrderArrays, StrategyResult

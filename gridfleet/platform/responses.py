@@ -1,0 +1,104 @@
+"""The exchange's answers to the fleet's batches: rejections and market statistics, recorded.
+
+Each rejected command is counted, logged with its reason and stored where the asset's strategy
+sees it on its next evaluation; ``dso_market_stats`` answers go to the market strategies' state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
+from gridfleet.platform.codec import packb
+from gridfleet.platform.keys import Keys
+from gridfleet.platform.observers import Observer
+
+log = logging.getLogger(__name__)
+
+
+class ResponseRecorder:
+    """Records batch responses; the name maps are the coordinator's (kept up to date by it)."""
+
+    def __init__(
+        self,
+        broker: redis.Redis,
+        keys: Keys,
+        asset_names: dict[str, str],
+        aggregator_names: dict[str, str],
+        observers: Observer,
+    ) -> None:
+        self.broker = broker
+        self.keys = keys
+        self.asset_names = asset_names
+        self.aggregator_names = aggregator_names
+        self.observers = observers
+
+    def record(self, raw: bytes) -> int:
+        """Record one batch response; returns how many commands it rejected."""
+        if b'"error"' not in raw and b"market_stats" not in raw:
+            # Nothing to record: every command was accepted. Most responses are like this, and
+            # at 100 000 assets decoding them all would cost a core a tenth of every tick.
+            return 0
+        try:
+            resp = decode(raw, BatchResponse)
+        except ProtocolError as exc:
+            log.error("unusable batch response skipped: %s", exc)
+            return 0
+        agg_name = self.aggregator_names.get(resp.aggregator_uuid, resp.aggregator_uuid)
+        rejected = 0
+        examples: list[str] = []
+        pipe = self.broker.pipeline(transaction=False)
+        for asset, answers in resp.responses.items():
+            name = self.asset_names.get(asset)
+            if name is None:
+                log.warning(
+                    "batch response of %s names an asset the fleet does not know: %s",
+                    agg_name,
+                    asset,
+                    extra={"aggregator": agg_name},
+                )
+                continue
+            for answer in answers:
+                command = answer.command if isinstance(answer.command, str) else "?"
+                if not answer.ok:
+                    rejected += 1
+                    reason = answer.reason or "no reason given"
+                    if len(examples) < 3:
+                        examples.append(f"{command} of {name}: {reason}")
+                    log.debug(
+                        "exchange rejected %s of %s (%s): %s",
+                        command,
+                        name,
+                        agg_name,
+                        reason,
+                        extra={"aggregator": agg_name},
+                    )
+                    pipe.hset(
+                        self.keys.rejections,
+                        asset,
+                        packb(
+                            {
+                                "command": command,
+                                "reason": reason,
+                                "transaction_id": resp.transaction_id,
+                            }
+                        ),
+                    )
+                elif command == "dso_market_stats" and isinstance(answer.market_stats, dict):
+                    pipe.hset(self.keys.market_answers, asset, packb(answer.market_stats))
+        if rejected:
+            # One line per batch: a bad tick can reject tens of thousands of commands.
+            log.warning(
+                "exchange rejected %d commands of %s (batch %s), e.g. %s",
+                rejected,
+                agg_name,
+                resp.transaction_id,
+                "; ".join(examples),
+                extra={"aggregator": agg_name},
+            )
+        pipe.execute()
+        if rejected:
+            self.observers.commands_rejected(rejected)
+        return rejected
