@@ -117,6 +117,26 @@ class PendingRequests:
 
 READ_SIZE = 1 << 20
 
+AGGREGATORS_PER_READER = 16
+MAX_READERS = 64
+"""Event channels are spread so that one reader connection carries at most about 16
+aggregators (and there are at most 64 readers): Redis drops a subscriber whose output buffer
+passes its limit (``client-output-buffer-limit pubsub``, 32 MB at Redis's defaults), and with it
+every aggregator on that connection, so a single oversized message must cost few of them."""
+
+MAX_MESSAGE_BYTES = 64 << 20
+"""An event bigger than this is counted, logged with its channel and dropped unparsed."""
+
+DROP_HINT = (
+    "Redis closes a subscriber whose output buffer passes client-output-buffer-limit pubsub"
+    " (32 MB by default): one message that large, or a reader that fell behind, does this"
+)
+
+
+def readers_for(channels_count: int) -> int:
+    """How many reader connections carry ``channels_count`` event channels."""
+    return max(1, min(MAX_READERS, max(4, -(-channels_count // AGGREGATORS_PER_READER))))
+
 
 class Subscriber(threading.Thread):
     """One pub/sub connection on its own thread: subscribe, read, hand off, reconnect."""
@@ -187,7 +207,17 @@ class Subscriber(threading.Thread):
                 self._read(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._ready.clear()
-                log.warning("%s: lost Redis (%s); retrying in %.2f s", self.name, exc, backoff)
+                log.warning(
+                    "%s: lost Redis (%s); retrying in %.2f s; messages published meanwhile on"
+                    " its %d channels are lost (%s)%s",
+                    self.name,
+                    exc,
+                    backoff,
+                    len(self._channels) + len(self._patterns),
+                    ", ".join(sorted(self._channels)[:4])
+                    + ("..." if len(self._channels) > 4 else ""),
+                    f". {DROP_HINT}" if not first else "",
+                )
                 self._halt.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
@@ -237,9 +267,10 @@ class RedisPubSubLink:
         url: str,
         *,
         config_id: str = "",
-        event_connections: int = 4,
+        event_connections: int | None = None,
         request_timeout: float = 30.0,
         on_reconnect: ReconnectHandler | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = url
         self.config_id = config_id
@@ -259,7 +290,9 @@ class RedisPubSubLink:
         self._control.start()
         self._event_readers: list[Subscriber] = []
         self._response_readers: list[Subscriber] = []
-        self._n_event_connections = max(1, event_connections)
+        self._n_event_connections = event_connections  # None: readers_for(channels)
+        self.max_message_bytes = max_message_bytes
+        self.oversized = 0  # events dropped unparsed for their size
         self._control.wait_ready()
 
     # -- control-channel answers ---------------------------------------------------------------
@@ -451,7 +484,7 @@ class RedisPubSubLink:
                 name=f"exchange-{label}-{len(readers) + i}",
                 on_reconnect=self._on_reconnect,
             )
-            for i in range(min(self._n_event_connections, max(1, len(names))))
+            for i in range(min(self._readers(len(names)), max(1, len(names))))
         ]
         for i, name in enumerate(names):
             fresh[i % len(fresh)].subscribe(name)
@@ -461,10 +494,35 @@ class RedisPubSubLink:
             sub.wait_ready()
         readers.extend(fresh)
 
+    def _readers(self, channels_count: int) -> int:
+        if self._n_event_connections is not None:
+            return max(1, self._n_event_connections)
+        return readers_for(channels_count)
+
     def subscribe_events(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
         """Receive every event of these aggregators (spread over several connections)."""
         names = [channels.aggregator_events(a, self.config_id) for a in aggregator_uuids]
-        self._spread(self._event_readers, names, _by_aggregator(handler), "events")
+        self._spread(self._event_readers, names, self._size_guard(handler), "events")
+
+    def _size_guard(self, handler: RawHandler) -> MessageHandler:
+        """Drop (count, log with the channel) an event over ``max_message_bytes`` unparsed."""
+        by_aggregator = _by_aggregator(handler)
+        limit = self.max_message_bytes
+
+        def on_message(channel: str, raw: bytes, t: float) -> None:
+            if len(raw) > limit:
+                self.oversized += 1
+                log.error(
+                    "event of %.1f MB on %s dropped unparsed: over the %.0f MB limit",
+                    len(raw) / 1e6,
+                    channel,
+                    limit / 1e6,
+                    extra={"aggregator": channels.aggregator_of(channel)},
+                )
+                return
+            by_aggregator(channel, raw, t)
+
+        return on_message
 
     def subscribe_answers(self, aggregator_uuids: Iterable[str], handler: RawHandler) -> None:
         """Receive the exchange's answers to these aggregators' batches."""

@@ -13,15 +13,21 @@ It also absorbs the exchange's quirks:
 - trade and finish events are passed through, never evaluated;
 - an event for a round already handed out is either the 0 % tick twin of its market event
   (dropped), or a late event of an aggregator the round did not cover: that one gets a
-  follow-up round of its own, because an aggregator left unanswered costs a whole tick.
+  follow-up round of its own, because an aggregator left unanswered costs a whole tick;
+- an event for a slot that is not the open market is counted and never evaluated: a slot
+  before the newest one seen has closed (commands for it would land in the next market), and a
+  slot more than :data:`MAX_SLOT_JUMP` ahead of it is no slot change the exchange makes (a
+  stray or forged event for ``2099-01-01T00:00`` must not make every real round look stale).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from gridfleet.exchange.messages import (
     AggregatorEvent,
@@ -33,6 +39,12 @@ from gridfleet.exchange.messages import (
     TradeEventLite,
 )
 from gridfleet.platform.rounds import RoundEvent, RoundKey, has_tree
+
+log = logging.getLogger(__name__)
+
+MAX_SLOT_JUMP = timedelta(days=1)
+"""How far ahead of the newest slot seen an event's slot may be (the exchange moves one slot at a
+time; a day covers any slot length and a run of lost market events)."""
 
 
 @dataclass
@@ -61,6 +73,8 @@ class CollectorStats:
     trades: int = 0
     finishes: int = 0
     incomplete_rounds: int = 0  # handed out on the window, some aggregators missing
+    past_slot_events: int = 0  # for a slot that has closed: not evaluated
+    foreign_slot_events: int = 0  # for a slot far ahead, or unparsable: not evaluated
 
 
 @dataclass
@@ -88,6 +102,9 @@ class RoundCollector:
         self.keep_done = keep_done
         self.stats = CollectorStats()
         self.finished: set[str] = set()
+        self.open_slot: str | None = None  # the newest market slot accepted so far
+        self._open_at: datetime | None = None
+        self._warned: set[tuple[str, str]] = set()  # (aggregator, slot) logged once
 
     def add(
         self,
@@ -114,6 +131,8 @@ class RoundCollector:
             or event.feed_in_tariff_rate is None
         ):
             self.stats.skipped_empty += 1
+            return out
+        if not self._in_open_market(aggregator, event.market_slot):
             return out
         key = RoundKey.of(event)
         seq = 0
@@ -143,6 +162,37 @@ class RoundCollector:
             return out
         pending.events[aggregator] = event
         return out
+
+    def _in_open_market(self, aggregator: str, slot: str) -> bool:
+        """Is ``slot`` the open market (or the next one)? Counts and logs it once when not."""
+        if slot == self.open_slot:
+            return True
+        try:
+            at = datetime.fromisoformat(slot)
+        except ValueError:
+            return self._refuse(aggregator, slot, "foreign", "is not a market slot")
+        if self._open_at is None or self._open_at < at <= self._open_at + MAX_SLOT_JUMP:
+            self.open_slot, self._open_at = slot, at
+            return True
+        if at < self._open_at:
+            return self._refuse(aggregator, slot, "past", f"closed (open: {self.open_slot})")
+        return self._refuse(aggregator, slot, "foreign", f"is not the open market {self.open_slot}")
+
+    def _refuse(self, aggregator: str, slot: str, kind: str, why: str) -> bool:
+        if kind == "past":
+            self.stats.past_slot_events += 1
+        else:
+            self.stats.foreign_slot_events += 1
+        if (aggregator, slot) not in self._warned and len(self._warned) < 10_000:
+            self._warned.add((aggregator, slot))
+            log.warning(
+                "aggregator %s: event for slot %r skipped: it %s",
+                aggregator,
+                slot,
+                why,
+                extra={"aggregator": aggregator, "slot": slot},
+            )
+        return False
 
     def next_due(self) -> float | None:
         """Monotonic time at which the oldest pending round is due on its window."""

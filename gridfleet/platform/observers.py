@@ -447,6 +447,8 @@ class BrokerCounters(Observer):
                 "late_events": stats.late_events,
                 "incomplete_rounds": stats.incomplete_rounds,
                 "twin_events": stats.twin_events,
+                "past_slot_events": stats.past_slot_events,
+                "foreign_slot_events": stats.foreign_slot_events,
             }
         self._write(force=True)
         if self._totals:

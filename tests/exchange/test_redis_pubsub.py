@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -18,7 +19,7 @@ from gridfleet.exchange.link import (
     open_link,
 )
 from gridfleet.exchange.messages import BatchResponse, TickEvent, decode, decode_event
-from gridfleet.exchange.redis_pubsub import PendingRequests, RedisPubSubLink
+from gridfleet.exchange.redis_pubsub import PendingRequests, RedisPubSubLink, readers_for
 from gridfleet.runtime.redis_server import RedisServer
 from tests.conftest import load_example
 from tests.exchange.fake_exchange import FakeExchange
@@ -191,3 +192,28 @@ def test_what_does_not_register_is_named_with_a_hint(redis_url: str) -> None:
         assert "external_connection_available" in up.failures()["House 2"]
     finally:
         exchange.stop()
+
+
+def test_an_oversized_event_is_counted_and_dropped_and_the_reader_goes_on(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where Redis lets a huge message through, the link drops it unparsed, named."""
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+    with RedisPubSubLink(private_redis.url, max_message_bytes=1 << 20) as link:
+        got: queue.SimpleQueue = queue.SimpleQueue()
+        link.subscribe_events(["agg-1"], lambda agg, raw, t: got.put(raw))
+        with caplog.at_level(logging.ERROR):
+            admin.publish(channels.aggregator_events("agg-1"), b"x" * (2 << 20))
+            admin.publish(channels.aggregator_events("agg-1"), b'{"event": "finish"}')
+            assert got.get(timeout=5) == b'{"event": "finish"}'
+        assert link.oversized == 1 and got.empty()
+        (line,) = [r.getMessage() for r in caplog.records if "dropped unparsed" in r.getMessage()]
+        assert channels.aggregator_events("agg-1") in line and "2.1 MB" in line
+
+
+def test_event_channels_are_spread_so_one_drop_costs_few_aggregators() -> None:
+    assert readers_for(1) == 4  # _spread opens no more readers than channels
+    assert readers_for(20) == 4
+    assert readers_for(1000) == 63  # 16 aggregators a reader
+    assert readers_for(100_000) == 64
