@@ -40,8 +40,19 @@ class Recorder(threading.Thread):
         self.batches: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.halt = threading.Event()
         self.ready = threading.Event()
+        self.drops = 0
 
     def run(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self._record()
+            except redis.ConnectionError:
+                # Redis drops a subscriber whose output buffer passes its limit (a test may send
+                # a huge message on purpose): subscribe again, as gridfleet's readers do.
+                self.drops += 1
+                time.sleep(0.05)
+
+    def _record(self) -> None:
         ps = self.client.pubsub()
         ps.psubscribe(channels.aggregator_events_pattern())
         ps.subscribe(channels.batch_commands())
