@@ -26,7 +26,7 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, open_link
+from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, OutgoingBatch, open_link
 from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
 from gridfleet.platform.codec import packb, unpackb
 from gridfleet.platform.evaluate import merge_fragments
@@ -67,7 +67,7 @@ class Coordinator:
     def __init__(
         self,
         config: FleetConfig,
-        exchange_url: str,
+        exchange_url: ExchangeTarget,
         broker_url: str,
         *,
         metrics: Metrics | None = None,

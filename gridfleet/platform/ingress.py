@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, open_link
+from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, open_link
 from gridfleet.exchange.messages import (
     ProtocolError,
     TradeEvent,
@@ -169,7 +169,7 @@ class Ingress:
     def __init__(
         self,
         config: FleetConfig,
-        exchange_url: str,
+        exchange_url: ExchangeTarget,
         broker_url: str,
         *,
         partition: tuple[int, int] = (0, 1),

@@ -14,7 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, new_transaction_id, open_link
+from gridfleet.exchange.link import (
+    ExchangeLink,
+    ExchangeTarget,
+    OutgoingBatch,
+    new_transaction_id,
+    open_link,
+)
 from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, decode_event
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
@@ -65,7 +71,7 @@ class LocalLoop:
     """Connect a fleet and answer every round from this one process."""
 
     def __init__(
-        self, config: FleetConfig, exchange_url: str, *, link: ExchangeLink | None = None
+        self, config: FleetConfig, exchange_url: ExchangeTarget, *, link: ExchangeLink | None = None
     ) -> None:
         self.config = config
         self.plan = plan_fleet(config)
