@@ -26,6 +26,11 @@ from gridfleet.exchange.rest_auth import TokenKeeper
 
 log = logging.getLogger(__name__)
 
+# websockets logs every handshake header at DEBUG, our token among them: its logger for these
+# sockets never goes below INFO, whatever the root level.
+_ws_log = logging.getLogger(f"{__name__}.protocol")
+_ws_log.setLevel(logging.INFO)
+
 MessageSink = Callable[[str, bytes, float], None]
 BackSink = Callable[[str, float], None]
 
@@ -90,6 +95,7 @@ class AggregatorSocket:
                     ping_timeout=PING_TIMEOUT_S,
                     max_size=self._max_size,
                     max_queue=64,
+                    logger=_ws_log,
                 ) as ws:
                     self._ws = ws
                     opened_at = time.monotonic()
