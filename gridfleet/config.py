@@ -3,6 +3,10 @@
 ```yaml
 exchange:
   url: redis://127.0.0.1:6379/0      # or url_env: GRIDFLEET_EXCHANGE_URL (default)
+  # or a hosted collaboration / Canary Network over REST + websocket:
+  # rest: {domain: https://host, websocket: wss://host/external-ws, simulation_id: <uuid>,
+  #        username_env: API_CLIENT_USERNAME, password_env: API_CLIENT_PASSWORD}
+  # simulation_config: collab.json     # the Registry page's file fills domain, websocket, id
 broker:
   url_env: GRIDFLEET_BROKER_URL        # Celery broker + shard state; may be the same Redis
 grid_file: grid-assets.json            # names the exchange knows (for globs and "all")
@@ -32,7 +36,17 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gridfleet.exchange.link import ExchangeTarget, RestTarget
 
 AssetKindName = Literal["load", "pv", "storage", "smart_meter"]
 
@@ -56,12 +70,7 @@ class RedisEndpoint(_Model):
 
     @model_validator(mode="after")
     def _one_source(self) -> RedisEndpoint:
-        if self.url is None and self.url_env is None:
-            raise ValueError("give `url` or `url_env`")
-        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                f"url must start with redis://, rediss:// or unix://, got {self.url!r}"
-            )
+        _check_redis_source(self.url, self.url_env)
         return self
 
     def resolve(self, override: str | None = None) -> str:
@@ -72,6 +81,189 @@ class RedisEndpoint(_Model):
             return self.url
         assert self.url_env is not None
         return read_url_env(self.url_env)
+
+
+DEFAULT_USERNAME_ENV = "API_CLIENT_USERNAME"
+DEFAULT_PASSWORD_ENV = "API_CLIENT_PASSWORD"
+"""The official client's variables (gsy-e-sdk), so an SDK user's environment works as it is."""
+
+CREDENTIAL_KEYS = frozenset({"username", "password", "token", "access"})
+
+
+def _http_url(value: str, what: str, schemes: tuple[str, ...]) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(tuple(f"{s}://" for s in schemes)):
+        raise ValueError(
+            f"{what} must start with {' or '.join(s + '://' for s in schemes)}, got {value!r}"
+        )
+    if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(f"{what} must not carry credentials: use username_env / password_env")
+    return value
+
+
+class RestExchange(_Model):
+    """A hosted exchange over REST + websocket; credentials come from the environment only."""
+
+    domain: str | None = None
+    websocket: str | None = None
+    simulation_id: str | None = Field(default=None, min_length=1)
+    username_env: str = Field(default=DEFAULT_USERNAME_ENV, min_length=1)
+    password_env: str = Field(default=DEFAULT_PASSWORD_ENV, min_length=1)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    token_lifetime_s: float = Field(default=3600.0, gt=0)
+    select_concurrency: int = Field(default=50, ge=1, le=1000)
+    batch_retry_budget_s: float = Field(default=2.0, ge=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (found := sorted(CREDENTIAL_KEYS & set(data))):
+            raise ValueError(
+                f"{', '.join(found)} must not be in the fleet file: put the credentials in the"
+                " environment and name the variables with username_env / password_env"
+            )
+        return data
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, "domain", ("https", "http"))
+
+    @field_validator("websocket")
+    @classmethod
+    def _websocket(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, "websocket", ("wss", "ws"))
+
+
+class ExchangeEndpoint(RedisEndpoint):
+    """The exchange: a Redis URL (``url`` / ``url_env``), or a hosted one over REST (``rest``,
+    ``simulation_config``, or both: the explicit ``rest`` keys win over the file's)."""
+
+    rest: RestExchange | None = None
+    simulation_config: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExchangeEndpoint:
+        is_rest = self.rest is not None or self.simulation_config is not None
+        if is_rest and (self.url is not None or self.url_env is not None):
+            raise ValueError(
+                "give either `url`/`url_env` (Redis) or `rest`/`simulation_config`, not both"
+            )
+        if not is_rest:
+            _check_redis_source(self.url, self.url_env)
+        return self
+
+    @property
+    def is_rest(self) -> bool:
+        return self.rest is not None or self.simulation_config is not None
+
+    def resolve(self, override: str | None = None) -> str:
+        """The Redis URL (an override wins); a REST exchange has none."""
+        if not override and self.is_rest:
+            raise ConfigError("the fleet file's exchange is a REST one, not a Redis URL")
+        return super().resolve(override)
+
+    def target(self, override: str | None = None) -> ExchangeTarget:
+        """What to connect to: an explicit Redis URL wins, then the fleet file's form.
+
+        For REST the domain, websocket and simulation id come from ``rest`` or the simulation
+        config file, the credentials from the variables ``rest`` names (defaults: the official
+        client's ``API_CLIENT_USERNAME`` / ``API_CLIENT_PASSWORD``).
+        """
+        if override or not self.is_rest:
+            return self.resolve(override)
+        rest = self.rest or RestExchange()
+        filled = read_simulation_config(self.simulation_config) if self.simulation_config else {}
+        values = {}
+        for key, hint in (
+            ("domain", "the HTTP base URL, e.g. https://gsyweb.gridsingularity.com"),
+            (
+                "websocket",
+                "the websocket base URL, e.g. wss://gsyweb.gridsingularity.com/external-ws",
+            ),
+            ("simulation_id", "the collaboration's or Canary Network's uuid"),
+        ):
+            value = getattr(rest, key) or filled.get(key)
+            if not value:
+                theirs = SIMULATION_CONFIG_FIELDS[key][0]
+                source = (
+                    f"neither exchange.rest.{key} nor `{theirs}` in {self.simulation_config}"
+                    if self.simulation_config
+                    else f"exchange.rest.{key} is not given"
+                )
+                raise ConfigError(f"exchange: no {key} ({hint}): {source}")
+            values[key] = value
+        return RestTarget(
+            domain=values["domain"],
+            websocket=values["websocket"],
+            simulation_id=values["simulation_id"],
+            username=SecretStr(_credential(rest.username_env, "the exchange user's name (e-mail)")),
+            password=SecretStr(_credential(rest.password_env, "the exchange user's password")),
+            username_env=rest.username_env,
+            password_env=rest.password_env,
+            request_timeout_s=rest.request_timeout_s,
+            token_lifetime_s=rest.token_lifetime_s,
+            select_concurrency=rest.select_concurrency,
+            batch_retry_budget_s=rest.batch_retry_budget_s,
+        )
+
+
+def _credential(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set (it should hold {what})")
+    return value
+
+
+SIMULATION_CONFIG_FIELDS = {
+    "domain": ("domain_name", ("https", "http")),
+    "websocket": ("web_socket_domain_name", ("wss", "ws")),
+    "simulation_id": ("uuid", ()),
+}
+"""Our key -> (the Registry page file's key, allowed URL schemes)."""
+
+
+def read_simulation_config(path: Path) -> dict[str, str]:
+    """The domain, websocket and simulation id in a simulation config file (rest.md 1.4).
+
+    Only the fields it has: a missing one is an error only if the fleet file does not give it
+    either (:meth:`ExchangeEndpoint.target` says which). The file's ``username`` is not used
+    (the official client ignores it too), nor its ``registry`` (the link reads the live one). A field that is there but wrong (not a string, a URL without its scheme) is an error
+    naming the file and the field.
+    """
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"exchange.simulation_config: cannot read {path}: {exc.strerror}"
+        ) from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"exchange.simulation_config: {path} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"exchange.simulation_config: {path} must hold a JSON object")
+    out: dict[str, str] = {}
+    for ours, (theirs, schemes) in SIMULATION_CONFIG_FIELDS.items():
+        value = data.get(theirs)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(
+                f"exchange.simulation_config: {path}: `{theirs}` must be a non-empty string"
+            )
+        if schemes:
+            try:
+                value = _http_url(value, f"`{theirs}`", schemes)
+            except ValueError as exc:
+                raise ConfigError(f"exchange.simulation_config: {path}: {exc}") from None
+        out[ours] = value.strip()
+    return out
+
+
+def _check_redis_source(url: str | None, url_env: str | None) -> None:
+    if url is None and url_env is None:
+        raise ValueError("give `url` or `url_env`")
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"url must start with redis://, rediss:// or unix://, got {url!r}")
 
 
 def read_url_env(name: str) -> str:
@@ -126,7 +318,7 @@ class AggregatorSpec(_Model):
 
 
 class FleetConfig(_Model):
-    exchange: RedisEndpoint = RedisEndpoint(url_env="GRIDFLEET_EXCHANGE_URL")
+    exchange: ExchangeEndpoint = ExchangeEndpoint(url_env="GRIDFLEET_EXCHANGE_URL")
     exchange_config_id: str = ""
     broker: RedisEndpoint = RedisEndpoint(url_env="GRIDFLEET_BROKER_URL")
     grid_file: Path | None = None
@@ -194,6 +386,12 @@ def load_config(path: str | Path) -> FleetConfig:
     config = parse_config(data, str(path))
     if config.grid_file is not None and not config.grid_file.is_absolute():
         config = config.model_copy(update={"grid_file": (path.parent / config.grid_file).resolve()})
+    sim_config = config.exchange.simulation_config
+    if sim_config is not None and not sim_config.is_absolute():
+        exchange = config.exchange.model_copy(
+            update={"simulation_config": (path.parent / sim_config).resolve()}
+        )
+        config = config.model_copy(update={"exchange": exchange})
     return config
 
 
@@ -243,19 +441,26 @@ def _is_glob(pattern: str) -> bool:
     return any(ch in pattern for ch in "*?[")
 
 
-def resolve_names(patterns: list[str], known: list[str] | None, what: str, owner: str) -> list[str]:
+def resolve_names(
+    patterns: list[str],
+    known: list[str] | None,
+    what: str,
+    owner: str,
+    source: str = "the grid file",
+) -> list[str]:
     """Expand names and globs against ``known`` names, keeping ``known``'s order.
 
-    Plain names need no list of known names; globs do (``grid_file`` in the fleet file).
+    Plain names need no list of known names; globs do (``grid_file`` in the fleet file, or the
+    registry of a REST exchange: ``source`` names which in errors). Against a registry a plain
+    name it lacks is kept: the bring-up reports it with the exchange's reason.
     """
     out: list[str] = []
     seen: set[str] = set()
+    lenient = source != "the grid file"
     for pattern in patterns:
         if not _is_glob(pattern):
-            if known is not None and pattern not in set(known):
-                raise ConfigError(
-                    f"aggregator {owner!r}: {what} {pattern!r} is not in the grid file"
-                )
+            if known is not None and not lenient and pattern not in set(known):
+                raise ConfigError(f"aggregator {owner!r}: {what} {pattern!r} is not in {source}")
             matches = [pattern]
         else:
             if known is None:
@@ -264,7 +469,9 @@ def resolve_names(patterns: list[str], known: list[str] | None, what: str, owner
                 )
             matches = fnmatch.filter(known, pattern)
             if not matches:
-                raise ConfigError(f"aggregator {owner!r}: the glob {pattern!r} matches no {what}")
+                raise ConfigError(
+                    f"aggregator {owner!r}: the glob {pattern!r} matches no {what} in {source}"
+                )
         for name in matches:
             if name not in seen:
                 seen.add(name)

@@ -42,17 +42,23 @@ class RunFailed(click.ClickException):
 
 @contextlib.contextmanager
 def bring_up_errors() -> Iterator[None]:
-    """Bringing a fleet up: an exchange that does not answer exits 3, a fleet that cannot be
-    selected under ``on_unselected: stop`` exits 1, each with one line saying what and why."""
-    from gridfleet.exchange.link import ExchangeError
+    """Bringing a fleet up: an exchange that cannot be reached (or refuses the credentials)
+    exits 3, a fleet that cannot be selected under ``on_unselected: stop`` or another refusal
+    exits 1, a fleet file the exchange's registry contradicts exits 2; one line each."""
+    from gridfleet.config import ConfigError
+    from gridfleet.exchange.link import ExchangeError, ExchangeUnreachable
     from gridfleet.platform.fleet import SelectionFailed
 
     try:
         yield
-    except ExchangeError as exc:
+    except ConfigError as exc:  # e.g. a glob that matches nothing in the exchange's registry
+        raise BadInput(str(exc)) from None
+    except ExchangeUnreachable as exc:
         raise Unreachable(str(exc)) from None
     except SelectionFailed as exc:
         raise RunFailed(f"stopping (on_unselected: stop): {exc}") from None
+    except ExchangeError as exc:
+        raise RunFailed(f"bringing the fleet up failed: {exc}") from None
 
 
 def redact(url: str) -> str:
@@ -135,15 +141,41 @@ def _check_fleet(config, path: str) -> None:  # type: ignore[no-untyped-def]
         raise BadInput(f"{path}: {exc}") from None
 
 
-def _urls(config, exchange_url: str | None, broker_url: str | None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+def _exchange(config, exchange_url: str | None):  # type: ignore[no-untyped-def]
+    """The exchange target (a Redis URL, or a REST target with its credentials from the
+    environment), checked: Redis answers a ping, a REST exchange accepts a login."""
     from gridfleet.config import ConfigError
 
     try:
-        ex = config.exchange.resolve(exchange_url)
+        target = config.exchange.target(exchange_url)
+    except ConfigError as exc:
+        hint = "" if config.exchange.is_rest else "; or pass --exchange-url"
+        raise BadInput(f"{exc}{hint}") from None
+    if isinstance(target, str):
+        check_redis(target, "--exchange-url (or GRIDFLEET_EXCHANGE_URL)")
+    else:
+        check_exchange(target)
+    return target
+
+
+def check_exchange(target) -> None:  # type: ignore[no-untyped-def]
+    """Log in to a REST exchange once; unreachable or refused is exit 3 naming the domain."""
+    from gridfleet.exchange.link import ExchangeUnreachable, check_target
+
+    try:
+        check_target(target)
+    except ExchangeUnreachable as exc:
+        raise Unreachable(str(exc)) from None
+
+
+def _urls(config, exchange_url: str | None, broker_url: str | None):  # type: ignore[no-untyped-def]
+    from gridfleet.config import ConfigError
+
+    ex = _exchange(config, exchange_url)
+    try:
         br = config.broker.resolve(broker_url)
     except ConfigError as exc:
-        raise BadInput(f"{exc}; or pass --exchange-url / --broker-url") from None
-    check_redis(ex, "--exchange-url (or GRIDFLEET_EXCHANGE_URL)")
+        raise BadInput(f"{exc}; or pass --broker-url") from None
     check_redis(br, "--broker-url (or GRIDFLEET_BROKER_URL)")
     return ex, br
 
@@ -519,15 +551,10 @@ def run(
     assert config_path is not None  # _load_config refused a missing one
     _check_fleet(config, config_path)
     if single_process:
-        from gridfleet.config import ConfigError
         from gridfleet.platform.local_loop import LocalLoop
 
-        try:
-            ex = config.exchange.resolve(exchange_url)
-        except ConfigError as exc:
-            raise BadInput(f"{exc}; or pass --exchange-url") from None
-        check_redis(ex, "--exchange-url (or GRIDFLEET_EXCHANGE_URL)")
-        loop = LocalLoop(config, ex)
+        target = _exchange(config, exchange_url)
+        loop = LocalLoop(config, target)
         _stop_on_signals(loop.stop_event)
         try:
             with bring_up_errors():
@@ -539,7 +566,9 @@ def run(
     ex, br = _urls(config, exchange_url, broker_url)
     procs = FleetProcesses(
         config_path,
-        ex,
+        # A REST exchange is the fleet file's: the children read it (and the credentials'
+        # variables) themselves; an empty URL lets them.
+        ex if isinstance(ex, str) else "",
         br,
         workers=0 if no_workers else workers,
         metrics_port=metrics_port,

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeAlias, runtime_checkable
 from uuid import UUID, uuid4, uuid5
+
+from pydantic import SecretStr
 
 RawHandler = Callable[[str, bytes, float], None]
 """``(aggregator uuid, raw message, monotonic receive time)``; must return quickly."""
@@ -40,6 +42,52 @@ def new_transaction_id() -> str:
 
 class ExchangeError(RuntimeError):
     """The exchange answered with an error, or did not answer in time."""
+
+
+class ExchangeUnreachable(ExchangeError):
+    """The exchange could not be reached, or refused our credentials: nothing can run."""
+
+
+@dataclass(frozen=True)
+class RestTarget:
+    """A hosted exchange (collaboration or Canary Network) over REST + websocket.
+
+    Credentials are :class:`~pydantic.SecretStr`: they never show in a repr, a log line or an
+    error message; ``username_env`` / ``password_env`` name the variables they came from, so an
+    error can say where to look.
+    """
+
+    domain: str  # https://host, no trailing slash
+    websocket: str  # wss://host/external-ws
+    simulation_id: str
+    username: SecretStr
+    password: SecretStr
+    username_env: str = "API_CLIENT_USERNAME"
+    password_env: str = "API_CLIENT_PASSWORD"
+    request_timeout_s: float = 10.0  # every HTTP request, token and handshake
+    retry_budget_s: float = 30.0  # retries of one request stop after this long ...
+    max_retries: int = 5  # ... or this many attempts more
+    batch_retry_budget_s: float = 2.0  # a batch is worth retrying only within its tick
+    token_lifetime_s: float = 3600.0  # when the token carries no `exp`
+    select_concurrency: int = 50  # select-aggregator/ requests in flight
+    max_message_bytes: int = 256 * 1024 * 1024  # a 100 000-asset tree is ~30 MB
+
+
+ExchangeTarget: TypeAlias = str | RestTarget
+"""What :func:`open_link` connects to: a Redis URL, or a hosted exchange's REST target."""
+
+
+@dataclass(frozen=True)
+class ExchangeCatalog:
+    """What an exchange says the user may trade: asset and market names (registry order), the
+    asset kinds it knows (``load``, ``pv``, ``storage``, ``smart_meter``) and the name -> uuid
+    maps it learnt on the way."""
+
+    assets: list[str]
+    markets: list[str]
+    kinds: dict[str, str] = field(default_factory=dict)
+    asset_uuid: dict[str, str] = field(default_factory=dict)
+    market_uuid: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,13 +175,59 @@ class ExchangeLink(Protocol):
         ...
 
 
+@runtime_checkable
+class CatalogSource(Protocol):
+    """A link that can list what the exchange offers (REST: the configuration registry), so a
+    fleet's globs and ``["*"]`` resolve without a ``grid_file``. Redis has no such listing."""
+
+    def catalog(self, timeout: float = 60.0) -> ExchangeCatalog:
+        """The registered assets and markets of this user on the exchange."""
+        ...
+
+
+def link_catalog(link: ExchangeLink, timeout: float = 60.0) -> ExchangeCatalog | None:
+    """The exchange's catalogue through ``link``, or None when its transport has none."""
+    return link.catalog(timeout) if isinstance(link, CatalogSource) else None
+
+
+def has_catalog(target: ExchangeTarget) -> bool:
+    """Whether the link for ``target`` lists the exchange's assets (so globs need no grid file)."""
+    return isinstance(target, RestTarget)
+
+
+def check_target(target: ExchangeTarget) -> None:
+    """For a REST target, log in once: raises :class:`ExchangeUnreachable` naming the domain
+    (never the password) when the exchange is down or refuses the credentials."""
+    if isinstance(target, RestTarget):
+        from gridfleet.exchange.rest_auth import check_credentials
+
+        check_credentials(target)
+
+
+def describe_target(target: ExchangeTarget) -> str:
+    """The target fit for a log line: a REST domain and simulation, or the Redis URL's scheme
+    and host (never a password)."""
+    if isinstance(target, RestTarget):
+        return f"{target.domain} (simulation {target.simulation_id})"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(target)
+    host = parts.hostname or parts.path
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
 def open_link(
-    url: str,
+    url: ExchangeTarget,
     *,
     config_id: str = "",
     on_reconnect: ReconnectHandler | None = None,
 ) -> ExchangeLink:
-    """The link for an exchange target: ``redis://`` / ``rediss://`` / ``unix://`` URLs today."""
+    """The link for an exchange target: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a
+    :class:`RestTarget` (REST + websocket)."""
+    if isinstance(url, RestTarget):
+        from gridfleet.exchange.rest import RestLink
+
+        return RestLink(url, on_reconnect=on_reconnect)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
         from gridfleet.exchange.redis_pubsub import RedisPubSubLink

@@ -33,6 +33,7 @@ from gridfleet.exchange.link import (
     AggregatorRequest,
     BroughtUp,
     ExchangeError,
+    ExchangeUnreachable,
     OutgoingBatch,
     RawHandler,
     ReconnectHandler,
@@ -357,7 +358,7 @@ class RedisPubSubLink:
             reqs.append((tid, channels.AGGREGATOR_COMMANDS, orjson.dumps(body)))
         answers, missing = self._request_many(reqs, timeout)
         if missing:
-            raise ExchangeError(
+            raise ExchangeUnreachable(
                 f"the exchange did not answer the creation of {_names(by_tid[t] for t in missing)}"
                 " in time: is it running, with external connections on"
                 " (gsy-e run ... --enable-external-connection), on this Redis?"

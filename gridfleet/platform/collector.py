@@ -92,8 +92,12 @@ class RoundCollector:
         window_s: float = 0.05,
         max_wait_s: float = 0.3,
         keep_done: int = 64,
+        *,
+        open_market_only: bool = True,
     ) -> None:
         self.expected = frozenset(expected)
+        # Off only for offline replays, which add each aggregator's whole recording in turn.
+        self.open_market_only = open_market_only
         self.window_s = window_s  # a round is handed out after this long without a new event...
         self.max_wait_s = max_wait_s  # ...or this long after its first event, whichever is first
         self.pending: dict[RoundKey, PendingRound] = {}
@@ -132,7 +136,7 @@ class RoundCollector:
         ):
             self.stats.skipped_empty += 1
             return out
-        if not self._in_open_market(aggregator, event.market_slot):
+        if self.open_market_only and not self._in_open_market(aggregator, event.market_slot):
             return out
         key = RoundKey.of(event)
         seq = 0

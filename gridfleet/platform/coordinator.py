@@ -25,7 +25,7 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, open_link
+from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, OutgoingBatch, open_link
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
@@ -69,7 +69,7 @@ class Coordinator:
     def __init__(
         self,
         config: FleetConfig,
-        exchange_url: str,
+        exchange_url: ExchangeTarget,
         broker_url: str,
         *,
         metrics: Metrics | None = None,

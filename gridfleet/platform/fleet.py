@@ -22,7 +22,7 @@ from gridfleet.config import (
     load_catalog,
     resolve_names,
 )
-from gridfleet.exchange.link import AggregatorRequest, ExchangeLink
+from gridfleet.exchange.link import AggregatorRequest, ExchangeLink, link_catalog
 from gridfleet.platform.shard import FleetSpec
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import StrategyError
@@ -51,6 +51,9 @@ class AggregatorPlan:
 class FleetPlan:
     config: FleetConfig
     aggregators: list[AggregatorPlan]
+    # The exchange lists what may be traded (REST: its registry) and no grid file does: the
+    # aggregators still hold their patterns, resolved by connect_fleet from the link.
+    awaits_catalog: bool = False
 
     @property
     def asset_count(self) -> int:
@@ -69,14 +72,29 @@ def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> Fleet
             catalog = load_catalog(config.grid_file)
         except ConfigError as exc:
             problems.append(f"grid_file: {exc}")
+    if catalog is None and config.grid_file is None and config.exchange.is_rest:
+        _raise(problems)
+        plans = [AggregatorPlan(s, list(s.assets), list(s.markets)) for s in config.aggregators]
+        return FleetPlan(config, plans, awaits_catalog=True)
+    plans = _resolve(config, catalog, problems)
+    _raise(problems)
+    return FleetPlan(config, plans)
+
+
+def _resolve(
+    config: FleetConfig,
+    catalog: GridCatalog | None,
+    problems: list[str],
+    source: str = "the grid file",
+) -> list[AggregatorPlan]:
     known_assets = catalog.assets if catalog else None
     known_markets = catalog.markets if catalog else None
     plans = []
     owner: dict[str, str] = {}
     for i, spec in enumerate(config.aggregators):
         try:
-            assets = resolve_names(spec.assets, known_assets, "asset", spec.name)
-            markets = resolve_names(spec.markets, known_markets, "market", spec.name)
+            assets = resolve_names(spec.assets, known_assets, "asset", spec.name, source)
+            markets = resolve_names(spec.markets, known_markets, "market", spec.name, source)
         except ConfigError as exc:
             problems.append(f"aggregators.{i}: {exc}")
             continue
@@ -87,11 +105,36 @@ def plan_fleet(config: FleetConfig, catalog: GridCatalog | None = None) -> Fleet
                 )
             owner.setdefault(name, spec.name)
         plans.append(AggregatorPlan(spec, assets, markets))
+    return plans
+
+
+def _raise(problems: list[str]) -> None:
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in the fleet:\n  " + "\n  ".join(problems))
-    return FleetPlan(config, plans)
+
+
+def resolve_from_link(plan: FleetPlan, link: ExchangeLink, timeout: float = 60.0) -> None:
+    """Resolve a plan that awaits its catalogue against what the link says the exchange offers
+    (in place: the plan's aggregators get their names). Raises :class:`ConfigError` like
+    :func:`plan_fleet`, naming the exchange's registry as the source."""
+    if not plan.awaits_catalog:
+        return
+    found = link_catalog(link, timeout)
+    if found is None:
+        raise ConfigError('globs and ["*"] need `grid_file`: this exchange lists no assets')
+    catalog = GridCatalog(
+        assets=found.assets,
+        markets=found.markets,
+        kinds={k: v for k, v in found.kinds.items() if v in KIND_NAMES.values()},  # type: ignore[misc]
+    )
+    problems: list[str] = []
+    wanted = {a.spec.name for a in plan.aggregators}  # an ingress partition keeps a part
+    plans = _resolve(plan.config, catalog, problems, "the exchange's registry")
+    _raise(problems)
+    plan.aggregators = [p for p in plans if p.spec.name in wanted]
+    plan.awaits_catalog = False
 
 
 def _strategy_specs(agg: AggregatorSpec) -> Iterator[tuple[str, StrategySpec]]:
@@ -262,6 +305,7 @@ def connect_fleet(
         stop_on_failure = plan.config.on_unselected == "stop"
     if timeout is None:
         timeout = plan.config.bring_up_timeout_s
+    resolve_from_link(plan, link, timeout)
     up = link.bring_up(
         [AggregatorRequest(a.spec.name, a.assets, a.markets) for a in plan.aggregators],
         timeout=timeout,

@@ -31,7 +31,7 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, open_link
+from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, open_link
 from gridfleet.exchange.messages import ProtocolError, decode_event_for_ingress
 from gridfleet.platform.broker_recovery import BrokerRecovery
 from gridfleet.platform.collector import PendingRound, RoundCollector
@@ -80,7 +80,7 @@ class Ingress:
     def __init__(
         self,
         config: FleetConfig,
-        exchange_url: str,
+        exchange_url: ExchangeTarget,
         broker_url: str,
         *,
         partition: tuple[int, int] = (0, 1),

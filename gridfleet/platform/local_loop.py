@@ -14,7 +14,13 @@ import time
 from dataclasses import dataclass, field
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, OutgoingBatch, new_transaction_id, open_link
+from gridfleet.exchange.link import (
+    ExchangeLink,
+    ExchangeTarget,
+    OutgoingBatch,
+    new_transaction_id,
+    open_link,
+)
 from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, decode_event
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
@@ -65,7 +71,7 @@ class LocalLoop:
     """Connect a fleet and answer every round from this one process."""
 
     def __init__(
-        self, config: FleetConfig, exchange_url: str, *, link: ExchangeLink | None = None
+        self, config: FleetConfig, exchange_url: ExchangeTarget, *, link: ExchangeLink | None = None
     ) -> None:
         self.config = config
         self.plan = plan_fleet(config)
@@ -138,7 +144,7 @@ def replay_rounds(
     """
     # The same grouping as ingress (market event and 0 % tick once, empty trees skipped), with
     # every event already in: all rounds are complete, none is late.
-    collector = RoundCollector(events.keys())
+    collector = RoundCollector(events.keys(), open_market_only=False)  # events come per aggregator
     for agg, raws in events.items():
         for raw in raws:
             collector.add(agg, decode_event(raw), now=0.0, wall=0.0)
