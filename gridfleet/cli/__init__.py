@@ -14,12 +14,12 @@ import sys
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from gridfleet import __version__
 from gridfleet.runtime.interpreter import favour_reader_threads
+from gridfleet.runtime.redact import redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,17 +33,6 @@ class Unreachable(click.ClickException):
 
 class BadInput(click.ClickException):
     exit_code = EXIT_USAGE
-
-
-def redact(url: str) -> str:
-    """A Redis URL fit for a log line: the password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def check_redis(url: str, flag: str) -> None:
