@@ -62,7 +62,8 @@ def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
     assert set(expected) == set(fleet.recorder.batches)
     for agg, bodies in expected.items():
         sent = [b["batch_commands"] for b in fleet.recorder.batches[agg]]
-        assert sent == [orjson.loads(b) for b in bodies], (
+        # an empty body ({}: nothing to say) is never put on the wire (gsy-e does not answer it)
+        assert sent == [orjson.loads(b) for b in bodies if b != b"{}"], (
             f"aggregator {agg} differs from the one-process evaluation"
         )
     assert sum(len(b) for b in expected.values()) == 400
