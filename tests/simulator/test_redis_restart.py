@@ -20,23 +20,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_exchange_redis_restarted_mid_run_is_a_counted_gap(private_redis: RedisServer) -> None:
-    with RedisServer() as broker:
-        with running_fleet(
+    with (
+        RedisServer() as broker,
+        running_fleet(
             private_redis.url, broker.url, assets=400, aggregators=4, slots=4, tick_interval=0.5
-        ) as (fleet, _workers):
-            sim = fleet.sim
-            deadline = time.monotonic() + 60
-            while len(fleet.coordinator.outcomes) < 3:  # trading in the second slot
-                assert time.monotonic() < deadline, "the fleet never got going"
-                time.sleep(0.05)
-            registry_before = dict(sim.registry.aggregators), dict(sim.registry.owner)
-            fleet.recorder.halt.set()  # the harness's wire recorder does not outlive a restart
-            fleet.recorder.join(timeout=2)
-            down_at = time.time()
-            private_redis.restart(down_for=1.6)
-            back_at = time.time()
-            report = fleet.wait(timeout=120)
-            assert sim.error is None, sim.error
+        ) as (fleet, _workers),
+    ):
+        sim = fleet.sim
+        deadline = time.monotonic() + 60
+        while len(fleet.coordinator.outcomes) < 3:  # trading in the second slot
+            assert time.monotonic() < deadline, "the fleet never got going"
+            time.sleep(0.05)
+        registry_before = dict(sim.registry.aggregators), dict(sim.registry.owner)
+        fleet.recorder.halt.set()  # the harness's wire recorder does not outlive a restart
+        fleet.recorder.join(timeout=2)
+        down_at = time.time()
+        private_redis.restart(down_for=1.6)
+        back_at = time.time()
+        report = fleet.wait(timeout=120)
+        assert sim.error is None, sim.error
 
     # The engine kept its state: the same aggregators and selections, and the whole run.
     assert (dict(sim.registry.aggregators), dict(sim.registry.owner)) == registry_before
