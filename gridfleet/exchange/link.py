@@ -134,6 +134,11 @@ class OutgoingBatch:
     transaction_id: str
     commands_json: bytes
 
+    @property
+    def empty(self) -> bool:
+        """No command at all (``{}``): the aggregator has nothing to say this round."""
+        return self.commands_json.strip() in (b"{}", b"")
+
 
 class ExchangeLink(Protocol):
     """An aggregator-side connection to an exchange (gsy-e, or gridfleet's embedded one)."""
@@ -162,7 +167,12 @@ class ExchangeLink(Protocol):
         ...
 
     def send_batches(self, batches: Iterable[OutgoingBatch]) -> int:
-        """Send ready batches, as one burst where the transport allows; returns how many went."""
+        """Send ready batches, as one burst where the transport allows; returns how many went.
+
+        An :attr:`~OutgoingBatch.empty` batch is never sent (gsy-e does not answer a batch
+        without commands); it is not counted in the result. The exchange's deadline report
+        counts such a round as ``idle`` when the aggregator had nothing it could trade.
+        """
         ...
 
     @property

@@ -552,10 +552,12 @@ class RedisPubSubLink:
         return tid, head[:-1] + b',"batch_commands":' + commands_json + b"}"
 
     def send_batches(self, batches: Iterable[OutgoingBatch]) -> int:
-        """Publish BATCHED messages in one pipeline; returns how many were sent."""
+        """Publish BATCHED messages in one pipeline; returns how many were sent. A batch with
+        no commands (``{}``) is not sent: gsy-e never answers one."""
         return self.publish_batches(
             self.batch_message(b.aggregator_uuid, b.commands_json, b.transaction_id)[1]
             for b in batches
+            if not b.empty
         )
 
     def publish_batches(self, batches: Iterable[bytes]) -> int:

@@ -499,10 +499,12 @@ class RestLink:
         """POST every batch concurrently; returns at once with how many were handed over.
 
         A batch still failing after ``batch_retry_budget_s`` is logged and counted in
-        ``lost_batches``: its round is lost, the fleet goes on.
+        ``lost_batches``: its round is lost, the fleet goes on. An empty batch is not sent.
         """
         n = 0
         for b in batches:
+            if b.empty:
+                continue
             head = orjson.dumps(
                 {"aggregator_uuid": b.aggregator_uuid, "transaction_id": b.transaction_id}
             )

@@ -8,12 +8,42 @@ that name on its app, so the platform never imports worker code.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
 
 TASK_NAME = "gridfleet.evaluate_shard"
 QUEUE = "gridfleet.shards"
+
+
+_CERT_REQS = {
+    "required": ssl.CERT_REQUIRED,
+    "cert_required": ssl.CERT_REQUIRED,
+    "optional": ssl.CERT_OPTIONAL,
+    "cert_optional": ssl.CERT_OPTIONAL,
+    "none": ssl.CERT_NONE,
+    "cert_none": ssl.CERT_NONE,
+}
+_SSL_KEYS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def broker_ssl(broker_url: str) -> dict[str, Any] | None:
+    """Celery's ``broker_use_ssl`` for a ``rediss://`` broker, from the URL's query (the same
+    ``ssl_ca_certs`` / ``ssl_certfile`` / ``ssl_keyfile`` / ``ssl_cert_reqs`` redis-py reads);
+    None for a plain broker. Without it kombu would connect to a rediss:// broker without
+    verifying its certificate; the default here is to verify it (``ssl_cert_reqs=required``)."""
+    parts = urlsplit(broker_url)
+    if parts.scheme.lower() != "rediss":
+        return None
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    reqs = query.get("ssl_cert_reqs", "required").lower()
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs={reqs!r}: expected required, optional or none")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    options.update({k: query[k] for k in _SSL_KEYS if k in query})
+    return options
 
 
 def celery_settings(
@@ -46,6 +76,8 @@ def celery_settings(
         # Task events cost 27-40 % of throughput; on only when someone watches in Flower.
         "worker_send_task_events": task_events,
         "task_send_sent_event": task_events,
+        # rediss://: verify the broker's certificate against the URL's CA (see broker_ssl)
+        "broker_use_ssl": broker_ssl(broker_url) or False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         # Redeliver a dead worker's shard soon (the default is an hour); expiry drops stale ones.

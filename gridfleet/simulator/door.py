@@ -15,6 +15,14 @@ from typing import Protocol
 AGG_COMMAND, BATCH, REGISTER, CONTROL = "agg", "batch", "register", "control"
 
 
+class DeliveryFailed(ConnectionError):
+    """:meth:`Outbox.send` could not deliver (the door's transport is down).
+
+    What the outbox held is lost; the door reconnects by itself, and the engine keeps its clock
+    and state and counts what went undelivered (the deadline report's gaps).
+    """
+
+
 @dataclass(slots=True)
 class Inbound:
     """One message from outside, unparsed (the engine thread parses it)."""
@@ -55,7 +63,7 @@ class Outbox(Protocol):
         """The exchange's heartbeat."""
 
     def send(self) -> None:
-        """Deliver everything queued, in order."""
+        """Deliver everything queued, in order; :class:`DeliveryFailed` when it cannot."""
 
 
 class Outlet(Protocol):

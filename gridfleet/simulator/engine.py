@@ -12,6 +12,10 @@ is no market event for it. After the last slot: per-market and per-aggregator fi
 
 The engine reads messages from :attr:`Intake.inbound` and sends through an
 :class:`~gridfleet.simulator.door.Outlet`; it does not know which door either belongs to.
+
+When a door cannot deliver (:class:`~gridfleet.simulator.door.DeliveryFailed`: its Redis is
+restarting) the engine keeps its state and its clock: the rounds dispatched meanwhile are
+recorded as a delivery gap and are missing for every aggregator (the deadline report says so).
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ import threading
 import time
 from datetime import datetime
 
+import numpy as np
 import orjson
 
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
-from gridfleet.simulator.door import Outbox, Outlet
+from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
 from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_rows
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
@@ -37,6 +42,9 @@ from gridfleet.simulator.simconfig import TICKS_PER_SLOT, SimConfig
 from gridfleet.simulator.state import ExchangeState, TradeReport
 
 log = logging.getLogger(__name__)
+
+# How long the finish events are retried when the door cannot deliver them (Redis down).
+FINISH_RETRY_S = 30.0
 
 
 class Engine:
@@ -111,7 +119,31 @@ class Engine:
         """gsy-e's heartbeat, sent on its own."""
         out = self.outlet.outbox()
         out.heartbeat(orjson.dumps({"time": int(now)}))
-        out.send()
+        self.deliver(out)
+
+    def deliver(self, out: Outbox) -> bool:
+        """Send ``out``; False (logged once per gap, counted) when the door cannot deliver."""
+        try:
+            out.send()
+        except DeliveryFailed as exc:
+            self.counts.undelivered_sends += 1
+            if self.deadline.delivery_failed(time.time()):
+                log.warning(
+                    "exchange cannot deliver (%s); the clock goes on, rounds sent meanwhile "
+                    "are counted as undelivered",
+                    exc,
+                )
+            return False
+        gap = self.deadline.delivery_restored(time.time())
+        if gap is not None and gap.end is not None:
+            log.warning(
+                "exchange delivers again after %.1f s: %d rounds undelivered (%s .. %s)",
+                gap.end - gap.start,
+                gap.rounds,
+                gap.first_round or "-",
+                gap.last_round or "-",
+            )
+        return True
 
     # ------------------------------------------------------------------ rounds
 
@@ -209,7 +241,7 @@ class Engine:
             self.counts.bytes_sent += len(payload)
             out.aggregator_event(agg, payload)
         self.counts.events_sent += len(rows)
-        out.send()
+        self.deliver(out)
         self.counts.trade_events_ms.append((time.perf_counter() - t0) * 1000)
 
     def _round(self, market: bool, refreshed: bool = False) -> None:
@@ -237,15 +269,36 @@ class Engine:
             send_event(agg, payload)
         self._direct_asset_events(out, market, completion)
         sent = time.time()
+        number: int | None = None
         if self._slot > 0:  # no answer is expected to the first slot's empty trees
             self.counting_since = min(self.counting_since, sent)
             active = [a for a in aggs if self.registry.selected.get(a)]
-            self.deadline.round_sent(slot, completion, sent, active)
-        out.send()
+            number = self.deadline.round_sent(slot, completion, sent, active, self._idle(active))
+        if not self.deliver(out):
+            self.deadline.round_undelivered(f"{slot} {completion}%", number)
         self.counts.rounds += 1
         self.counts.events_sent += len(aggs) * (2 if market else 1)
         self.counts.event_round_ms.append((time.perf_counter() - t0) * 1000 + self._refresh_ms)
         self._refresh_ms = 0.0
+
+    def _idle(self, aggregators: list[str]) -> set[str]:
+        """Those of ``aggregators`` with nothing they could trade now: no market selected and
+        every asset's requirement, available energy and storage room to buy and to sell at or
+        below the exchange's 2e-5 kWh floor (no order of theirs could be accepted)."""
+        owner, keys = self.selection.owner_arr  # asset -> its owner's position in keys
+        owner = owner[: self.grid.n_assets]
+        busy = owner[self.state.tradeable() & (owner >= 0)]
+        has_trade = np.bincount(busy, minlength=len(keys)) > 0
+        trading = {agg for agg, yes in zip(keys, has_trade.tolist(), strict=True) if yes}
+        devices = self.devices
+        idle = set()
+        for agg in aggregators:
+            if agg in trading:
+                continue
+            if any(devices[d][0] != ASSET for d in self.registry.selected.get(agg, ())):
+                continue  # a market to operate (fees, stats): never idle
+            idle.add(agg)
+        return idle
 
     def _direct_asset_events(self, out: Outbox, market: bool, completion: int) -> None:
         """Registered but unselected assets get gsy-e's per-asset events (08_direct_asset_*)."""
@@ -297,10 +350,21 @@ class Engine:
     # ------------------------------------------------------------------ the end
 
     def finish(self) -> None:
-        """Account what was read but not applied, send the finish events, mark the run done."""
+        """Account what was read but not applied, send the finish events (retried for up to
+        ``FINISH_RETRY_S`` while the door cannot deliver), mark the run done."""
         now = time.time()
         self.intake.account_backlog(now)
         self.deadline.finish(now)
+        self.counts.events_sent += len(self.registry.aggregators)
+        out = self._finish_events()
+        give_up = time.monotonic() + FINISH_RETRY_S
+        while not self.deliver(out) and time.monotonic() < give_up:
+            time.sleep(0.5)
+            out = self._finish_events()
+        self.finished.set()
+
+    def _finish_events(self) -> Outbox:
+        """An outbox holding every finish event: per market, registered asset and aggregator."""
         out = self.outlet.outbox()
         for m in self.grid.markets:
             out.asset_event(m.slug, "finish", b'{"event":"finish"}')
@@ -314,6 +378,4 @@ class Engine:
                 )
         for agg in self.registry.aggregators:
             out.aggregator_event(agg, FINISH_EVENT)
-            self.counts.events_sent += 1
-        out.send()
-        self.finished.set()
+        return out

@@ -93,7 +93,7 @@ class Intake:
                 log.exception("could not handle a message (%s, %s)", msg.kind, msg.origin)
         if group:
             self.answer(group, out)
-        out.send()
+        self.engine.deliver(out)
 
     @staticmethod
     def parse(msg: Inbound) -> dict[str, Any] | None:
@@ -144,7 +144,7 @@ class Intake:
             ),
         )
         if command == "stop":
-            out.send()
+            engine.deliver(out)
             engine.finish()
             return engine.outlet.outbox()
         return out

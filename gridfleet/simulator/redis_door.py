@@ -2,8 +2,11 @@
 
 - :class:`Inbox` runs one reader thread on a pub/sub connection and queues every inbound
   message with its arrival time. It never parses: the engine thread does, so all state has a
-  single owner and needs no locks.
-- :class:`RedisOutbox` publishes what the engine sends in one pass through one pipeline.
+  single owner and needs no locks. When Redis goes away (a restart) it resubscribes with
+  backoff; what was published meanwhile is lost, as pub/sub always loses it.
+- :class:`RedisOutbox` publishes what the engine sends in one pass through one pipeline; when
+  Redis is unreachable it raises :class:`~gridfleet.simulator.door.DeliveryFailed` at once (no
+  retry with backoff: the engine's clock must not stall) and the next pass reconnects.
 - :class:`RedisDoor` connects (or starts an embedded ``redis-server``), opens the inbox and
   hands the engine outboxes.
 """
@@ -17,15 +20,35 @@ import threading
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gridfleet.exchange import channels
+from gridfleet.runtime.redact import redact
 from gridfleet.runtime.redis_server import RedisServer
-from gridfleet.simulator.door import AGG_COMMAND, BATCH, CONTROL, REGISTER, Inbound
+from gridfleet.simulator.door import (
+    AGG_COMMAND,
+    BATCH,
+    CONTROL,
+    REGISTER,
+    DeliveryFailed,
+    Inbound,
+)
 
 log = logging.getLogger(__name__)
 
 REGISTER_PATTERN = "*/register_participant"
 _REGISTER_SUFFIX = len("/register_participant")
+_LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
+# Resubscribing after a lost connection: first try soon, then back off up to this.
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.1, 2.0
+
+
+def _client(url: str, **kwargs: object) -> redis.Redis:
+    """A client that fails fast: one immediate retry (a stale pooled connection), no backoff."""
+    return redis.Redis.from_url(
+        url, retry=Retry(NoBackoff(), 1), socket_connect_timeout=2, **kwargs
+    )
 
 
 class Inbox:
@@ -40,6 +63,7 @@ class Inbox:
         self._pubsub = client.pubsub(ignore_subscribe_messages=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.reconnects = 0  # how often the connection was lost and subscribed again
         self._kinds = {
             channels.AGGREGATOR_COMMANDS: AGG_COMMAND,
             channels.batch_commands(config_id): BATCH,
@@ -48,6 +72,11 @@ class Inbox:
 
     def start(self, timeout: float = 10.0) -> None:
         """Subscribe, wait until Redis confirmed every subscription, then start reading."""
+        self._subscribe(timeout)
+        self._thread = threading.Thread(target=self._run, name="sim-inbox", daemon=True)
+        self._thread.start()
+
+    def _subscribe(self, timeout: float) -> None:
         self._pubsub.subscribe(*self._kinds)
         self._pubsub.psubscribe(REGISTER_PATTERN)
         expected = len(self._kinds) + 1
@@ -58,19 +87,40 @@ class Inbox:
                 expected -= 1
         if expected:
             raise TimeoutError("Redis did not confirm the exchange's subscriptions")
-        self._thread = threading.Thread(target=self._run, name="sim-inbox", daemon=True)
-        self._thread.start()
+
+    def _resubscribe(self, reason: BaseException) -> None:
+        """A new pub/sub connection with every subscription, retried with backoff until it
+        works or the inbox stops. One log line when lost, one when back."""
+        lost_at = time.monotonic()
+        log.warning(
+            "exchange inbox lost Redis (%s); resubscribing",
+            redact(str(reason)) or type(reason).__name__,
+        )
+        wait = RECONNECT_FIRST_S
+        while not self._stop.wait(wait):
+            with contextlib.suppress(Exception):  # the old connection is dead anyway
+                self._pubsub.close()
+            self._pubsub = self.client.pubsub(ignore_subscribe_messages=False)
+            try:
+                self._subscribe(timeout=2.0)
+            except (*_LOST, TimeoutError, ValueError):
+                wait = min(RECONNECT_MAX_S, wait * 2)
+                continue
+            self.reconnects += 1
+            log.warning(
+                "exchange inbox subscribed again after %.1f s (messages sent meanwhile are lost)",
+                time.monotonic() - lost_at,
+            )
+            return
 
     def _run(self) -> None:
-        ps = self._pubsub
         while not self._stop.is_set():
             try:
-                msg = ps.get_message(timeout=0.05)
-            except (redis.ConnectionError, ValueError, OSError):
+                msg = self._pubsub.get_message(timeout=0.05)
+            except (*_LOST, ValueError) as exc:
                 if self._stop.is_set():
                     return
-                log.exception("exchange inbox lost its Redis connection; retrying")
-                time.sleep(0.5)
+                self._resubscribe(exc)
                 continue
             if msg is None:
                 continue
@@ -128,7 +178,10 @@ class RedisOutbox:
         self._pipe.publish(channels.HEARTBEAT, payload)
 
     def send(self) -> None:
-        self._pipe.execute()
+        try:
+            self._pipe.execute()
+        except _LOST as exc:
+            raise DeliveryFailed(redact(str(exc)) or type(exc).__name__) from None
 
 
 class RedisDoor:
@@ -146,14 +199,12 @@ class RedisDoor:
         if self.url is None:
             self._server = RedisServer().start()
             self.url = self._server.url
-        self._pub = redis.Redis.from_url(self.url)
+        self._pub = _client(self.url, socket_timeout=10)
 
     def open_inbox(self, inbound: queue.Queue[Inbound]) -> None:
         """Subscribe and start the reader thread, which puts what it reads on ``inbound``."""
         assert self.url is not None, "connect() first"
-        self.inbox = Inbox(
-            redis.Redis.from_url(self.url, socket_read_size=1 << 20), inbound, self.config_id
-        )
+        self.inbox = Inbox(_client(self.url, socket_read_size=1 << 20), inbound, self.config_id)
         self.inbox.start()
 
     def outbox(self) -> RedisOutbox:

@@ -22,6 +22,7 @@ class Counts:
     trades: int = 0
     energy_traded_kwh: float = 0.0
     bytes_sent: int = 0  # event payload bytes (market, tick, trade)
+    undelivered_sends: int = 0  # passes (rounds, answers, heartbeats) the door could not send
     round_ms: list[float] = field(default_factory=list)  # match + build + publish of each round
     match_ms: list[float] = field(default_factory=list)  # the matching part of it
     event_round_ms: list[float] = field(default_factory=list)  # refresh + build + publish ticks

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gridfleet.runtime.redact import redact
 from gridfleet.simulator.grid import Grid, generate_grid, load_grid_file
 from gridfleet.simulator.runner import Simulator
 
@@ -54,22 +55,36 @@ def build_grid(
 
 
 def final_report(simulator: Simulator, command: str, report_path: str | None) -> dict[str, Any]:
-    """The deadline report with when and by what command it was written; saved to
-    ``report_path`` when given."""
+    """The deadline report with when and by what command it was written (passwords
+    redacted); saved to ``report_path`` when given."""
     report: dict[str, Any] = simulator.report()
     report["meta"]["written_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    report["meta"]["command"] = command
+    report["meta"]["command"] = redact(command)
     if report_path:
         Path(report_path).write_text(json.dumps(report, indent=1))
     return report
 
 
 def summary_line(report: dict[str, Any], report_path: str | None) -> str:
-    """One line for the terminal: what the run did and how on time the batches were."""
+    """One line for the terminal: what the run did, how on time the batches were, and the
+    rounds the exchange could not deliver (its Redis was down), per gap."""
     s = report["summary"]
     c = report["meta"]["counts"]
+    gaps = s.get("gaps", [])
+    undelivered = ""
+    if gaps:
+        spans = ", ".join(
+            f"{g['first_round'] or '?'} .. {g['last_round'] or '?'}"
+            + (f" ({g['seconds']:.1f} s)" if g["seconds"] is not None else " (never back)")
+            for g in gaps
+        )
+        undelivered = (
+            f"; undelivered {s['undelivered_rounds']} rounds in {len(gaps)} gap(s): {spans}"
+        )
     return (
         f"done: {c['rounds']} rounds, {c['events_sent']} events, {c['batches_received']} batches, "
         f"{c['trades']} trades, {c['energy_traded_kwh']:.3f} kWh; on time {s['on_time']}, late {s['late']}, "
-        f"missing {s['missing']}" + (f"; report -> {report_path}" if report_path else "")
+        f"missing {s['missing']}, idle {s.get('idle', 0)}"
+        + undelivered
+        + (f"; report -> {report_path}" if report_path else "")
     )

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 # The exchange's rules, defined once (gridfleet.strategies.rules); named here for simulator.batch.
-from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH as MIN_ENERGY_KWH  # noqa: F401
+from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH as MIN_ENERGY_KWH
 from gridfleet.exchange.rules import OFFER_TOLERANCE_KWH  # noqa: F401
 from gridfleet.simulator import profiles
 from gridfleet.simulator.grid import LOAD, PV, Grid, Kind
@@ -156,6 +156,22 @@ class ExchangeState:
 
     def to_sell(self, a: int) -> float:
         return max(0.0, float(self.sell_limit[a] - self.sold[a] - self.active_offer[a]))
+
+    def tradeable(self) -> np.ndarray:
+        """Per asset: could an order of it be accepted now? A load with a requirement, a PV with
+        energy available, a storage with room to buy or to sell, above the exchange's 2e-5 kWh
+        floor (as the events report them: rounded to 8 decimals)."""
+        kind = self.grid.kind
+        buy = np.round(np.maximum(0.0, self.demand - self.bought), 8)
+        sell = np.round(np.maximum(0.0, self.demand - self.sold), 8)
+        s_buy = np.round(np.maximum(0.0, self.buy_limit - self.bought - self.active_bid), 8)
+        s_sell = np.round(np.maximum(0.0, self.sell_limit - self.sold - self.active_offer), 8)
+        floor = MIN_ENERGY_KWH
+        return np.where(
+            kind == LOAD,
+            buy > floor,
+            np.where(kind == PV, sell > floor, (s_buy > floor) | (s_sell > floor)),
+        )
 
     def asset_info(self, a: int) -> dict[str, float]:
         """The ``asset_info`` / ``device_info`` dict of one asset, as gsy-e shapes it per kind."""

@@ -217,3 +217,28 @@ def test_event_channels_are_spread_so_one_drop_costs_few_aggregators() -> None:
     assert readers_for(20) == 4
     assert readers_for(1000) == 63  # 16 aggregators a reader
     assert readers_for(100_000) == 64
+
+
+def test_an_empty_batch_never_reaches_the_wire(redis_url: str) -> None:
+    """gsy-e never answers a batch without commands, so the link does not send one: only the
+    batch with commands is published (a subscriber on the batch channel sees exactly one)."""
+    link = RedisPubSubLink(redis_url)
+    ps = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(channels.batch_commands())
+    try:
+        assert ps.get_message(timeout=1) is None  # the subscribe confirmation, ignored
+        empty = OutgoingBatch("agg-idle", "tid-empty", b"{}")
+        full = OutgoingBatch("agg-busy", "tid-full", b'{"a":[{"type":"device_info"}]}')
+        assert empty.empty and not full.empty
+        assert link.send_batches([empty, full]) == 1
+        assert link.send_batches([empty]) == 0
+        seen = []
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            msg = ps.get_message(timeout=0.1)
+            if msg is not None:
+                seen.append(orjson.loads(msg["data"]))
+        assert [b["transaction_id"] for b in seen] == ["tid-full"]
+    finally:
+        ps.close()
+        link.close()

@@ -210,3 +210,106 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
     assert sim.counts.batches_received == 40 and sim.counts.batches_answered >= 20
     rec = sim.deadline.per_agg[agg][0]
     assert (rec.first, rec.last, rec.batches) == (at[0], at[-1], 40)
+
+
+def test_idle_rounds_are_neither_missing_nor_in_the_ratio() -> None:
+    """An aggregator with nothing to trade sends no batch (gsy-e never answers an empty one):
+    its round is idle. One with something to trade and no batch stays missing; an idle round
+    that gets a batch anyway counts as answered."""
+    from gridfleet.simulator.deadline import IDLE, DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("s", 10, 1.0, ["busy", "done"], idle={"done"})
+    t.batch_arrived("busy", 1.1, "s/10%/x")
+    t.round_sent("s", 20, 2.0, ["busy", "done"], idle={"busy", "done"})
+    t.batch_arrived("done", 2.1, "s/20%/y")  # idle, but it said something: on time
+    t.round_sent("s", 30, 3.0, ["busy", "done"], idle={"done"})  # busy says nothing: missing
+    t.finish(4.0)
+    assert [r.status for r in t.per_agg["done"]] == [IDLE, ON_TIME, IDLE]
+    assert [r.status for r in t.per_agg["busy"]] == [ON_TIME, IDLE, MISSING]
+    rep = t.report()
+    s = rep["summary"]
+    assert (s["on_time"], s["late"], s["missing"], s["idle"]) == (2, 0, 1, 3)
+    assert s["aggregator_rounds"] == 6 and s["on_time_ratio"] == round(2 / 3, 6)
+    assert [(r["on_time"], r["missing"], r["idle"]) for r in rep["ticks"]] == [
+        (1, 0, 1),
+        (1, 0, 1),
+        (0, 1, 1),
+    ]
+    assert (rep["aggregators"]["done"]["idle"], rep["aggregators"]["busy"]["missing"]) == (2, 1)
+
+
+def test_undelivered_rounds_are_missing_for_everyone_and_form_a_gap() -> None:
+    from gridfleet.simulator.deadline import DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("s", 10, 1.0, ["a", "b"])
+    t.batch_arrived("a", 1.1)
+    t.batch_arrived("b", 1.1)
+    assert t.delivery_failed(1.9) is True
+    assert t.delivery_failed(1.95) is False  # the same gap
+    n = t.round_sent("s", 20, 2.0, ["a", "b"], idle={"b"})  # b idle, but it never saw it
+    t.round_undelivered("s 20%", n)
+    t.round_undelivered("s 0%")  # a first-slot round: in the gap, not a deadline round
+    gap = t.delivery_restored(2.5)
+    assert gap is not None and (gap.rounds, gap.first_round, gap.last_round) == (2, "s 20%", "s 0%")
+    t.round_sent("s", 30, 3.0, ["a", "b"])
+    t.finish(4.0)
+    rep = t.report()
+    s = rep["summary"]
+    assert s["undelivered_rounds"] == 2 and s["missing"] == 4, s  # 2 undelivered + 2 unanswered
+    assert s["gaps"] == [
+        {
+            "start": 1.9,
+            "end": 2.5,
+            "seconds": 0.6,
+            "rounds": 2,
+            "first_round": "s 20%",
+            "last_round": "s 0%",
+        }
+    ]
+    assert [r["delivered"] for r in rep["ticks"]] == [True, False, True]
+    assert rep["ticks"][1]["missing"] == 2 and rep["ticks"][1]["idle"] == 0
+
+
+def test_the_exchange_tells_idle_from_missing(redis_url: str) -> None:
+    """The engine marks a round idle for an aggregator whose assets have nothing to trade
+    (a load with no requirement) and no market; one with a requirement and no batch is missing."""
+    from gridfleet.simulator.grid import grid_from_dict
+    from gridfleet.simulator.runner import SimConfig, Simulator
+
+    grid = grid_from_dict(
+        {
+            "market_maker_rate": 30,
+            "grid": {
+                "name": "Grid",
+                "children": [
+                    {"name": "Busy Load", "type": "load", "energy_kWh": 0.1},
+                    {"name": "Idle Load", "type": "load", "energy_kWh": 0.0},
+                    {"name": "Busy PV", "type": "pv", "energy_kWh": 0.1},
+                ],
+            },
+        }
+    )
+    uuid_of = dict(zip(grid.asset_name, grid.asset_uuid, strict=True))
+    market_uuid = grid.markets[0].uuid
+    sim = Simulator(grid, redis_url=redis_url, config=SimConfig(slots=2))
+    names = sim.preselect(
+        {
+            "busy": {"asset_uuids": [uuid_of["Busy Load"]]},
+            "idle": {"asset_uuids": [uuid_of["Idle Load"]]},
+            "operator": {"market_uuids": [market_uuid]},  # a market to operate: never idle
+        }
+    )
+    sim.start(engine=False)
+    try:
+        for _ in range(1 + 10):  # the first slot's 10 rounds (not counted), then slot 2's first
+            sim.step()
+        sim.engine.finish()
+    finally:
+        sim.stop()
+    by_name = {a["name"]: a for a in sim.report()["aggregators"].values()}
+    assert (by_name["idle"]["idle"], by_name["idle"]["missing"]) == (1, 0)
+    assert (by_name["busy"]["idle"], by_name["busy"]["missing"]) == (0, 1)
+    assert (by_name["operator"]["idle"], by_name["operator"]["missing"]) == (0, 1)
+    assert set(names) == {"busy", "idle", "operator"}
