@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -724,3 +727,108 @@ def test_the_rest_template_flow_runs_to_finish(make_sim: Callable[..., Simulator
     summary = sim.report()["summary"]
     assert summary["on_time"] == out["batches"] and summary["late"] == 0, summary
     assert orjson.loads(orjson.dumps(summary))  # the report stays JSON
+
+
+# ---------------------------------------------------------------------- the command line
+
+
+def _sim_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gridfleet.cli", "sim", *args]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--rest-port", "0"], "--rest-port needs users"),
+        (["--rest-port", "0", "--rest-user", "nocolon"], "NAME:PASSWORD"),
+        (["--rest-user", "a:b"], "need --rest-port"),
+        (["--rest-port", "0", "--rest-users", "/nonexistent/users.yaml"], "cannot read"),
+    ],
+)
+def test_sim_rest_flags_refuse_bad_usage_with_one_line(args: list[str], needle: str) -> None:
+    done = subprocess.run(
+        _sim_command("--assets", "20", *args), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sim_serves_rest_and_starts_the_slots_once_selected(redis_url: str, tmp_path: Any) -> None:
+    """`gridfleet sim --rest-port 0 --paused --rest-autostart`: a REST client logs in, selects,
+    opens its socket; the slots start by themselves and the run ends with exit 0."""
+    users = tmp_path / "users.yaml"
+    users.write_text(f"{USER}: {PASSWORD}\n")
+    report = tmp_path / "deadline.json"
+    proc = subprocess.Popen(
+        _sim_command(
+            "--redis-url",
+            redis_url,
+            "--assets",
+            "20",
+            "--slots",
+            "2",
+            "--tick-interval",
+            "0.05",
+            "--rest-port",
+            "0",
+            "--rest-users",
+            str(users),
+            "--paused",
+            "--rest-autostart",
+            "0.2",
+            "--config-id",
+            SIM_ID,
+            "--report",
+            str(report),
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = ""
+        while "REST on " not in line:
+            line = proc.stderr.readline()
+            assert line, "the command ended before serving REST"
+        url = re.search(r"REST on (\S+),", line).group(1)  # type: ignore[union-attr]
+        ws_url = re.search(r"websockets on (\S+),", line).group(1)  # type: ignore[union-attr]
+        assert SIM_ID in line
+        with httpx.Client(base_url=url, timeout=10) as http:
+            token = http.post(
+                "/api-token-auth/", json={"username": USER, "password": PASSWORD}
+            ).json()["access"]
+            auth = {"Authorization": f"JWT {token}"}
+            prefix = f"/external-connection/aggregator-api/{SIM_ID}/"
+            agg = http.post(
+                prefix + "create-aggregator/", json={"name": "cli"}, headers=auth
+            ).json()["uuid"]
+            reg = http.request(
+                "GET",
+                f"/external-connection/configurations/{SIM_ID}/registry",
+                content=b"{}",
+                headers=auth,
+            ).json()
+            load = next(n for n in _registry_nodes(reg) if n["type"] == "Load")["uuid"]
+            with connect(f"{ws_url}/{SIM_ID}/aggregator/{agg}/", additional_headers=auth) as ws:
+                sel = http.post(
+                    prefix + "select-aggregator/",
+                    json={"aggregator_uuid": agg, "device_uuid": load},
+                    headers=auth,
+                )
+                assert sel.status_code == 200
+                finish = recv_until(ws, lambda m: m.get("event") == "finish", timeout=30)
+                assert finish["simulation_id"] == SIM_ID
+        rest_of_stderr = proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, rest_of_stderr
+        assert PASSWORD not in line + rest_of_stderr
+        assert json.loads(report.read_text())["aggregators"][agg]["name"] == "cli"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _registry_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("children") or []:
+        yield from _registry_nodes(child)
