@@ -76,6 +76,14 @@ import click
 )
 @click.option("--headless", is_flag=True, help="Plain progress lines instead of the live view.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated grid.")
+@click.option(
+    "--transport",
+    type=click.Choice(["redis", "rest"]),
+    default="redis",
+    show_default=True,
+    help="How the fleet reaches the exchange: gsy-e's local Redis dialect, or the hosted REST + "
+    "websocket API (the embedded exchange serves both).",
+)
 def demo(
     assets: int,
     aggregators: int,
@@ -89,6 +97,7 @@ def demo(
     no_flower: bool,
     headless: bool,
     seed: int,
+    transport: str,
 ) -> None:
     """Run a fleet on the embedded exchange, show it live, and write a report.
 
@@ -112,6 +121,7 @@ def demo(
         flower=not no_flower,
         headless=headless,
         seed=seed,
+        transport=transport,
     )
     try:
         code = run_demo(opts)

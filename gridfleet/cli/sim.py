@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import redis
@@ -20,7 +21,7 @@ from gridfleet.simulator.standalone import (
     summary_line,
 )
 
-EXIT_UNREACHABLE = 3
+EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
 
 
 @click.command("sim")
@@ -101,6 +102,46 @@ EXIT_UNREACHABLE = 3
     default=None,
     help="With --aggregators: write {aggregator: {assets, asset_uuids, markets, market_uuids}} here.",
 )
+@click.option(
+    "--config-id",
+    default="",
+    help="Simulation (configuration) id: in the Redis channels as gsy-e's web mode puts it, and "
+    "the REST door's {sim}; with --rest-port and no id, a fresh uuid is used for REST only.",
+)
+@click.option(
+    "--rest-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also serve the REST + websocket API (rest.md) on 127.0.0.1:PORT (0: a free port).",
+)
+@click.option(
+    "--rest-user",
+    "rest_users_flags",
+    multiple=True,
+    metavar="NAME:PASSWORD",
+    help="A REST user (repeatable).",
+)
+@click.option(
+    "--rest-users",
+    "rest_users_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="REST users from a JSON/YAML file {username: password}.",
+)
+@click.option(
+    "--rest-token-lifetime",
+    type=click.FloatRange(min=0.1),
+    default=48 * 3600.0,
+    show_default=True,
+    help="Seconds a REST token stays valid.",
+)
+@click.option(
+    "--rest-autostart",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --paused: start the slots this many seconds after the last REST selection, once "
+    "every selecting aggregator's socket is open (the hosted side's 'Run').",
+)
 def sim(
     redis_url: str | None,
     grid_file: str | None,
@@ -117,8 +158,17 @@ def sim(
     tree: str,
     report_path: str | None,
     fleet_out: str | None,
+    config_id: str,
+    rest_port: int | None,
+    rest_users_flags: tuple[str, ...],
+    rest_users_file: str | None,
+    rest_token_lifetime: float,
+    rest_autostart: float | None,
 ) -> None:
     """Run the embedded gsy-e-compatible exchange until the last slot finishes."""
+    rest = _rest_options(
+        rest_port, rest_users_flags, rest_users_file, rest_token_lifetime, rest_autostart, paused
+    )
     if grid_file and assets:
         raise click.UsageError("give either --grid FILE or --assets N, not both")
     if not grid_file and not assets:
@@ -140,6 +190,7 @@ def sim(
         start=start,
         paused=paused,
         tree=tree,  # type: ignore[arg-type]
+        config_id=config_id,
     )
     if fleet_out and not aggregators:
         raise click.UsageError(
@@ -159,7 +210,7 @@ def sim(
             "that is gigabytes per tick. Consider --tree pruned.",
             err=True,
         )
-    simulator = Simulator(grid, redis_url=redis_url, config=config)
+    simulator = Simulator(grid, redis_url=redis_url, config=config, rest=rest)
     try:
         simulator.start()
     except (redis.ConnectionError, redis.TimeoutError, TimeoutError) as exc:
@@ -169,6 +220,17 @@ def sim(
             err=True,
         )
         sys.exit(EXIT_UNREACHABLE)
+    except OSError as exc:  # only the REST door binds a port
+        click.echo(
+            f"error: --rest-port {rest_port}: cannot listen on 127.0.0.1 ({exc.strerror})", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    if rest is not None:
+        click.echo(
+            f"REST on {simulator.rest_url}, websockets on {simulator.rest_ws_url}, simulation id "
+            f"{simulator.simulation_id}; {len(rest.users)} user(s)",
+            err=True,
+        )
     click.echo(
         f"exchange on {redact(simulator.redis_url)}: {grid.describe()}; {slots} slots x 10 ticks every "
         f"{tick_interval} s, tree {tree}{' (paused: send /resume)' if paused else ''}",
@@ -185,3 +247,40 @@ def sim(
     click.echo(summary_line(report, report_path), err=True)
     if simulator.error is not None:
         sys.exit(1)
+
+
+def _rest_options(
+    port: int | None,
+    user_flags: tuple[str, ...],
+    users_file: str | None,
+    token_lifetime: float,
+    autostart: float | None,
+    paused: bool,
+) -> Any:
+    """The REST door's options from the flags (None without --rest-port); usage errors name
+    the flag, never a password."""
+    if port is None:
+        if user_flags or users_file or autostart is not None:
+            raise click.UsageError("--rest-user/--rest-users/--rest-autostart need --rest-port")
+        return None
+    if autostart is not None and not paused:
+        raise click.UsageError("--rest-autostart starts a --paused run; add --paused")
+    from gridfleet.simulator.rest_auth import UsersError, load_users_file, parse_user_flag
+    from gridfleet.simulator.rest_door import RestOptions
+
+    users: dict[str, str] = {}
+    try:
+        if users_file:
+            users.update(load_users_file(users_file))
+        for flag in user_flags:
+            name, password = parse_user_flag(flag)
+            users[name] = password
+    except UsersError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not users:
+        raise click.UsageError(
+            "--rest-port needs users: --rest-user NAME:PASSWORD or --rest-users FILE"
+        )
+    return RestOptions(
+        users=users, port=port, token_lifetime_s=token_lifetime, autostart_after_s=autostart
+    )

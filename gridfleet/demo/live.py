@@ -90,8 +90,9 @@ def summary_table(report: dict[str, Any]) -> Any:
         ("rounds (ticks) evaluated", str(report["ticks"])),
         ("batches expected", str(report["batches_expected"])),
         (
-            "on time / late / missing",
-            f"{report['batches_on_time']} / {report['batches_late']} / {report['batches_missing']}",
+            "on time / late / missing / idle",
+            f"{report['batches_on_time']} / {report['batches_late']} / {report['batches_missing']}"
+            f" / {report.get('batches_idle') or 0}",
         ),
         (
             "event -> batch p50 / p95 / p99 / max",

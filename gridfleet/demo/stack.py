@@ -8,9 +8,11 @@ the live view shows; collects what the report needs; and stops everything it sta
 from __future__ import annotations
 
 import contextlib
+import secrets
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,8 +51,13 @@ class DemoOptions:
     headless: bool = False
     seed: int = 0
     strategy: str = "linear_ramp"
+    transport: str = "redis"  # redis: gsy-e's local Redis dialect; rest: the hosted REST API
     # Midday: PVs produce, houses export, fees are earned; a night start shows storages only.
     start: datetime = datetime(2024, 6, 1, 12, 0)
+
+
+# where the fleet's processes find the REST credentials the demo makes up (never in the file)
+REST_USERNAME_ENV, REST_PASSWORD_ENV = "EXCHANGE_USERNAME", "EXCHANGE_PASSWORD"
 
 
 class DemoStack:
@@ -77,15 +84,34 @@ class DemoStack:
         self.live = LiveFigures(rounds_total=max(0, opts.slots - 1) * TICKS_PER_SLOT)
         self._stream_id = "0-0"
         self.started = time.time()
+        # --transport rest: a user made up for this run; the password only goes to the env
+        self.rest_user = f"demo-{secrets.token_hex(4)}"
+        self.rest_password = secrets.token_urlsafe(24)
+        self.simulation_id = str(uuid.uuid4())
 
     # -- set-up -------------------------------------------------------------------------------
+
+    def exchange_section(self) -> dict[str, Any]:
+        """The fleet file's ``exchange``: the Redis URL from the env, or (``--transport rest``)
+        the embedded exchange's REST door with the credentials' env var names."""
+        if self.opts.transport != "rest":
+            return {"url_env": "GRIDFLEET_EXCHANGE_URL"}
+        return {
+            "rest": {
+                "domain": self.sim.rest_url,
+                "websocket": self.sim.rest_ws_url,
+                "simulation_id": self.sim.simulation_id,
+                "username_env": REST_USERNAME_ENV,
+                "password_env": REST_PASSWORD_ENV,
+            }
+        }
 
     def write_fleet_file(self, exchange_url: str, broker_url: str) -> Path:
         """The fleet file the processes read: a real one, kept in the run directory to look at."""
         grid_file = self.run_dir / "grid-assets.json"
         grid_file.write_bytes(orjson.dumps(self.assignment, option=orjson.OPT_INDENT_2))
         fleet = {
-            "exchange": {"url_env": "GRIDFLEET_EXCHANGE_URL"},
+            "exchange": self.exchange_section(),
             "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
             "grid_file": grid_file.name,
             "shard_size": self.opts.shard_size,
@@ -102,19 +128,21 @@ class DemoStack:
         )
         return path
 
-    def start(self, say: Callable[[str], object]) -> None:
-        """Start everything, wait until the fleet is connected, then let the exchange run."""
+    def start_exchange(self, exchange_url: str) -> Any:
+        """The embedded exchange, paused until the fleet is up; with ``--transport rest`` its
+        REST door too, for the user this run made up."""
         from gridfleet.simulator import SimConfig, Simulator
 
-        exchange = RedisServer().start()
-        self.servers.append(exchange)
-        broker = RedisServer().start()
-        self.servers.append(broker)
-        say(f"exchange Redis {redact(exchange.url)}, broker Redis {redact(broker.url)}")
-        fleet_path = self.write_fleet_file(exchange.url, broker.url)
+        rest = None
+        if self.opts.transport == "rest":
+            from gridfleet.simulator.rest_door import RestOptions
+
+            rest = RestOptions(
+                users={self.rest_user: self.rest_password}, simulation_id=self.simulation_id
+            )
         self.sim = Simulator(
             self.grid,
-            exchange.url,
+            exchange_url,
             SimConfig(
                 slots=self.opts.slots,
                 tick_interval=self.opts.tick_interval,
@@ -122,7 +150,27 @@ class DemoStack:
                 paused=True,
                 start=self.opts.start,
             ),
+            rest=rest,
         ).start()
+        return self.sim
+
+    def fleet_env(self) -> dict[str, str]:
+        """What the fleet's processes need beyond the URLs: the REST credentials, if any."""
+        if self.opts.transport != "rest":
+            return {}
+        return {REST_USERNAME_ENV: self.rest_user, REST_PASSWORD_ENV: self.rest_password}
+
+    def start(self, say: Callable[[str], object]) -> None:
+        """Start everything, wait until the fleet is connected, then let the exchange run."""
+        exchange = RedisServer().start()
+        self.servers.append(exchange)
+        broker = RedisServer().start()
+        self.servers.append(broker)
+        say(f"exchange Redis {redact(exchange.url)}, broker Redis {redact(broker.url)}")
+        self.start_exchange(exchange.url)
+        if self.opts.transport == "rest":
+            say(f"exchange REST door {self.sim.rest_url} (simulation {self.sim.simulation_id})")
+        fleet_path = self.write_fleet_file(exchange.url, broker.url)
         from gridfleet.report import SimStatsRecorder
 
         self.recorder = SimStatsRecorder(self.sim).start()
@@ -132,6 +180,7 @@ class DemoStack:
             "GRIDFLEET_CONFIG": str(fleet_path),
             "GRIDFLEET_LOG_FORMAT": "text",
         }
+        env.update(self.fleet_env())
         base = gridfleet_command()
         self.group.start(
             "worker",

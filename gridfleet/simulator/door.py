@@ -1,18 +1,22 @@
 """The seam between the engine and the doors aggregators reach it through.
 
-A door (today :mod:`redis_door`; a REST door later, beside it) turns what aggregators send into
+A door (:mod:`redis_door`, :mod:`rest_door`) turns what aggregators send into
 :class:`Inbound` messages on the engine's queue, and delivers what the engine sends through an
 :class:`Outbox`. The engine sees only these two: it never knows which door a message came
-through or how its answers travel.
+through or how its answers travel. With two doors open, a :class:`SplitOutlet` sends each
+aggregator's events and answers through the door that aggregator came through.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # kinds of inbound messages
 AGG_COMMAND, BATCH, REGISTER, CONTROL = "agg", "batch", "register", "control"
+# a function a door needs run on the engine thread (the REST door's reads and selections)
+CALL = "call"
 
 
 class DeliveryFailed(ConnectionError):
@@ -33,6 +37,9 @@ class Inbound:
     origin: str
     data: bytes
     at: float  # time.time() when the door read it (the deadline report's arrival time)
+    # CALL only: run on the engine thread with the engine as its argument, between rounds, so
+    # the state keeps its single owner (door.py cannot name the Engine type: it imports us)
+    call: Callable[[Any], None] | None = None
 
 
 class Outbox(Protocol):
@@ -71,3 +78,82 @@ class Outlet(Protocol):
 
     def outbox(self) -> Outbox:
         """A fresh, empty outbox."""
+
+
+class AggregatorOutbox(Protocol):
+    """The part of an :class:`Outbox` a door that serves only aggregators implements."""
+
+    def aggregator_event(self, aggregator: str, payload: bytes) -> None:
+        """A market, tick, trade or finish event for one aggregator."""
+
+    def batch_response(self, aggregator: str, payload: bytes) -> None:
+        """The answer to one of its batches."""
+
+    def send(self) -> None:
+        """Deliver everything queued, in order."""
+
+
+class AggregatorOutlet(Protocol):
+    """Where a :class:`SplitOutlet` gets the second door's outbox for each pass."""
+
+    def outbox(self) -> AggregatorOutbox:
+        """A fresh, empty outbox."""
+
+
+class SplitOutbox:
+    """Routes each aggregator's events and batch answers to the door it came through: those
+    in ``members`` to ``side``, every other message (and every other aggregator) to ``base``.
+
+    Per message it costs the engine one set lookup beyond the base door's own work.
+    """
+
+    __slots__ = ("_base", "_members", "_side")
+
+    def __init__(self, base: Outbox, side: AggregatorOutbox, members: Container[str]) -> None:
+        self._base = base
+        self._side = side
+        self._members = members
+
+    def aggregator_event(self, aggregator: str, payload: bytes) -> None:
+        if aggregator in self._members:
+            self._side.aggregator_event(aggregator, payload)
+        else:
+            self._base.aggregator_event(aggregator, payload)
+
+    def batch_response(self, aggregator: str, payload: bytes) -> None:
+        if aggregator in self._members:
+            self._side.batch_response(aggregator, payload)
+        else:
+            self._base.batch_response(aggregator, payload)
+
+    def asset_event(self, name: str, event: str, payload: bytes) -> None:
+        self._base.asset_event(name, event, payload)
+
+    def aggregator_response(self, payload: bytes) -> None:
+        self._base.aggregator_response(payload)
+
+    def register_response(self, name: str, payload: bytes) -> None:
+        self._base.register_response(name, payload)
+
+    def control_response(self, command: str, payload: bytes) -> None:
+        self._base.control_response(command, payload)
+
+    def heartbeat(self, payload: bytes) -> None:
+        self._base.heartbeat(payload)
+
+    def send(self) -> None:
+        self._base.send()
+        self._side.send()
+
+
+class SplitOutlet:
+    """Two doors on one engine: ``members`` (aggregator uuids, kept by the second door and
+    changed only on the engine thread) are served by ``side``, everything else by ``base``."""
+
+    def __init__(self, base: Outlet, side: AggregatorOutlet, members: Container[str]) -> None:
+        self.base = base
+        self.side = side
+        self.members = members
+
+    def outbox(self) -> SplitOutbox:
+        return SplitOutbox(self.base.outbox(), self.side.outbox(), self.members)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gridfleet.runtime.interpreter import gc_paused
-from gridfleet.simulator.door import AGG_COMMAND, BATCH, CONTROL, REGISTER, Inbound, Outbox
+from gridfleet.simulator.door import AGG_COMMAND, BATCH, CALL, CONTROL, REGISTER, Inbound, Outbox
 
 if TYPE_CHECKING:
     from gridfleet.simulator.engine import Engine
@@ -66,7 +66,9 @@ class Intake:
                 backlog.append(self.inbound.get_nowait())
         while backlog:
             msg = backlog.popleft()
-            if msg.kind == BATCH and msg.at <= now:
+            if msg.kind == CALL and msg.call is not None:
+                msg.call(self.engine)  # a door waits on it: run it, the state is still ours
+            elif msg.kind == BATCH and msg.at <= now:
                 data = self.parse(msg)
                 if data is not None:
                     self.batch_item(data, msg.at)
@@ -77,6 +79,13 @@ class Intake:
         group: list[BatchItem] = []
         for msg in msgs:
             try:
+                if msg.kind == CALL:
+                    if group:  # batches read before the call are applied before it
+                        self.answer(group, out)
+                        group = []
+                    if msg.call is not None:
+                        msg.call(self.engine)
+                    continue
                 data = self.parse(msg)
                 if data is None:
                     continue

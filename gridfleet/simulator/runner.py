@@ -1,19 +1,21 @@
-"""The library entry point, :class:`Simulator`: an :class:`~engine.Engine` behind the Redis door.
+"""The library entry point, :class:`Simulator`: an :class:`~engine.Engine` behind the Redis door
+and, when asked for, the REST door beside it.
 
 The engine (:mod:`engine`) runs the market and its clock; the door (:mod:`redis_door`) carries
-gsy-e's protocol over Redis. A second door would feed the same :attr:`Simulator.inbound` queue
-and receive the engine's outboxes beside this one.
+gsy-e's protocol over Redis. The REST door (:mod:`rest_door`, with ``rest=RestOptions(...)``)
+feeds the same :attr:`Simulator.inbound` queue; a :class:`~door.SplitOutlet` sends each
+aggregator's events and answers through the door it came through.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridfleet.simulator.batch import BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
-from gridfleet.simulator.door import Inbound
+from gridfleet.simulator.door import Inbound, Outlet, SplitOutlet
 from gridfleet.simulator.engine import Engine
 from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import Grid
@@ -23,6 +25,9 @@ from gridfleet.simulator.reporting import Counts, deadline_report
 from gridfleet.simulator.selection import preselect
 from gridfleet.simulator.simconfig import SimConfig, sim_seconds
 from gridfleet.simulator.state import ExchangeState
+
+if TYPE_CHECKING:
+    from gridfleet.simulator.rest_door import RestDoor, RestOptions
 
 __all__ = ["SimConfig", "Simulator", "sim_seconds"]
 
@@ -36,10 +41,17 @@ class Simulator:
     >>> sim.wait(timeout=60)   # True once the finish events went out
     >>> sim.report()           # deadline report (dict); sim.counts for totals
     >>> sim.stop()
+
+    With ``rest=RestOptions(users={...})`` the same engine also serves the REST + websocket
+    API on :attr:`rest_url` / :attr:`rest_ws_url` (see :mod:`rest_door`).
     """
 
     def __init__(
-        self, grid: Grid, redis_url: str | None = None, config: SimConfig | None = None
+        self,
+        grid: Grid,
+        redis_url: str | None = None,
+        config: SimConfig | None = None,
+        rest: RestOptions | None = None,
     ) -> None:
         self.grid = grid
         self.config = config or SimConfig()
@@ -48,10 +60,19 @@ class Simulator:
         if self.config.slots < 1:
             raise ValueError("slots must be at least 1")
         self.door = RedisDoor(redis_url, self.config.config_id)
-        self.engine = Engine(grid, self.config, self.door)
+        self.rest_door: RestDoor | None = None
+        outlet: Outlet = self.door
+        if rest is not None:
+            from gridfleet.simulator.rest_door import RestDoor  # aiohttp only when asked for
+
+            self.rest_door = RestDoor(grid, rest, self.config.config_id)
+            outlet = SplitOutlet(self.door, self.rest_door, self.rest_door.aggregators)
+        self.engine = Engine(grid, self.config, outlet)
         self._stop = threading.Event()
         self._steps: queue.Queue[threading.Event] = queue.Queue()
         self._thread: threading.Thread | None = None
+        if self.rest_door is not None:
+            self.rest_door.attach(self.engine, self._engine_running)
 
     # ------------------------------------------------------------------ the engine's parts
 
@@ -124,6 +145,32 @@ class Simulator:
             raise RuntimeError("start() the simulator first")
         return self.door.url
 
+    @property
+    def rest_url(self) -> str:
+        """The REST door's HTTP base URL (rest.md's ``{domain}``)."""
+        return self._rest().url
+
+    @property
+    def rest_ws_url(self) -> str:
+        """The REST door's websocket base URL (rest.md's ``{ws}``)."""
+        return self._rest().ws_url
+
+    @property
+    def simulation_id(self) -> str:
+        """The id in the REST door's paths (rest.md's ``{sim}``)."""
+        return self._rest().simulation_id
+
+    def _rest(self) -> RestDoor:
+        if self.rest_door is None:
+            raise RuntimeError("this simulator has no REST door (pass rest=RestOptions(...))")
+        if self.rest_door.port is None:
+            raise RuntimeError("start() the simulator first")
+        return self.rest_door
+
+    def _engine_running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self.engine.finished.is_set()
+
     def preselect(self, fleet: dict[str, dict[str, list[str]]]) -> dict[str, str]:
         """Create the aggregators of a fleet assignment (see ``grid.assign_aggregators``) and
         select their assets and markets without the wire. Call before :meth:`start`. Returns
@@ -138,6 +185,12 @@ class Simulator:
         ``engine=False`` only connects: the caller drives rounds with :meth:`step` (benchmarks).
         """
         self.door.connect()
+        if self.rest_door is not None:
+            try:
+                self.rest_door.start()  # OSError when the port is taken
+            except BaseException:
+                self.door.close()
+                raise
         if not engine:
             return self
         # The inbox thread stamps each batch's arrival while the engine applies earlier ones:
@@ -155,6 +208,8 @@ class Simulator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.rest_door is not None:
+            self.rest_door.close()
         self.door.close()
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -113,3 +113,36 @@ def test_ctrl_c_stops_every_process_and_redis(tmp_path: Path) -> None:
     # Nothing left listening for the run either: no redis-server child of ours survives.
     assert not [p for p in psutil.process_iter(["ppid", "name"]) if p.info["ppid"] == proc.pid]
     assert os.path.exists(tmp_path / "run" / "fleet.yaml")
+
+
+def test_demo_rest_transport_wires_the_exchange_side(tmp_path: Path, redis_url: str) -> None:
+    """`--transport rest`: the exchange serves its REST door for a user made up per run, the
+    fleet file names the door and the credentials' env vars, and the password is only in the
+    env the fleet's processes get (the client side, gridfleet/exchange/rest.py, is not here)."""
+    import httpx
+    import yaml
+
+    from gridfleet.demo.stack import REST_PASSWORD_ENV, REST_USERNAME_ENV, DemoOptions, DemoStack
+
+    stack = DemoStack(
+        DemoOptions(assets=40, aggregators=2, transport="rest", report_dir=tmp_path / "run")
+    )
+    try:
+        sim = stack.start_exchange(redis_url)
+        fleet_file = stack.write_fleet_file(redis_url, redis_url)
+        text = fleet_file.read_text()
+        rest = yaml.safe_load(text)["exchange"]["rest"]
+        assert rest["domain"] == sim.rest_url and rest["websocket"] == sim.rest_ws_url
+        assert rest["simulation_id"] == sim.simulation_id == stack.simulation_id
+        assert rest["username_env"] == REST_USERNAME_ENV
+        assert rest["password_env"] == REST_PASSWORD_ENV
+        env = stack.fleet_env()
+        assert env[REST_PASSWORD_ENV] not in text
+        login = httpx.post(
+            f"{sim.rest_url}/api-token-auth/",
+            json={"username": env[REST_USERNAME_ENV], "password": env[REST_PASSWORD_ENV]},
+        )
+        assert login.status_code == 200 and login.json()["access"]
+        assert sim.paused  # until the fleet is up, as over Redis
+    finally:
+        stack.stop()
