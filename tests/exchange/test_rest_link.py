@@ -300,13 +300,24 @@ def test_malformed_frames_and_unknown_events_are_skipped(
     assert "unknown event kind 'weather'" in caplog.text
 
 
+ONE_COMMAND = b'{"asset-1":[{"type":"device_info"}]}'
+"""A batch with a command: an empty one is never sent."""
+
+
+def test_an_empty_batch_is_not_sent(server: RestExchangeServer, link: RestLink) -> None:
+    agg = brought_up(link)
+    assert link.send_batches([OutgoingBatch(agg, new_transaction_id(), b"{}")]) == 0
+    link.flush(10)
+    assert not server.applied
+
+
 def test_a_batch_retried_after_a_lost_answer_is_applied_once(
     server: RestExchangeServer, link: RestLink
 ) -> None:
     agg = brought_up(link)
     server.inject_after_apply["batch-commands/"] = [500, 502]  # applied, but the answer lost
     tid = new_transaction_id()
-    link.send_batches([OutgoingBatch(agg, tid, b"{}")])
+    link.send_batches([OutgoingBatch(agg, tid, ONE_COMMAND)])
     link.flush(10)
     assert server.requests[f"/external-connection/aggregator-api/{server.sim}/batch-commands/"] == 3
     assert list(server.applied) == [tid]
@@ -320,12 +331,12 @@ def test_a_batch_that_keeps_failing_is_counted_lost_and_the_link_goes_on(
         agg = brought_up(link)
         server.inject["batch-commands/"] = [500] * 100
         with caplog.at_level(logging.ERROR):
-            link.send_batches([OutgoingBatch(agg, new_transaction_id(), b"{}")])
+            link.send_batches([OutgoingBatch(agg, new_transaction_id(), ONE_COMMAND)])
             link.flush(10)
         assert link.lost_batches == 1
         assert "not delivered" in caplog.text
         server.inject["batch-commands/"] = []
-        link.send_batches([OutgoingBatch(agg, new_transaction_id(), b"{}")])
+        link.send_batches([OutgoingBatch(agg, new_transaction_id(), ONE_COMMAND)])
         link.flush(10)
         assert link.sent_batches == 1
 
@@ -335,7 +346,9 @@ def test_many_aggregators_send_their_batches_concurrently(
 ) -> None:
     names = [f"agg-{i}" for i in range(20)]
     up = link.bring_up([AggregatorRequest(n, []) for n in names], timeout=5)
-    batches = [OutgoingBatch(up.aggregator_uuid[n], new_transaction_id(), b"{}") for n in names]
+    batches = [
+        OutgoingBatch(up.aggregator_uuid[n], new_transaction_id(), ONE_COMMAND) for n in names
+    ]
     assert link.send_batches(batches) == 20
     link.flush(10)
     assert {b.transaction_id for b in batches} == set(server.applied)

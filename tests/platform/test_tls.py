@@ -124,7 +124,7 @@ def test_a_fleet_trades_over_tls_end_to_end(tls_redis: tuple[RedisServer, RedisS
     assert s["on_time"] + s["idle"] == 20 and s["on_time"] > 0, s
     assert report["meta"]["counts"]["trades"] > 0
     # the workers did the work (they reached the broker over TLS), not only the coordinator
-    assert any(o.hedged < o.shards for o in fleet.coordinator.outcomes)
+    assert any(o.hedged < o.shards for o in fleet.coordinator.tally.outcomes)
 
 
 def test_a_wrong_ca_exits_3_naming_the_url_and_the_tls_failure(
