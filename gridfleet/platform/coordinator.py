@@ -26,6 +26,7 @@ import redis
 
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, OutgoingBatch, open_link
+from gridfleet.platform import runs
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
@@ -97,6 +98,7 @@ class Coordinator:
             on_reconnect=self.observers.reconnect,
         )
         self.stop_event = threading.Event()
+        self.fleet_run: str | None = None  # the run whose rounds this coordinator has handled
         self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed: set[str] = set()
         self.asset_names: dict[str, str] = {}
@@ -140,10 +142,13 @@ class Coordinator:
                 continue
             self.observers.flush()
             if item is None:
-                if self.broker.hget(self.keys.counters, "finished"):
+                if runs.has_finished(self.broker, self.keys, self.fleet_run):
                     break
                 continue
             round_id = cast(bytes, item[1]).decode()
+            current = self.broker.get(self.keys.run)  # the run this round belongs to
+            if current is not None:
+                self.fleet_run = current.decode() if isinstance(current, bytes) else str(current)
             try:
                 self.handle_round(round_id)
             except (LookupError, redis.RedisError) as exc:

@@ -33,6 +33,7 @@ import redis
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, open_link
 from gridfleet.exchange.messages import ProtocolError, decode_event_for_ingress
+from gridfleet.platform import runs
 from gridfleet.platform.broker_recovery import BrokerRecovery
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
@@ -114,7 +115,8 @@ class Ingress:
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
         self.dispatcher = ShardDispatcher(broker_url)
-        self.run_id = uuid.uuid4().hex[:8]
+        self.run_id = uuid.uuid4().hex[:8]  # this process's prefix of its round ids
+        self.fleet_run = ""  # the fleet's run (gridfleet.platform.runs), set by connect()
         self.clock = TickClock()
         self.fleet: Fleet | None = None
         self._order: dict[str, int] = {}  # aggregator uuid -> position in the fleet file
@@ -137,6 +139,7 @@ class Ingress:
     # -- set-up -------------------------------------------------------------------------------
 
     def connect(self) -> Fleet:
+        self.fleet_run, _ = runs.begin_or_join(self.broker, self.keys)
         fleet = connect_fleet(self.link, self.plan)
         self.fleet = fleet
         self._order = {
@@ -231,7 +234,7 @@ class Ingress:
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
                 # Not a count: the coordinator stops on it.
-                self.broker.hset(self.keys.counters, "finished", 1)
+                runs.mark_finished(self.broker, self.keys, self.fleet_run)
                 break
             if max_rounds is not None and dispatched >= max_rounds:
                 break

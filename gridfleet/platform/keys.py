@@ -20,6 +20,11 @@ class Keys:
         return f"{self.ns}:spec"
 
     @property
+    def run(self) -> str:
+        """The current run's id (see :mod:`gridfleet.platform.runs`)."""
+        return f"{self.ns}:run"
+
+    @property
     def rounds(self) -> str:
         """List of round ids ingress has dispatched; the coordinator BLPOPs it."""
         return f"{self.ns}:rounds"
