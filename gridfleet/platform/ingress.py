@@ -278,6 +278,16 @@ class Ingress:
         if isinstance(slot, str) and isinstance(completion, str):
             self.clock.observe(slot, completion, t_mono)
         out = collector.add(aggregator, event, t_mono, t_wall)
+        if out.missed:
+            self.observers.rounds_missed(out.missed)
+            assert out.missed_since is not None
+            log.warning(
+                "%d rounds never arrived after %s (the exchange, or the link to it, was down):"
+                " events resume with %s",
+                out.missed,
+                out.missed_since.id,
+                getattr(event, "market_slot", "?") + f" {getattr(event, 'slot_completion', '')}",
+            )
         for agg, trade_event in out.trades:
             self.records.trade(agg, trade_event, self._last_slot)
         for agg in out.finished:

@@ -96,6 +96,9 @@ class Observer:
     def events_superseded(self, n: int) -> None:
         """``n`` events were skipped unparsed: a newer round had already arrived."""
 
+    def rounds_missed(self, n: int) -> None:
+        """``n`` rounds never arrived at all (an outage of the exchange or of the link to it)."""
+
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         """A round's shards were sent; ``queue_depth`` shard tasks wait in the broker."""
 
@@ -175,6 +178,9 @@ class Observers(Observer):
     def events_superseded(self, n: int) -> None:
         self._each("events_superseded", n)
 
+    def rounds_missed(self, n: int) -> None:
+        self._each("rounds_missed", n)
+
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self._each("round_dispatched", shards, queue_depth)
 
@@ -234,6 +240,7 @@ class Tally(Observer):
         self.reconnects = 0
         self.trades = 0
         self.rounds_published = 0
+        self.missed_rounds = 0
         self.hedged_shards = 0
         self.commands_rejected_total = 0
         self.shards_evaluated = 0
@@ -249,6 +256,9 @@ class Tally(Observer):
 
     def events_superseded(self, n: int) -> None:
         self.stale_events += n
+
+    def rounds_missed(self, n: int) -> None:
+        self.missed_rounds += n
 
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self.rounds_dispatched += 1
@@ -303,6 +313,9 @@ class PrometheusObserver(Observer):
 
     def events_superseded(self, n: int) -> None:
         self.m.stale_events.inc(n)
+
+    def rounds_missed(self, n: int) -> None:
+        self.m.missed_rounds.inc(n)
 
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self.m.rounds.inc()
@@ -422,6 +435,9 @@ class BrokerCounters(Observer):
 
     def event_unusable(self, aggregator: str) -> None:
         self._add(bad_events=1)
+
+    def rounds_missed(self, n: int) -> None:
+        self._add(missed_rounds=n)
 
     def events_superseded(self, n: int) -> None:
         self._add(stale_events=n)

@@ -84,6 +84,11 @@ class Metrics:
             "Events skipped unparsed because a newer round had arrived",
             registry=r,
         )
+        self.missed_rounds = Counter(
+            "gridfleet_missed_rounds_total",
+            "Rounds no event arrived for (the exchange or the link to it was down)",
+            registry=r,
+        )
         self.rounds = Counter("gridfleet_rounds_total", "Event rounds dispatched", registry=r)
         self.skipped_rounds = Counter(
             "gridfleet_skipped_rounds_total",
