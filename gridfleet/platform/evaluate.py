@@ -152,6 +152,23 @@ def evaluate_shard(
         group = batch if len(rows_k) == len(batch) else batch.take(rows_k)
         for local_rows, result in _run_guarded(strategy, ctx, group, state, out.errors):
             rows = rows_k[local_rows]
+            if not _rows_in_range(result, len(rows)):
+                # numpy would raise on a row past the end and silently wrap a negative one onto
+                # another asset: a strategy that names rows it was not given is refused whole.
+                aggs = sorted({batch.aggregator[int(r)] for r in rows})
+                log.error(
+                    "strategy %s named rows outside its batch of %d at %s#%s; its commands for"
+                    " %d aggregators are refused",
+                    strategy.name,
+                    len(rows),
+                    ctx.market_slot,
+                    ctx.tick_index,
+                    len(aggs),
+                )
+                out.errors.extend(
+                    Refusal(a, "*", strategy.name, "rows outside the batch") for a in aggs
+                )
+                continue
             _collect_orders(result, rows, batch, per_asset, owner, out)
             for local, command in result.commands:
                 row = int(rows[local])
@@ -225,6 +242,13 @@ def evaluate_shard(
             refusal.reason,
         )
     return out
+
+
+def _rows_in_range(result: StrategyResult, n: int) -> bool:
+    """Every order and command names a row of the batch the strategy was given."""
+    rows = np.asarray(result.orders.row) if len(result.orders) else np.zeros(0, dtype=np.int64)
+    locals_ = [local for local, _ in result.commands]
+    return bool(((rows >= 0) & (rows < n)).all()) and all(0 <= int(x) < n for x in locals_)
 
 
 def _collect_orders(

@@ -372,3 +372,29 @@ def test_shards_of_raw_trees_flatten_to_the_same_round_as_one_process(
     shards = cut_shards(heads, dict(zip(aggs, sizes, strict=True)), shard_size)
     flat = [flatten_parts(s.parts, {}) for s in shards]
     assert sorted(r for f in flat for r in _rows(f.assets)) == sorted(_rows(whole.assets))
+
+
+def test_a_strategy_naming_rows_outside_its_batch_is_refused_not_wrapped() -> None:
+    """numpy would raise past the end and wrap -1 onto the batch's last asset: refused whole."""
+    from gridfleet.platform.evaluate import evaluate_shard
+    from gridfleet.strategies.base import AssetStrategy, StrategyConfig
+    from gridfleet.testing import asset_batch, tick_context
+
+    class Stray(AssetStrategy):
+        name = "stray"
+
+        class Config(StrategyConfig):
+            row: int = -1
+
+        def on_market(self, ctx, batch, state):  # type: ignore[no-untyped-def]
+            orders = OrderArrays(
+                np.array([self.config.row]), np.array([True]), np.array([0.1]), np.array([20.0])
+            )
+            return StrategyResult(orders=orders)
+
+    batch = asset_batch([{"name": "L1", "kind": "load"}, {"name": "L2", "kind": "load"}])
+    kinds = np.zeros(len(batch), dtype=np.int64)
+    for row in (-1, 2):
+        out = evaluate_shard(tick_context(), batch, kinds, [Stray(Stray.Config(row=row))], {})
+        assert not out.fragments or all(f in (b"", b"{}") for f in out.fragments.values())
+        assert out.errors and out.errors[0].reason == "rows outside the batch"
