@@ -29,7 +29,7 @@ tls-redis:
 	  else echo "make test needs a TLS-capable redis-server for the TLS test: apt-get install redis-tools (as root)"; exit 1; fi; }
 	@command -v openssl >/dev/null || { \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
 	  else echo "make test needs openssl for the TLS test's certificates"; exit 1; fi; }
 
 # The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
