@@ -79,7 +79,9 @@ def main() -> None:
                 write_round(
                     r,
                     keys,
-                    Manifest(rid, round_ctx, version, len(shards), sorted(uuids.values()), 0.0, 1.0),
+                    Manifest(
+                        rid, round_ctx, version, len(shards), sorted(uuids.values()), 0.0, 1.0
+                    ),
                     shards,
                 )
                 for i in range(len(shards)):
@@ -102,6 +104,7 @@ def main() -> None:
             "assets_per_s_per_process": round(rate),
         }
     write_results("shard", results)
+
 
 if __name__ == "__main__":
     main()
