@@ -57,6 +57,12 @@ class Keys:
     def heartbeat(self, role: str, name: str) -> str:
         return f"{self.ns}:alive:{role}:{name}"
 
+    def slot_fees(self, aggregator: str) -> str:
+        """Hash: the aggregator's market fees of its current slot, from the slot's market event:
+        ``#slot`` -> the market slot, market uuid -> fee to the Market Maker (ct/kWh). Replaced
+        at each market event, read at the slot's ticks (``platform.shard``); expires."""
+        return f"{self.ns}:slot-fees:{aggregator}"
+
     # -- per round ----------------------------------------------------------------------------
     def manifest(self, round_id: str) -> str:
         return f"{self.ns}:r:{round_id}:manifest"

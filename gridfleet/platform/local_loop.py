@@ -3,6 +3,10 @@
 This is the baseline the pipeline is measured against (``bench/bench_pipeline.py``) and the
 reference its commands are checked against in tests: the same collector, the same round builder
 and the same shard evaluation, over the whole fleet at once.
+
+The fees of a slot's orders are remembered in memory from the slot's market event
+(``rounds.SlotFees``); a loop that starts mid-slot has none for that slot and prices its ticks
+from their trees until the next market event.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, d
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.rounds import RoundError, RoundInput, build_round
+from gridfleet.platform.rounds import RoundError, RoundInput, SlotFees, build_round
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
@@ -80,6 +84,7 @@ class LocalLoop:
         self.stop_event = threading.Event()
         self.stats = LoopStats()
         self.state: dict[str, State] = {}
+        self.slot_fees = SlotFees()
         self.fleet: Fleet | None = None
 
     def connect(self) -> Fleet:
@@ -116,7 +121,9 @@ class LocalLoop:
                     log.error("aggregator %s: unusable event skipped: %s", agg, exc)
             for pending in collector.ready():
                 try:
-                    rnd = build_round(full_events(pending), fleet.own_markets)
+                    rnd = build_round(
+                        full_events(pending), fleet.own_markets, memory=self.slot_fees
+                    )
                 except RoundError as exc:
                     log.warning("round %s skipped: %s", pending.id, exc)
                     continue
@@ -149,9 +156,10 @@ def replay_rounds(
         for raw in raws:
             collector.add(agg, decode_event(raw), now=0.0, wall=0.0)
     state: dict[str, State] = {}
+    slot_fees = SlotFees()
     out: dict[str, list[bytes]] = {}
     for pending in collector.ready(now=float("inf")):
-        rnd = build_round(sorted(full_events(pending)), fleet.own_markets)
+        rnd = build_round(sorted(full_events(pending)), fleet.own_markets, memory=slot_fees)
         for agg, body in evaluate_round(fleet, runtime, rnd, state).items():
             out.setdefault(agg, []).append(body)
     return out

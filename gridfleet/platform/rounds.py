@@ -13,6 +13,16 @@ of a tick from the same grid, so the trees agree about the markets they share; w
 assets. A tree whose market fees are not numbers the exchange could have sent (negative, not
 finite, above gridfleet's rate bound) is unusable: that aggregator gets no batch this tick, the
 others are unaffected.
+
+**Which fee an order pays.** gsy-e fixes a market's fee when the slot's market opens and charges
+every order of the slot that fee; a grid operator's ``grid_fees`` command changes the area's fee,
+which the tree's ``current_market_fee`` shows at once although it only applies from the next
+slot's market. So the fee the exchange applies to an order of slot S is the fee the tree showed
+at S's market event. The fleet remembers it (:class:`SlotFees`: per aggregator, each market
+holding its assets -> the fee to the Market Maker, read from that aggregator's own tree at the
+market event) and prices every asset of the slot's ticks with it. Without a memory (a fleet that
+starts mid-slot, a lost market-event round, a market whose assets appeared mid-slot) the tick's
+tree is used. Every tree's fees are still checked, remembered or not.
 """
 
 from __future__ import annotations
@@ -84,6 +94,27 @@ def kind_of(info: AssetInfo) -> AssetKind:
     return AssetKind.LOAD
 
 
+SlotFeeMap = Mapping[str, float]
+"""One aggregator's remembered fees of a slot: market uuid -> fee to the Market Maker (ct/kWh)
+of the assets in that market, as its tree showed them at the slot's market event."""
+
+
+@dataclass(slots=True)
+class SlotFees:
+    """The market-event fees of each aggregator's slot, in one process (the one-process loop;
+    the pipeline keeps the same thing on the broker, see ``platform.shard``)."""
+
+    by_aggregator: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
+
+    def of(self, market_slot: str) -> dict[str, SlotFeeMap]:
+        """Aggregator -> fees remembered for ``market_slot`` (aggregators without: absent)."""
+        return {a: fees for a, (slot, fees) in self.by_aggregator.items() if slot == market_slot}
+
+    def remember(self, market_slot: str, fees: Mapping[str, dict[str, float]]) -> None:
+        for aggregator, seen in fees.items():
+            self.by_aggregator[aggregator] = (market_slot, seen)
+
+
 def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
@@ -149,6 +180,8 @@ class RoundInput:
     markets: list[MarketView]
     aggregators: list[str]  # uuids of the aggregators whose events made this round
     unusable: dict[str, str] = field(default_factory=dict)  # aggregator -> why its tree was not
+    # at a market event: aggregator -> the fees to remember for the slot (see SlotFees)
+    slot_fees: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
@@ -241,13 +274,18 @@ def flatten_tree(
     markets: list[MarketView],
     own_markets: frozenset[str] = frozenset(),
     mm_way: MarketMakerWay | None = None,
+    slot_fees: SlotFeeMap | None = None,
+    seen: dict[str, float] | None = None,
 ) -> None:
     """Append the aggregator's own assets (rows) and own markets found in ``tree``.
 
     A market's fee to the Market Maker is ``fee + fees down the MM's way`` if the Market Maker
     hangs below it, else ``fee + its parent's fee to the MM``; an asset pays its parent's. Every
-    fee is read from ``tree`` itself; ``mm_way`` (found once per round) only spares walking the
-    tree to find the Market Maker.
+    fee is read from ``tree`` itself, except that a market in ``slot_fees`` (this aggregator's
+    memory of the slot's market event) takes the remembered fee to the Market Maker; ``seen``
+    collects that fee of every market holding one of the aggregator's assets (at a market
+    event, for the memory). ``mm_way`` (found once per round) only spares walking the tree to
+    find the Market Maker.
 
     Raises RoundError for a market fee the exchange cannot have sent (see :func:`market_fee`);
     rows appended before that are the caller's to drop (:func:`flatten_own`).
@@ -280,15 +318,19 @@ def flatten_tree(
         int(AssetKind.STORAGE),
         int(AssetKind.SMART_METER),
     )
-    stack: list[tuple[dict[str, GridNode], str, float]] = [(tree, "", 0.0)]
+    remembered = slot_fees or {}
+    stack: list[tuple[dict[str, GridNode], str, str, float]] = [(tree, "", "", 0.0)]
     while stack:
-        nodes, parent_name, parent_fee = stack.pop()
+        nodes, parent_uid, parent_name, parent_fee = stack.pop()
+        first_row = len(rows.uuid)
         for uid, node in nodes.items():
             children = node.children
             if children is not unset:
-                fee = market_fee(uid, node)
-                below = down.get(uid)
-                to_mm = fee + below if below is not None else fee + parent_fee
+                fee = market_fee(uid, node)  # checked even when remembered: a poisoned tree
+                to_mm = remembered.get(uid)
+                if to_mm is None:
+                    below = down.get(uid)
+                    to_mm = fee + below if below is not None else fee + parent_fee
                 if uid in own_markets:
                     markets.append(
                         MarketView(
@@ -300,7 +342,7 @@ def flatten_tree(
                             last_market_stats=stats_dict(node.last_market_stats),
                         )
                     )
-                stack.append((children, node.area_name, to_mm))
+                stack.append((children, uid, node.area_name, to_mm))
                 continue
             info = node.asset_info
             if info is unset or info is None:
@@ -329,6 +371,8 @@ def flatten_tree(
             fee_(parent_fee)
             dev = info.unsettled_deviation_kWh
             dev_(dict(dev) if dev and dev is not unset else None)
+        if seen is not None and parent_uid and len(rows.uuid) > first_row:
+            seen[parent_uid] = parent_fee
 
 
 def flatten_own(
@@ -338,15 +382,19 @@ def flatten_own(
     markets: list[MarketView],
     own_markets: frozenset[str],
     mm_way: MarketMakerWay,
+    slot_fees: SlotFeeMap | None = None,
+    seen: dict[str, float] | None = None,
 ) -> str | None:
-    """:func:`flatten_tree`, all or nothing: on an unusable tree nothing of it is kept and the
-    reason is returned (the other aggregators' rows are untouched)."""
+    """:func:`flatten_tree`, all or nothing: on an unusable tree nothing of it is kept (rows,
+    markets, ``seen``) and the reason is returned (the other aggregators' rows are untouched)."""
     first_row, first_market = len(rows.uuid), len(markets)
     try:
-        flatten_tree(tree, aggregator, rows, markets, own_markets, mm_way)
+        flatten_tree(tree, aggregator, rows, markets, own_markets, mm_way, slot_fees, seen)
     except RoundError as exc:
         rows.truncate(first_row)
         del markets[first_market:]
+        if seen is not None:
+            seen.clear()
         return str(exc)
     return None
 
@@ -422,9 +470,13 @@ def build_round(
     events: list[tuple[str, MarketEvent | TickEvent]],
     own_markets: dict[str, frozenset[str]] | None = None,
     slot_length_s: int = 900,
+    memory: SlotFees | None = None,
 ) -> RoundInput:
     """One round from ``(aggregator uuid, event)`` pairs of the same slot and tick, flattened in
     this process (the single-process loop; the pipeline flattens per shard, in workers).
+
+    With ``memory``, a market event's fees are remembered in it and a tick of the same slot is
+    priced with them (an aggregator it has nothing for is priced from its tree).
 
     Raises RoundError for a round that cannot be evaluated (see :func:`round_context`).
     """
@@ -432,6 +484,9 @@ def build_round(
     rows = _Rows()
     markets: list[MarketView] = []
     unusable: dict[str, str] = {}
+    record = memory is not None and ctx.is_market_event
+    remembered = memory.of(key.market_slot) if memory is not None and not record else {}
+    seen_fees: dict[str, dict[str, float]] = {}
     # Where the Market Maker hangs is the same in every tree of a round: find it once.
     mm_way = next(
         (MarketMakerWay.find(e.grid_tree) for _, e in events if e.grid_tree), MarketMakerWay(())
@@ -439,21 +494,35 @@ def build_round(
     own = own_markets or {}
     for aggregator, event in events:
         if event.grid_tree:
+            seen: dict[str, float] | None = {} if record else None
             why = flatten_own(
-                event.grid_tree, aggregator, rows, markets, own.get(aggregator, frozenset()), mm_way
+                event.grid_tree,
+                aggregator,
+                rows,
+                markets,
+                own.get(aggregator, frozenset()),
+                mm_way,
+                remembered.get(aggregator),
+                seen,
             )
+            if seen:
+                seen_fees[aggregator] = seen
             if why is not None:
                 unusable[aggregator] = f"grid_tree: {why}"
                 # No worker reports it on this path (the one-process loop): say it here.
                 log.error("round %s: event of aggregator %s skipped: %s", key.id, aggregator, why)
-    return RoundInput(
+    out = RoundInput(
         key=key,
         ctx=ctx,
         assets=rows_to_batch(rows),
         markets=markets,
         aggregators=[a for a, _ in events],
         unusable=unusable,
+        slot_fees=seen_fees,
     )
+    if record and memory is not None:
+        memory.remember(key.market_slot, seen_fees)
+    return out
 
 
 @dataclass(slots=True)
@@ -476,17 +545,28 @@ class FlatParts:
     assets: AssetBatch
     markets: list[MarketView]
     unusable: dict[str, str]  # aggregator -> why its tree could not be used
+    # with ``record``: aggregator -> the fees to remember for the slot (see SlotFees)
+    slot_fees: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str]]) -> FlatParts:
+def flatten_parts(
+    parts: list[TreePart],
+    own_markets: Mapping[str, frozenset[str]],
+    slot_fees: Mapping[str, SlotFeeMap] | None = None,
+    record: bool = False,
+) -> FlatParts:
     """Parse and flatten the trees of a shard (what :func:`build_round` does for a whole round).
 
     A tree that does not parse is reported in ``unusable`` and skipped: its aggregator gets no
     batch this tick, the others are unaffected; so is a tree with a market fee the exchange cannot
     have sent. Where the Market Maker hangs is found in the shard's first tree, as
-    :func:`build_round` does in the round's first; each tree's fees are its own.
+    :func:`build_round` does in the round's first; each tree's fees are its own, or its
+    aggregator's ``slot_fees`` (remembered at the slot's market event). ``record`` (a market
+    event): collect each aggregator's fees to remember into the result's ``slot_fees``.
     """
     rows = _Rows()
+    remembered = slot_fees or {}
+    seen_fees: dict[str, dict[str, float]] = {}
     markets: list[MarketView] = []
     mm_way: MarketMakerWay | None = None
     unusable: dict[str, str] = {}
@@ -502,9 +582,19 @@ def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str
             mm_way = MarketMakerWay.find(tree)
         first = len(rows.uuid)
         mine: list[MarketView] = []
+        seen: dict[str, float] | None = {} if record else None
         why = flatten_own(
-            tree, part.aggregator, rows, mine, own_markets.get(part.aggregator, frozenset()), mm_way
+            tree,
+            part.aggregator,
+            rows,
+            mine,
+            own_markets.get(part.aggregator, frozenset()),
+            mm_way,
+            remembered.get(part.aggregator),
+            seen,
         )
+        if seen:
+            seen_fees[part.aggregator] = seen
         if why is not None:
             unusable[part.aggregator] = f"grid_tree: {why}"
             continue
@@ -520,4 +610,4 @@ def flatten_parts(parts: list[TreePart], own_markets: Mapping[str, frozenset[str
     batch = rows_to_batch(rows)
     if sliced:
         batch = batch.take(np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64))
-    return FlatParts(batch, markets, unusable)
+    return FlatParts(batch, markets, unusable, seen_fees)

@@ -4,12 +4,20 @@ Idempotent per (round, shard). State is stored per uuid as ``[round id, before, 
 for round R reads ``before`` if the entry was already written by round R (a retry, a hedge, a
 late duplicate) and ``after`` otherwise, so running a shard twice gives the same state and the
 same commands. The coordinator counts a shard once however many times it is reported done.
+
+The fees a slot's orders are priced with are remembered on the broker (shards run on any worker):
+at a market-event round each shard replaces its aggregators' ``Keys.slot_fees`` hashes with the
+fees their trees showed (``platform.rounds``: the fee gsy-e applies to every order of the slot);
+at the slot's ticks each shard reads them back, pipelined, in one round trip. A worker started
+mid-slot still finds them; a fleet that started mid-slot (or whose market-event round was lost)
+has none for that slot and prices from the tick's tree.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import socket
 import time
 from collections.abc import Mapping
@@ -28,7 +36,7 @@ from gridfleet.platform.codec import (
 )
 from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.rounds import TreePart, flatten_parts
+from gridfleet.platform.rounds import SlotFeeMap, TreePart, flatten_parts
 from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import DSO_MARKET_STATS_KEY, AssetStrategy, MarketStrategy
@@ -38,6 +46,13 @@ log = logging.getLogger(__name__)
 
 ROUND_TTL_S = 120
 """Round data (inputs, outputs, manifests) expire: nothing needs them a minute later."""
+
+SLOT_FEES_SLOT_FIELD = "#slot"
+"""The field of a ``Keys.slot_fees`` hash naming the slot its fees are for (never a uuid)."""
+
+SLOT_FEES_MIN_TTL_S = 3600
+"""Remembered fees outlive their slot (``2 x slot_length_s``, at least this): only the slot's ticks
+read them, and a newer market event replaces them."""
 
 REJECTED_KEY = "rejected"
 """Key under which an asset's last rejected command is shown to its strategy (not persisted)."""
@@ -213,6 +228,55 @@ def write_round(
     pipe.execute()
 
 
+def read_slot_fees(
+    r: redis.Redis, keys: Keys, market_slot: str, aggregators: list[str]
+) -> dict[str, SlotFeeMap]:
+    """Aggregator -> the fees remembered at ``market_slot``'s market event, in one round trip.
+
+    An aggregator whose hash is missing, expired or of another slot is left out (its tree's
+    fees are used); so is a value that is not a finite, non-negative number.
+    """
+    if not aggregators:
+        return {}
+    pipe = r.pipeline(transaction=False)
+    for aggregator in aggregators:
+        pipe.hgetall(keys.slot_fees(aggregator))
+    slot = market_slot.encode()
+    out: dict[str, SlotFeeMap] = {}
+    for aggregator, raw in zip(aggregators, pipe.execute(), strict=True):
+        if not raw or raw.get(SLOT_FEES_SLOT_FIELD.encode()) != slot:
+            continue
+        fees: dict[str, float] = {}
+        for market, value in raw.items():
+            try:
+                fee = float(value)
+            except ValueError:
+                continue  # the slot field, or a value gridfleet did not write
+            if math.isfinite(fee) and fee >= 0.0:
+                fees[market.decode()] = fee
+        out[aggregator] = fees
+    return out
+
+
+def write_slot_fees(
+    pipe: Any,
+    keys: Keys,
+    market_slot: str,
+    fees: Mapping[str, Mapping[str, float]],
+    slot_length_s: int,
+) -> None:
+    """Queue on ``pipe``: each aggregator's hash replaced by its fees of ``market_slot``."""
+    ttl = max(SLOT_FEES_MIN_TTL_S, 2 * slot_length_s)
+    for aggregator, markets in fees.items():
+        key = keys.slot_fees(aggregator)
+        pipe.delete(key)  # markets the aggregator no longer has assets in must not linger
+        pipe.hset(
+            key,
+            mapping={SLOT_FEES_SLOT_FIELD: market_slot, **{m: repr(f) for m, f in markets.items()}},
+        )
+        pipe.expire(key, ttl)
+
+
 def _read_state(entries: list[bytes | None], uuids: list[str], round_id: str) -> dict[str, State]:
     state: dict[str, State] = {}
     for uuid, raw in zip(uuids, entries, strict=True):
@@ -259,8 +323,16 @@ def run_shard(
     manifest = Manifest.unpack(raw_manifest)
     shard_in = ShardInput.unpack(raw_input)
     rt = runtime_for(r, keys, manifest.spec_version)
+    market_event = manifest.ctx.is_market_event
+    remembered = (
+        {}
+        if market_event
+        else read_slot_fees(
+            r, keys, manifest.ctx.market_slot, list(dict.fromkeys(shard_in.aggregators))
+        )
+    )
     with gc_paused():
-        flat = flatten_parts(shard_in.parts, rt.spec.own_markets)
+        flat = flatten_parts(shard_in.parts, rt.spec.own_markets, remembered, market_event)
     for aggregator, why in flat.unusable.items():
         log.error(
             "round %s: event of aggregator %s skipped: %s",
@@ -328,6 +400,10 @@ def run_shard(
         pipe.hset(keys.state, uuid, packb([round_id, stored.get(uuid), new]))
     if answered:
         pipe.hdel(keys.market_answers, *answered)
+    if flat.slot_fees:
+        write_slot_fees(
+            pipe, keys, manifest.ctx.market_slot, flat.slot_fees, manifest.ctx.slot_length_s
+        )
     pipe.set(keys.shard_output(round_id, shard), packb(result), ex=ROUND_TTL_S)
     pipe.rpush(keys.done(round_id), shard)
     pipe.expire(keys.done(round_id), ROUND_TTL_S)

@@ -82,7 +82,9 @@ class EventBuilder:
     # ------------------------------------------------------------------ shared pieces
 
     def refresh_heads(self, state: ExchangeState) -> None:
-        """Market heads: statistics of the last slot, last and current fees."""
+        """Market heads: statistics of the last slot, last and current fees, as gsy-e's tree
+        has them: ``current_market_fee`` is the area's fee now (after a ``grid_fees`` command
+        mid-slot, the next slot's), ``last_market_fee`` the last closed market's fee."""
         current = state.fee_rates()
         for m in self.grid.markets:
             cur = float(current[m.index])

@@ -51,7 +51,8 @@ class AssetBatch:
     """A shard's assets, one row each. All arrays have the same length as ``uuid``.
 
     Energies that do not apply to a kind are 0.0 (a PV has no requirement). ``grid_fee`` is the
-    sum of the current market fees along the path from the asset to the Market Maker (f).
+    sum of the market fees along the path from the asset to the Market Maker (f) that the
+    exchange applies to the slot's orders: those of the slot's market event (docs/strategies.md).
     """
 
     uuid: list[str]

@@ -10,6 +10,12 @@ parent's fee, and an asset to its parent market pays that market's fee. A node t
 :func:`fees_to_target` gives the fee from every node to one target (the Market Maker, for the
 linear ramp's ``f``) with one numpy pass per tree level, so an ingress computes it once per tree,
 not once per asset.
+
+Which tree: gsy-e fixes a market's fee when the slot's market opens, and a ``grid_fees`` command
+mid-slot applies from the next slot's market although the tree's ``current_market_fee`` shows it
+at once (``last_market_fee`` is the last closed market's). The fee an order of a slot pays is
+``current_market_fee`` of the slot's MARKET event: compute from that tree. (The batch's
+``AssetBatch.grid_fee`` already is that fee: the fleet remembers it for the slot's ticks.)
 """
 
 from __future__ import annotations

@@ -99,7 +99,17 @@ class Twin:
         self.same_state()
 
     def same_state(self) -> None:
-        for name in ("active_bid", "active_offer", "demand", "bought", "sold", "cost", "used"):
+        for name in (
+            "active_bid",
+            "active_offer",
+            "demand",
+            "bought",
+            "sold",
+            "cost",
+            "used",
+            "market_fee",
+            "last_fee",
+        ):
             a = getattr(self.old, name)
             for st in (self.new, self.gen):
                 assert np.array_equal(a, getattr(st, name)), name

@@ -1,6 +1,10 @@
 """The exchange's market state: asset energy per slot, open orders, fees, trades and stats.
 
 One :class:`ExchangeState` is owned by the engine thread; nothing here does I/O.
+
+Frozen, with one deliberate change since: the grid-fee rule follows gsy-e (a market's fee is fixed
+when its slot opens, a ``grid_fees`` command takes effect with the next slot's market, and
+``last_fee`` is the last closed market's fee), the same rule as ``gridfleet.simulator.state``.
 """
 
 from __future__ import annotations
@@ -83,7 +87,10 @@ class ExchangeState:
             dtype=np.float64,
         )
         self.fee_changed = False
-        self.last_fee = self.fee_rates()
+        # gsy-e fixes a market's fee when it opens; a grid_fees command changes the area's fee
+        # (fee_const, fee_percent) and takes effect with the next slot's market.
+        self.market_fee = self.fee_rates()  # ct/kWh per market of the open slot, fixed at open
+        self.last_fee = self.fee_rates()  # the fee of the last closed market (last_market_fee)
         self.stats = MarketStats.empty(len(grid.markets))
         self.market_parent = grid.market_parent_array()
         self.market_depth = grid.market_depth_array()
@@ -102,7 +109,10 @@ class ExchangeState:
     # ------------------------------------------------------------------ slots
 
     def fee_rates(self) -> np.ndarray:
-        """ct/kWh per market: the constant fee plus the percent fee of the market maker rate."""
+        """ct/kWh per market, the AREA's fee now: the constant fee plus the percent fee of the
+        market maker rate. It is the tree's ``current_market_fee`` (gsy-e's
+        ``area.get_grid_fee()``) and the fee of the next slot's market; orders of the open slot
+        pay :attr:`market_fee`."""
         pct = np.nan_to_num(self.fee_percent) / 100.0 * self.grid.market_maker_rate
         return self.fee_const + pct
 
@@ -110,8 +120,10 @@ class ExchangeState:
         return (self.start + index * self.slot_length).strftime(MARKET_SLOT_FORMAT)
 
     def open_slot(self, index: int) -> None:
-        """Start market slot ``index``: fresh energies and limits, no orders."""
+        """Start market slot ``index``: fresh energies and limits, no orders; the slot's market
+        takes the area's fee now (gsy-e's ``AreaMarkets._create_market``)."""
         self.slot_index = index
+        self.market_fee = self.fee_rates()
         self.slot_start = self.start + index * self.slot_length
         self.market_slot = self.slot_start.strftime(MARKET_SLOT_FORMAT)
         self._time_slot = self.slot_start.strftime("%Y-%m-%dT%H:%M:%S")
@@ -137,11 +149,12 @@ class ExchangeState:
         """End the open slot: its trades become the markets' last statistics."""
         trades = _concat(self._slot_trades)
         self.stats = compute_stats(
-            trades, self.market_parent, self.fee_rates(), mm_offer=-1, mm_bid=-2
+            trades, self.market_parent, self.market_fee, mm_offer=-1, mm_bid=-2
         )
         self.last_traded = self.bought + self.sold
         self.last_cost = self.cost.copy()
-        self.last_fee = self.fee_rates()
+        # gsy-e's last_market_fee: area.current_market (the last PAST market)'s fee_class rate.
+        self.last_fee = self.market_fee.copy()
 
     # ------------------------------------------------------------------ per-asset figures
 
@@ -265,7 +278,7 @@ class ExchangeState:
             rate=np.fromiter((o.rate for o in orders), dtype=np.float64, count=n),
             energy=np.fromiter((o.energy for o in orders), dtype=np.float64, count=n),
         )
-        fees = self.fee_rates()
+        fees = self.market_fee  # fixed when the slot's market opened
         trades = match(
             book,
             self.market_parent,
