@@ -232,6 +232,12 @@ metrics_option = click.option(
     show_default=_default_of("metrics_port"),
     help="Prometheus /metrics and /healthz port (0: off). [env: GRIDFLEET_METRICS_PORT]",
 )
+run_id_option = click.option(
+    "--run-id",
+    default=None,
+    help="Join this run (start it if it is not the current one); default: the current run if it"
+    " is not finished, else a new one. `gridfleet run` passes its own.",
+)
 log_option = click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -301,6 +307,7 @@ def redis_binary() -> None:
     show_default=True,
     help="Take aggregators i modulo n of the fleet file, as i/n (several ingress processes).",
 )
+@run_id_option
 def ingress(
     config_path: str | None,
     exchange_url: str | None,
@@ -308,6 +315,7 @@ def ingress(
     metrics_port: int,
     log_level: str,
     partition: str,
+    run_id: str | None,
 ) -> None:
     """Create the fleet's aggregators, select their assets, fan every event round out to workers."""
     from gridfleet.platform.ingress import Ingress
@@ -329,7 +337,7 @@ def ingress(
     if metrics_port:
         metrics.serve(metrics_port)
     try:
-        node = Ingress(config, ex, br, partition=(i, n), metrics=metrics)
+        node = Ingress(config, ex, br, partition=(i, n), metrics=metrics, run_id=run_id)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     _stop_on_signals(node.stop_event)
@@ -347,12 +355,14 @@ def ingress(
 @broker_option
 @metrics_option
 @log_option
+@run_id_option
 def coordinator(
     config_path: str | None,
     exchange_url: str | None,
     broker_url: str | None,
     metrics_port: int,
     log_level: str,
+    run_id: str | None,
 ) -> None:
     """Merge shard results into one batch per aggregator before each deadline; hedge late shards."""
     from gridfleet.platform.coordinator import Coordinator
@@ -365,7 +375,7 @@ def coordinator(
     metrics = Metrics()
     if metrics_port:
         metrics.serve(metrics_port)
-    node = Coordinator(config, ex, br, metrics=metrics)
+    node = Coordinator(config, ex, br, metrics=metrics, run_id=run_id)
     _stop_on_signals(node.stop_event)
     try:
         node.run()
@@ -539,6 +549,12 @@ def health_worker(config_path: str | None, broker_url: str | None, hostname: str
     is_flag=True,
     help="No Celery, no broker: evaluate the whole fleet in this process (the baseline; fine for small fleets).",
 )
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="Also start a standby ingress and a standby coordinator: each takes over within a"
+    " round when the active one dies.",
+)
 def run(
     config_path: str | None,
     exchange_url: str | None,
@@ -548,6 +564,7 @@ def run(
     workers: int,
     no_workers: bool,
     single_process: bool,
+    standby: bool,
 ) -> None:
     """Run a fleet against an exchange that is already running: ingress, coordinator and workers.
 
@@ -574,6 +591,8 @@ def run(
         finally:
             loop.close()
         return
+    from gridfleet.platform.runs import new_run_id
+
     ex, br = _urls(config, exchange_url, broker_url)
     procs = FleetProcesses(
         config_path,
@@ -584,6 +603,8 @@ def run(
         workers=0 if no_workers else workers,
         metrics_port=metrics_port,
         task_events=config.flower_events,
+        run_id=new_run_id(),
+        standby=standby,
     )
     _stop_on_signals(procs.stop_event)
     sys.exit(procs.run())

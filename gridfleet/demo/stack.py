@@ -25,6 +25,7 @@ import yaml
 
 from gridfleet.demo.live import TICKS_PER_SLOT, LiveFigures
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.runs import new_run_id
 from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
 from gridfleet.runtime.redact import redact, redact_argv
 from gridfleet.runtime.redis_server import RedisServer, free_port
@@ -80,7 +81,8 @@ class DemoStack:
         self.sim: Any = None
         self.recorder: Any = None
         self.flower_url: str | None = None
-        self.keys = Keys("gf")
+        self.run_id = new_run_id()
+        self.keys = Keys("gf").for_run(self.run_id)  # the run's counters and records
         self.live = LiveFigures(rounds_total=max(0, opts.slots - 1) * TICKS_PER_SLOT)
         self._stream_id = "0-0"
         self.started = time.time()
@@ -195,8 +197,9 @@ class DemoStack:
             ],
             env,
         )
-        self.group.start("coordinator", [*base, "coordinator", "--metrics-port", "0"], env)
-        self.group.start("ingress", [*base, "ingress", "--metrics-port", "0"], env)
+        run = ["--run-id", self.run_id]
+        self.group.start("coordinator", [*base, "coordinator", "--metrics-port", "0", *run], env)
+        self.group.start("ingress", [*base, "ingress", "--metrics-port", "0", *run], env)
         if self.opts.flower:
             port = free_port()
             self.group.start("flower", [*base, "flower", "--port", str(port)], env)
@@ -213,7 +216,7 @@ class DemoStack:
         fleet_ok = worker_ok = False
         while time.monotonic() < deadline and not self.stop_event.is_set():
             self.check_children()
-            fleet_ok = fleet_ok or bool(self.broker.hlen(f"{self.keys.ns}:fleet"))
+            fleet_ok = fleet_ok or bool(self.broker.hlen(self.keys.fleet))
             worker_ok = worker_ok or bool(self.broker.keys(f"{self.keys.ns}:alive:worker:*"))
             if fleet_ok and worker_ok:
                 say(
@@ -295,6 +298,7 @@ class DemoStack:
             "tick_interval_s": self.opts.tick_interval,
             "tree": self.opts.tree,
             "workers": self.opts.workers,
+            "run_id": self.run_id,
             "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
             "duration_s": round(time.time() - self.started, 1),
             "command": redact_argv(["gridfleet", *sys.argv[1:]]),

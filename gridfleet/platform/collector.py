@@ -73,7 +73,6 @@ class CollectorStats:
     trades: int = 0
     finishes: int = 0
     incomplete_rounds: int = 0  # handed out on the window, some aggregators missing
-    missed_rounds: int = 0  # rounds no event of arrived (an outage of the exchange or its link)
     past_slot_events: int = 0  # for a slot that has closed: not evaluated
     foreign_slot_events: int = 0  # for a slot far ahead, or unparsable: not evaluated
 
@@ -84,8 +83,7 @@ class Collected:
 
     trades: list[tuple[str, TradeEvent | TradeEventLite]] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
-    missed: int = 0  # rounds between the newest one before this event and this one's, unseen
-    missed_since: RoundKey | None = None
+    round: RoundKey | None = None  # the round a market or tick event was taken for, if any
 
 
 class RoundCollector:
@@ -109,8 +107,6 @@ class RoundCollector:
         self.keep_done = keep_done
         self.stats = CollectorStats()
         self.finished: set[str] = set()
-        self.newest: RoundKey | None = None  # the newest round any event came for
-        self._slot_length: timedelta | None = None  # learnt from the first slot change
         self.open_slot: str | None = None  # the newest market slot accepted so far
         self._open_at: datetime | None = None
         self._warned: set[tuple[str, str]] = set()  # (aggregator, slot) logged once
@@ -144,7 +140,7 @@ class RoundCollector:
         if self.open_market_only and not self._in_open_market(aggregator, event.market_slot):
             return out
         key = RoundKey.of(event)
-        self._count_missed(key, int(event.num_ticks), out)
+        out.round = key
         seq = 0
         if key in self.done:
             covered, follow_ups = self.done[key]
@@ -173,27 +169,17 @@ class RoundCollector:
         pending.events[aggregator] = event
         return out
 
-    def _count_missed(self, key: RoundKey, num_ticks: int, out: Collected) -> None:
-        """Rounds between the newest one seen and ``key`` that no event came for: the exchange
-        (or the connection to it) was down. Counted once, when events resume."""
-        newest = self.newest
-        if newest is not None and key <= newest:
-            return
-        self.newest = key
-        if newest is None:
-            return
-        if key.market_slot == newest.market_slot:
-            gap = key.tick_index - newest.tick_index - 1
-        else:
-            then = datetime.fromisoformat(newest.market_slot)
-            now = datetime.fromisoformat(key.market_slot)
-            if self._slot_length is None or now - then < self._slot_length:
-                self._slot_length = now - then
-            slots_between = max(0, round((now - then) / self._slot_length) - 1)
-            gap = (num_ticks - 1 - newest.tick_index) + key.tick_index + slots_between * num_ticks
-        if gap > 0:
-            self.stats.missed_rounds += gap
-            out.missed, out.missed_since = gap, newest
+    def plausible(self, slot: str) -> bool:
+        """Could ``slot`` be the open market (or the next one)? No side effects: the ingress asks
+        before it skips older events of a batch as superseded, so a forged far-future slot never
+        supersedes the real ones."""
+        if not self.open_market_only or slot == self.open_slot or self._open_at is None:
+            return True
+        try:
+            at = datetime.fromisoformat(slot)
+        except ValueError:
+            return False
+        return self._open_at < at <= self._open_at + MAX_SLOT_JUMP
 
     def _in_open_market(self, aggregator: str, slot: str) -> bool:
         """Is ``slot`` the open market (or the next one)? Counts and logs it once when not."""

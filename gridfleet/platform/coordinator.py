@@ -9,6 +9,12 @@ aggregator's fragments and publishes every batch in one pipeline.
 
 It also reads the exchange's batch responses, on a thread of their own, and hands them to
 :class:`~gridfleet.platform.responses.ResponseRecorder`.
+
+It serves one run (:mod:`gridfleet.platform.runs`): the one it was given, else the current one,
+and follows the fleet to a new run that replaces an unfinished one. Several coordinators may
+run: the one holding the ``coordinator`` lease (:mod:`gridfleet.platform.lease`) answers rounds,
+the others wait to take over; each round's publication is fenced (:func:`fenced_publish`), so a
+round is never answered twice.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import redis
 
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, OutgoingBatch, open_link
-from gridfleet.platform import runs
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.lease import Lease, fenced_publish, lease_ttl_s
 from gridfleet.platform.observers import (
     BrokerCounters,
     Observer,
@@ -41,6 +47,7 @@ from gridfleet.platform.observers import (
     Tally,
 )
 from gridfleet.platform.responses import ResponseRecorder
+from gridfleet.platform.runs import current_run, is_finished, wait_for_run
 from gridfleet.platform.shard import Manifest, claim_shard, run_shard
 from gridfleet.runtime.metrics import Metrics
 
@@ -76,21 +83,26 @@ class Coordinator:
         metrics: Metrics | None = None,
         link: ExchangeLink | None = None,
         observers: Sequence[Observer] = (),
+        run_id: str | None = None,
     ) -> None:
         self.config = config
         self.keys = Keys(config.namespace)
+        self.wanted_run = run_id  # None: serve the current run
+        self.run_id: str | None = None
         self.metrics = metrics or Metrics()
         self.broker = redis.Redis.from_url(
             broker_url, socket_keepalive=True, health_check_interval=10
         )
         self.tally = Tally()
+        self.counters = BrokerCounters(self.broker, self.keys.counters)
         self.observers = Observers(
-            [
-                PrometheusObserver(self.metrics),
-                BrokerCounters(self.broker, self.keys.counters),
-                self.tally,
-                *observers,
-            ]
+            [PrometheusObserver(self.metrics), self.counters, self.tally, *observers]
+        )
+        self.lease = Lease(
+            self.broker,
+            self.keys.lease("coordinator"),
+            lease_ttl_s(config.tick_budget_s or 0.8),
+            on_change=self._lease_changed,
         )
         self.link = link or open_link(
             exchange_url,
@@ -98,7 +110,6 @@ class Coordinator:
             on_reconnect=self.observers.reconnect,
         )
         self.stop_event = threading.Event()
-        self.fleet_run: str | None = None  # the run whose rounds this coordinator has handled
         self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed: set[str] = set()
         self.asset_names: dict[str, str] = {}
@@ -127,28 +138,71 @@ class Coordinator:
             self.link.subscribe_answers(new, lambda agg, raw, t: self._responses.put((agg, raw)))
             self._subscribed.update(new)
 
+    # -- runs and the lease -------------------------------------------------------------------
+
+    def join(self, run_id: str) -> None:
+        """Serve run ``run_id``: its round list, counters and event stream."""
+        self.counters.flush()
+        self.run_id = run_id
+        self.keys = self.keys.for_run(run_id)
+        self.counters.key = self.keys.counters
+        self.responses.keys = self.keys
+        log.info("coordinator serving run %s", run_id)
+
+    def _lease_changed(self, held: bool) -> None:
+        if held:
+            log.warning("coordinator lease taken: this coordinator answers rounds now")
+        else:
+            log.warning("coordinator lease lost: standing by")
+
+    def _run_over(self) -> bool:
+        """The run is finished, or (not given one) a new run replaced it: switch to that one."""
+        if is_finished(self.broker, self.keys):
+            log.info("run %s finished; coordinator stops", self.run_id)
+            return True
+        if self.wanted_run is None:
+            now = current_run(self.broker, self.keys)
+            if now is not None and now != self.run_id and not self.broker.llen(self.keys.rounds):
+                log.warning("run %s was replaced by run %s", self.run_id, now)
+                self.join(now)
+        return False
+
     # -- rounds -------------------------------------------------------------------------------
 
     def run(self, max_rounds: int | None = None) -> None:
+        run_id = wait_for_run(self.broker, self.keys, self.wanted_run, self.stop_event)
+        if run_id is None:
+            return
+        self.join(run_id)
+        self.lease.keep()
+        try:
+            self._loop(max_rounds)
+        finally:
+            self.lease.release()
+
+    def _loop(self, max_rounds: int | None) -> None:
         handled = 0
         while not self.stop_event.is_set():
             self.metrics.beat()
             try:
+                if not self.lease.held:
+                    # Standing by: another coordinator answers; take over when its lease expires.
+                    self.stop_event.wait(self.lease.ttl_s / 6)
+                    if self._run_over():
+                        break
+                    continue
                 item = self.broker.blpop([self.keys.rounds], timeout=0.5)
+                self.observers.flush()
+                if item is None:
+                    if self._run_over():
+                        break
+                    continue
             except redis.ConnectionError as exc:
                 log.error("broker unreachable (%s); retrying", exc)
                 self.observers.broker_error()
                 self.stop_event.wait(0.5)
                 continue
-            self.observers.flush()
-            if item is None:
-                if runs.has_finished(self.broker, self.keys, self.fleet_run):
-                    break
-                continue
             round_id = cast(bytes, item[1]).decode()
-            current = self.broker.get(self.keys.run)  # the run this round belongs to
-            if current is not None:
-                self.fleet_run = current.decode() if isinstance(current, bytes) else str(current)
             try:
                 self.handle_round(round_id)
             except (LookupError, redis.RedisError) as exc:
@@ -215,6 +269,17 @@ class Coordinator:
             OutgoingBatch(agg, f"{tag}/{uuid.uuid4()}", merge_fragments(frags))
             for agg, frags in fragments.items()
         ]
+        verdict = fenced_publish(self.broker, self.lease, self.keys.published(round_id))
+        if verdict != 1:
+            self.observers.round_skipped(RoundSkip.FENCED)
+            log.warning(
+                "round %s not published: %s",
+                round_id,
+                "the coordinator lease is another's"
+                if verdict == 0
+                else "it was already published (before a takeover)",
+            )
+            return None
         self.link.send_batches(bodies)
         published = time.time()
         latency = published - manifest.received_at
@@ -308,5 +373,6 @@ class Coordinator:
 
     def close(self) -> None:
         self.stop_event.set()
+        self.lease.release()
         self.link.close()
         self.broker.close()

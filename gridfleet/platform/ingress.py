@@ -8,12 +8,17 @@ derive each asset's context (kind, energies, fees along its path), once per tree
 at 100 000 assets parsing is most of a round's work and one ingress process could not keep up.
 
 Several ingress processes can split a fleet: ``partition=(i, n)`` takes the aggregators whose
-position in the fleet file is ``i`` modulo ``n``.
+position in the fleet file is ``i`` modulo ``n``. Two (or more) may run for one partition: all
+are subscribed and collect every round, the one holding the partition's lease
+(:mod:`gridfleet.platform.lease`) sends them; a standby takes over, from the current round,
+when the active one's lease expires. An ingress joins the fleet's current run, or starts one
+(:mod:`gridfleet.platform.runs`).
 
 This module is the loop. Its parts: :mod:`~gridfleet.platform.shard_plan` (which trees go into
 which shard), :mod:`~gridfleet.platform.tick_clock` (the round budget),
 :mod:`~gridfleet.platform.records` (trade and finish records),
-:mod:`~gridfleet.platform.broker_recovery` (a broker outage) and
+:mod:`~gridfleet.platform.broker_recovery` (a broker outage),
+:mod:`~gridfleet.platform.gaps` (rounds missed while the exchange was silent) and
 :mod:`~gridfleet.platform.observers` (everything it counts).
 """
 
@@ -33,14 +38,16 @@ import redis
 from gridfleet.config import FleetConfig
 from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, open_link
 from gridfleet.exchange.messages import ProtocolError, decode_event_for_ingress
-from gridfleet.platform import runs
 from gridfleet.platform.broker_recovery import BrokerRecovery
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
 from gridfleet.platform.fleet import Fleet, FleetPlan, connect_fleet
+from gridfleet.platform.gaps import ExchangeGaps
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.lease import Lease, lease_ttl_s
 from gridfleet.platform.observers import (
     BrokerCounters,
+    Gap,
     Observer,
     Observers,
     PrometheusObserver,
@@ -48,8 +55,9 @@ from gridfleet.platform.observers import (
     Tally,
 )
 from gridfleet.platform.records import RecordWriter
-from gridfleet.platform.rounds import RoundError, round_context
-from gridfleet.platform.shard import Manifest, publish_spec, write_round
+from gridfleet.platform.rounds import RoundError, RoundKey, round_context
+from gridfleet.platform.runs import join_run
+from gridfleet.platform.shard import ROUND_TTL_S, Manifest, publish_spec, write_round
 from gridfleet.platform.shard_plan import (
     StreamedRound,
     cut_shards,
@@ -89,6 +97,7 @@ class Ingress:
         plan: FleetPlan | None = None,
         link: ExchangeLink | None = None,
         observers: Sequence[Observer] = (),
+        run_id: str | None = None,
     ) -> None:
         from gridfleet.platform.fleet import plan_fleet
 
@@ -103,21 +112,25 @@ class Ingress:
             broker_url, socket_keepalive=True, health_check_interval=10
         )
         self.tally = Tally()
+        self.counters = BrokerCounters(self.broker, self.keys.counters)
         self.observers = Observers(
-            [
-                PrometheusObserver(self.metrics),
-                BrokerCounters(self.broker, self.keys.counters),
-                self.tally,
-                *observers,
-            ]
+            [PrometheusObserver(self.metrics), self.counters, self.tally, *observers]
         )
         self.link = link or open_link(
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
         self.dispatcher = ShardDispatcher(broker_url)
-        self.run_id = uuid.uuid4().hex[:8]  # this process's prefix of its round ids
-        self.fleet_run = ""  # the fleet's run (gridfleet.platform.runs), set by connect()
+        self.wanted_run = run_id  # None: join the current run, or start one
+        self.run_id = run_id or uuid.uuid4().hex[:8]  # the run's, once connect() joined it
+        self.lease = Lease(
+            self.broker,
+            self.keys.lease(f"ingress:p{i}"),
+            lease_ttl_s(config.tick_budget_s or 0.8),
+            on_change=self._lease_changed,
+        )
+        self._leased = False  # whether connect() started competing for the lease
         self.clock = TickClock()
+        self.gaps = ExchangeGaps()
         self.fleet: Fleet | None = None
         self._order: dict[str, int] = {}  # aggregator uuid -> position in the fleet file
         self._sizes: dict[str, int] = {}  # aggregator uuid -> assets it trades
@@ -129,6 +142,19 @@ class Ingress:
         self.stop_event = threading.Event()
         self._last_slot: str | None = None  # trade events carry no slot; they follow its rounds
 
+    @property
+    def active(self) -> bool:
+        """Whether this ingress sends rounds: it holds its partition's lease (or, never having
+        competed for one, as in unit tests, it is the only one)."""
+        return self.lease.held or not self._leased
+
+    def _lease_changed(self, held: bool) -> None:
+        self.counters.enabled = held  # a standby counts nothing on the broker
+        if held:
+            log.warning("ingress lease taken: this ingress sends rounds from the current one")
+        else:
+            log.warning("ingress lease lost: standing by (subscribed, sending nothing)")
+
     def _reconnected(self, who: str) -> None:
         self.observers.reconnect(who)
         log.warning(
@@ -139,9 +165,13 @@ class Ingress:
     # -- set-up -------------------------------------------------------------------------------
 
     def connect(self) -> Fleet:
-        self.fleet_run, _ = runs.begin_or_join(self.broker, self.keys)
         fleet = connect_fleet(self.link, self.plan)
         self.fleet = fleet
+        self.run_id, started = join_run(self.broker, self.keys, self.wanted_run)
+        self.keys = self.keys.for_run(self.run_id)
+        self.counters.key = self.keys.counters
+        self.records.stream = self.keys.events
+        log.info("%s run %s", "started" if started else "joined", self.run_id)
         self._order = {
             fleet.aggregator_uuid[a.spec.name]: i for i, a in enumerate(self.plan.aggregators)
         }
@@ -151,6 +181,12 @@ class Ingress:
         self._publish_fleet()
         self.dispatcher.warm_up()
         self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
+        # Subscribed first: a standby collects every round, so it can take over at the next.
+        self.counters.enabled = False
+        self._leased = True
+        if not self.lease.step():
+            log.info("ingress lease held by %s: standing by", self.lease.holder())
+        self.lease.keep()
         return fleet
 
     def _publish_fleet(self) -> None:
@@ -163,7 +199,7 @@ class Ingress:
             "assets": {u: n for n, u in fleet.asset_uuid.items()},
             "markets": {u: n for n, u in fleet.market_uuid.items()},
         }
-        self.broker.hset(f"{self.keys.ns}:fleet", f"p{self.partition[0]}", orjson.dumps(registry))
+        self.broker.hset(self.keys.fleet, f"p{self.partition[0]}", orjson.dumps(registry))
 
     def _on_event(self, aggregator: str, raw: bytes, t: float) -> None:
         # Runs on a reader thread: only hand the bytes over (a slow reader gets dropped by Redis).
@@ -175,8 +211,9 @@ class Ingress:
         fleet = self.fleet or self.connect()
         collector = RoundCollector(fleet.aggregator_uuid.values(), self.config.coalesce_window_s)
         log.info(
-            "ingress %s running: %d aggregators, %d assets",
+            "ingress running (run %s, %s): %d aggregators, %d assets",
             self.run_id,
+            "active" if self.active else "standby",
             len(fleet.aggregator_uuid),
             self.plan.asset_count,
         )
@@ -203,7 +240,7 @@ class Ingress:
                 except queue.Empty:
                     break
             keys = [peek_round(raw) for _, raw, _, _ in batch]
-            newest = max((k for k in keys if k), default=None)
+            newest = max((k for k in keys if k and collector.plausible(k[0])), default=None)
             stale = 0
             for (aggregator, raw, t_mono, t_wall), key in zip(batch, keys, strict=True):
                 if newest is not None and key is not None and key < newest:
@@ -215,15 +252,24 @@ class Ingress:
                 self.observers.events_superseded(stale)
             # Decide which rounds are complete right after reading: time spent sending below
             # must not count as a quiet gap in the exchange's events.
-            for pending in self._newest_only(collector.ready()):
+            ready = collector.ready()
+            active = self.active
+            if not active:
+                # Standing by: the rounds are collected (and dropped) so that a takeover starts
+                # warm, at the next round; the active ingress sends them and records trades.
+                ready = []
+                self.records.discard()
+            for pending in self._newest_only(ready):
                 try:
-                    self.recovery.before_send()
+                    gap = self.recovery.before_send()
+                    if gap is not None:
+                        self.records.add(gap.as_record())
                     self._dispatch(pending)
                 except BROKER_ERRORS as exc:
                     at = pending.key
                     self.recovery.lost(pending.id, exc, at.market_slot, at.tick_index)
                 dispatched += 1
-            if self.recovery.ok:
+            if self.recovery.ok and active:
                 for pending in list(collector.pending.values()):
                     try:
                         self._stream(pending)
@@ -234,7 +280,7 @@ class Ingress:
             if collector.all_finished:
                 log.info("every aggregator got the finish event; ingress stops")
                 # Not a count: the coordinator stops on it.
-                runs.mark_finished(self.broker, self.keys, self.fleet_run)
+                self.broker.hset(self.keys.counters, "finished", 1)
                 break
             if max_rounds is not None and dispatched >= max_rounds:
                 break
@@ -273,25 +319,52 @@ class Ingress:
             return
         kind = type(event).__name__.removesuffix("Event").lower()
         self.observers.event_received(kind)
-        slot = getattr(event, "market_slot", None)
-        completion = getattr(event, "slot_completion", None)
-        if isinstance(slot, str) and isinstance(completion, str):
-            self.clock.observe(slot, completion, t_mono)
         out = collector.add(aggregator, event, t_mono, t_wall)
-        if out.missed:
-            self.observers.rounds_missed(out.missed)
-            assert out.missed_since is not None
-            log.warning(
-                "%d rounds never arrived after %s (the exchange, or the link to it, was down):"
-                " events resume with %s",
-                out.missed,
-                out.missed_since.id,
-                getattr(event, "market_slot", "?") + f" {getattr(event, 'slot_completion', '')}",
-            )
+        if out.round is not None:
+            # Only events the collector took teach the clock and the gap count: a stray event
+            # for a slot far ahead must not look like 26 million missed rounds.
+            completion = getattr(event, "slot_completion", "")
+            self.clock.observe(out.round.market_slot, completion, t_mono)
+            self._observe_round(out.round, t_mono)
         for agg, trade_event in out.trades:
             self.records.trade(agg, trade_event, self._last_slot)
         for agg in out.finished:
             self.records.finish(agg)
+
+    def _observe_round(self, key: RoundKey, at: float) -> None:
+        """Count the rounds the exchange sent while no event reached this ingress."""
+        gap = self.gaps.observe(key, at)
+        if gap is None:
+            return
+        self._gap_closed(gap)
+
+    def _gap_closed(self, gap: Gap) -> None:
+        self.observers.gap_closed(gap)
+        if self.active:
+            self.records.add(gap.as_record())
+        log.log(
+            logging.WARNING if self.active else logging.INFO,
+            "exchange gap closed: %.1f s without events, %d rounds missed (%s .. %s)",
+            gap.seconds,
+            gap.rounds,
+            gap.first,
+            gap.last,
+        )
+
+    def _claim(self, round_id: str) -> bool:
+        """Whether this ingress is the first to send round ``round_id`` (after a takeover, the
+        one before may have sent it)."""
+        if self.broker.set(
+            self.keys.dispatched(round_id), self.lease.token, nx=True, ex=ROUND_TTL_S
+        ):
+            return True
+        log.warning("round %s already sent by another ingress; not sent again", round_id)
+        return False
+
+    def _round_id(self, pending: PendingRound) -> str:
+        """The same for every ingress of one partition in one run (so takeovers are fenced)."""
+        i, n = self.partition
+        return f"{self.run_id}:{pending.id}" if n == 1 else f"{self.run_id}.p{i}:{pending.id}"
 
     def _stream(self, pending: PendingRound) -> None:
         """Send the full shards of a round whose events are still arriving.
@@ -323,6 +396,8 @@ class Ingress:
             except RoundError:
                 return  # _dispatch says why
             manifest = self._manifest(pending, ctx, shards=0)
+            if not self._claim(manifest.round_id):
+                return
             streamed = self._streams[pending.id] = StreamedRound(manifest)
         first = streamed.shards
         write_round(self.broker, self.keys, streamed.manifest, shards, first)
@@ -340,7 +415,7 @@ class Ingress:
         )
         budget = self.clock.budget(self.config.tick_budget_s)
         return Manifest(
-            round_id=f"{self.run_id}:{pending.id}",
+            round_id=self._round_id(pending),
             ctx=ctx,
             spec_version=self.spec_version,
             shards=shards,
@@ -367,6 +442,8 @@ class Ingress:
             # Its first shards are out: the rest keep the context and deadline they were sent with.
             ctx, first = streamed.manifest.ctx, streamed.shards
             events = [(a, e) for a, e in events if a not in streamed.sent]
+        if streamed is None and not self._claim(self._round_id(pending)):
+            return
         shards = cut_shards(events, self._sizes, self.config.shard_size) if events else []
         manifest = self._manifest(pending, ctx, shards=first + len(shards))
         if streamed is not None:
@@ -405,6 +482,7 @@ class Ingress:
 
     def close(self) -> None:
         self.stop_event.set()
+        self.lease.release()
         self.link.close()
         self.dispatcher.close()
         self.broker.close()

@@ -41,6 +41,7 @@ class RoundSkip(StrEnum):
     UNUSABLE = "unusable"  # ingress: the round's events give no tick context
     SUPERSEDED = "superseded"  # ingress: a newer round was already due
     PAST_DEADLINE = "past_deadline"  # coordinator: its tick has passed and newer rounds wait
+    FENCED = "fenced"  # coordinator: it lost the lease, or the round was already published
 
 
 class RoundLoss(StrEnum):
@@ -48,6 +49,35 @@ class RoundLoss(StrEnum):
 
     BROKER = "broker"  # ingress could not write or send it: the broker was unreachable
     COORDINATOR = "coordinator"  # the coordinator could not read or answer it
+
+
+class GapCause(StrEnum):
+    """Why rounds went by without the fleet seeing them (a metric label)."""
+
+    EXCHANGE = "exchange"  # no events arrived: the exchange, or the link to it, was away
+    BROKER = "broker"  # ingress could not write or send rounds: the broker was unreachable
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An outage, once it is over: how long, how many rounds it cost, which."""
+
+    cause: GapCause
+    rounds: int  # rounds the fleet should have answered and did not
+    seconds: float
+    first: str  # the first and last round missed, as ``<slot>#<tick>`` ("" if none)
+    last: str
+
+    def as_record(self) -> dict[str, object]:
+        """The gap's record on the run's event stream (the report reads it)."""
+        return {
+            "kind": "gap",
+            "cause": self.cause.value,
+            "rounds": self.rounds,
+            "seconds": round(self.seconds, 3),
+            "first": self.first,
+            "last": self.last,
+        }
 
 
 @dataclass
@@ -96,9 +126,6 @@ class Observer:
     def events_superseded(self, n: int) -> None:
         """``n`` events were skipped unparsed: a newer round had already arrived."""
 
-    def rounds_missed(self, n: int) -> None:
-        """``n`` rounds never arrived at all (an outage of the exchange or of the link to it)."""
-
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         """A round's shards were sent; ``queue_depth`` shard tasks wait in the broker."""
 
@@ -113,6 +140,9 @@ class Observer:
 
     def ingress_stopped(self, stats: CollectorStats) -> None:
         """The ingress loop ended; ``stats`` are its round collector's totals."""
+
+    def gap_closed(self, gap: Gap) -> None:
+        """An exchange or broker outage ended; ``gap`` says what it cost."""
 
     # -- ingress and coordinator --------------------------------------------------------------
     def round_skipped(self, reason: RoundSkip) -> None:
@@ -178,9 +208,6 @@ class Observers(Observer):
     def events_superseded(self, n: int) -> None:
         self._each("events_superseded", n)
 
-    def rounds_missed(self, n: int) -> None:
-        self._each("rounds_missed", n)
-
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self._each("round_dispatched", shards, queue_depth)
 
@@ -195,6 +222,9 @@ class Observers(Observer):
 
     def ingress_stopped(self, stats: CollectorStats) -> None:
         self._each("ingress_stopped", stats)
+
+    def gap_closed(self, gap: Gap) -> None:
+        self._each("gap_closed", gap)
 
     def round_skipped(self, reason: RoundSkip) -> None:
         self._each("round_skipped", reason)
@@ -240,11 +270,12 @@ class Tally(Observer):
         self.reconnects = 0
         self.trades = 0
         self.rounds_published = 0
-        self.missed_rounds = 0
         self.hedged_shards = 0
         self.commands_rejected_total = 0
         self.shards_evaluated = 0
         self.assets_evaluated = 0
+        self.gap_rounds: Counter[GapCause] = Counter()
+        self.gaps: deque[Gap] = deque(maxlen=keep_outcomes)  # the latest only
         self.outcomes: deque[RoundOutcome] = deque(maxlen=keep_outcomes)  # the latest only
         self._lock = threading.Lock()
 
@@ -257,9 +288,6 @@ class Tally(Observer):
     def events_superseded(self, n: int) -> None:
         self.stale_events += n
 
-    def rounds_missed(self, n: int) -> None:
-        self.missed_rounds += n
-
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self.rounds_dispatched += 1
 
@@ -271,6 +299,10 @@ class Tally(Observer):
 
     def broker_outage(self) -> None:
         self.broker_outages += 1
+
+    def gap_closed(self, gap: Gap) -> None:
+        self.gap_rounds[gap.cause] += gap.rounds
+        self.gaps.append(gap)
 
     def round_skipped(self, reason: RoundSkip) -> None:
         self.skipped[reason] += 1
@@ -314,9 +346,6 @@ class PrometheusObserver(Observer):
     def events_superseded(self, n: int) -> None:
         self.m.stale_events.inc(n)
 
-    def rounds_missed(self, n: int) -> None:
-        self.m.missed_rounds.inc(n)
-
     def round_dispatched(self, shards: int, queue_depth: int) -> None:
         self.m.rounds.inc()
         self.m.shards.inc(shards)
@@ -331,6 +360,11 @@ class PrometheusObserver(Observer):
 
     def broker_outage(self) -> None:
         self.m.broker_outages.inc()
+
+    def gap_closed(self, gap: Gap) -> None:
+        cause = GapCause(gap.cause).value
+        self.m.gaps.labels(cause).inc()
+        self.m.gap_rounds.labels(cause).inc(gap.rounds)
 
     def round_skipped(self, reason: RoundSkip) -> None:
         self.m.skipped_rounds.labels(RoundSkip(reason).value).inc()
@@ -366,6 +400,7 @@ class PrometheusObserver(Observer):
 _SKIP_FIELDS = {
     RoundSkip.SUPERSEDED: "stale_rounds",
     RoundSkip.PAST_DEADLINE: "stale_rounds_coordinator",
+    RoundSkip.FENCED: "fenced_rounds",
 }
 """Counters-hash field of each skip reason (an unusable round has none, as before)."""
 
@@ -391,6 +426,9 @@ class BrokerCounters(Observer):
         self._totals: dict[str, int] = {}  # absolute fields (the collector's totals): HSET
         self._retry_at = 0.0
         self._lock = threading.Lock()
+        self.enabled = True
+        """False on a standby ingress: it sees every event but counts nothing on the broker
+        (the active one does)."""
 
     @property
     def unwritten(self) -> int:
@@ -398,6 +436,8 @@ class BrokerCounters(Observer):
         return sum(self._pending.values())
 
     def _add(self, **increments: int) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self._pending.update(increments)
         self._write()
@@ -436,13 +476,12 @@ class BrokerCounters(Observer):
     def event_unusable(self, aggregator: str) -> None:
         self._add(bad_events=1)
 
-    def rounds_missed(self, n: int) -> None:
-        self._add(missed_rounds=n)
-
     def events_superseded(self, n: int) -> None:
         self._add(stale_events=n)
 
     def trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self._pending["trades"] += trades
             self._energy_kwh += energy_kwh
@@ -455,6 +494,8 @@ class BrokerCounters(Observer):
         self._add(broker_outages=1)
 
     def ingress_stopped(self, stats: CollectorStats) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             self._totals = {
                 "ingress_events": stats.events,
@@ -469,6 +510,9 @@ class BrokerCounters(Observer):
         self._write(force=True)
         if self._totals:
             log.error("final counters not written: %s", stats)
+
+    def gap_closed(self, gap: Gap) -> None:
+        self._add(gaps=1, **{f"{GapCause(gap.cause).value}_gap_rounds": gap.rounds})
 
     def round_skipped(self, reason: RoundSkip) -> None:
         name = _SKIP_FIELDS.get(RoundSkip(reason))

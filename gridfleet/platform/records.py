@@ -1,4 +1,4 @@
-"""Trade and finish records: what the exchange told the fleet, on the broker's event stream.
+"""Trade, finish and gap records: what the exchange told the fleet, on the broker's event stream.
 
 The report reads them (``Keys.events``) beside the coordinator's round records.
 """
@@ -54,6 +54,14 @@ class RecordWriter:
 
     def finish(self, aggregator: str) -> None:
         self._records.append({"kind": "finish", "aggregator": aggregator})
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Any other record (a gap's, see ``Gap.as_record``)."""
+        self._records.append(record)
+
+    def discard(self) -> None:
+        """Drop what was taken (a standby ingress: the active one writes the records)."""
+        self._records.clear()
 
     def flush(self) -> None:
         """Write the records taken since the last flush, in one round trip.

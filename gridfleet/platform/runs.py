@@ -1,18 +1,25 @@
-"""Runs: one fleet's successive runs on one broker, kept apart.
+"""Runs: one pass of a fleet over one simulation, so that runs follow each other on one broker.
 
-A run is what one exchange simulation sees, from the first ingress's bring-up to the exchange's
-finish. The broker's per-run records (the counters hash, the events stream, the round list) start
-empty with each run, and the finish flag names the run it ends, so a second ``gridfleet run`` on
-the same broker neither inherits the first one's counts nor stops on its finish. An ingress that
-starts while a run is going on (a restart after kill -9, a standby) joins it.
+A run has an id, ``<UTC timestamp>-<random>`` (:func:`new_run_id`), chosen by whoever starts
+the run: ``gridfleet run`` and the demo pass one to their ingress and coordinator
+(``--run-id``); an ingress started alone makes one. It is published under
+``<ns>:run:current``; the run's counters (with its ``finished`` flag), round list, event stream
+and publication records sit under ``<ns>:run:<id>:`` (:class:`~gridfleet.platform.keys.Keys`).
 
-Strategy state (``Keys.state``) is per asset, not per run: it is what a restarted process needs.
+What survives runs: the fleet spec and registry, the aggregators and their selections (the
+exchange's), worker heartbeats and the leases. What does not: strategy state, the last
+rejections and market answers, which a new run empties (a rerun against a new simulation must
+not inherit a previous round's state). An ingress restarted mid-run joins the current run,
+and keeps its state, because that run is not finished.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import socket
+import threading
+import time
 from datetime import UTC, datetime
 
 import redis
@@ -21,57 +28,90 @@ from gridfleet.platform.keys import Keys
 
 log = logging.getLogger(__name__)
 
-FINISHED = "finished"
-"""The counters-hash field ingress sets, to the run's id, when the exchange sent its finish."""
+FINISHED_RUN_TTL_S = 7 * 24 * 3600
+"""A run's keys are kept this long after the next run started (for reports), then expire."""
+
+_JOIN = """
+local ns, wanted, candidate = ARGV[1], ARGV[2], ARGV[3]
+local current = redis.call('GET', KEYS[1])
+if wanted == '' then
+  if current then
+    local finished = redis.call('HGET', ns .. ':run:' .. current .. ':counters', 'finished')
+    if not finished then return {current, 0} end
+  end
+  wanted = candidate
+elseif current == wanted then
+  return {current, 0}
+end
+redis.call('SET', KEYS[1], wanted)
+redis.call('HSET', ns .. ':run:' .. wanted .. ':meta', 'started_at', ARGV[4], 'started_by', ARGV[5],
+  'previous', current or '')
+if current then
+  for _, suffix in ipairs({'counters', 'events', 'rounds', 'meta'}) do
+    redis.call('EXPIRE', ns .. ':run:' .. current .. ':' .. suffix, tonumber(ARGV[6]))
+  end
+end
+redis.call('UNLINK', KEYS[2], KEYS[3], KEYS[4])
+return {wanted, 1}
+"""
 
 
-def new_run_id(now: datetime | None = None) -> str:
-    """``20261202T183000Z-3f9a1c``: sortable by start, unique."""
-    at = now or datetime.now(UTC)
-    return f"{at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+def new_run_id() -> str:
+    """A fresh run id: sorts by start time, unique across machines."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
-def begin_or_join(broker: redis.Redis, keys: Keys) -> tuple[str, bool]:
-    """The run an ingress belongs to, and whether it is new.
-
-    The current run is joined when it has not finished; otherwise a new one begins, with the
-    previous run's counters, events and rounds cleared. Atomic (WATCH/MULTI): ingress partitions
-    starting together all end up in the same run.
+def join_run(broker: redis.Redis, keys: Keys, wanted: str | None = None) -> tuple[str, bool]:
+    """Join run ``wanted`` (start it if it is not the current one), or, without one, the
+    current run if it is not finished (else start a new one). Atomic, so two processes
+    starting at once end up in one run. Returns the run id and whether this call started it.
     """
-    outcome: list[tuple[str, bool]] = []
-
-    def decide(pipe: redis.client.Pipeline) -> None:
-        current = pipe.get(keys.run)
-        finished = pipe.hget(keys.counters, FINISHED)
-        outcome.clear()
-        if current is not None and finished != current:
-            outcome.append((_text(current), False))
-            return
-        run = new_run_id()
-        pipe.multi()
-        pipe.delete(keys.counters, keys.events, keys.rounds)
-        pipe.set(keys.run, run)
-        outcome.append((run, True))
-
-    broker.transaction(decide, keys.run, keys.counters)
-    run, new = outcome[0]
-    log.info("run %s %s", run, "begins" if new else "joined (it has not finished)")
-    return run, new
+    got = broker.eval(
+        _JOIN,
+        4,
+        keys.current_run,
+        keys.state,
+        keys.rejections,
+        keys.market_answers,
+        keys.ns,
+        wanted or "",
+        new_run_id(),
+        f"{time.time():.3f}",
+        socket.gethostname(),
+        FINISHED_RUN_TTL_S,
+    )
+    run_id, started = got
+    run = run_id.decode() if isinstance(run_id, bytes) else str(run_id)
+    return run, bool(started)
 
 
-def mark_finished(broker: redis.Redis, keys: Keys, run: str) -> None:
-    """The exchange finished ``run``: its coordinator may stop."""
-    broker.hset(keys.counters, FINISHED, run)
+def current_run(broker: redis.Redis, keys: Keys) -> str | None:
+    raw = broker.get(keys.current_run)
+    return raw.decode() if isinstance(raw, bytes) else None
 
 
-def has_finished(broker: redis.Redis, keys: Keys, run: str | None) -> bool:
-    """Has ``run`` (the one this process has seen rounds of) finished? False for no run yet: a
-    coordinator that starts before the run's ingress must not stop on the previous finish."""
-    if run is None:
-        return False
-    flag = broker.hget(keys.counters, FINISHED)
-    return flag is not None and _text(flag) == run
+def is_finished(broker: redis.Redis, keys: Keys) -> bool:
+    """Whether the run ``keys`` is scoped to got the exchange's finish."""
+    return bool(broker.hget(keys.counters, "finished"))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def wait_for_run(
+    broker: redis.Redis, keys: Keys, wanted: str | None, stop: threading.Event
+) -> str | None:
+    """Until run ``wanted`` is current (without one: until an unfinished run is current);
+    its id, or None when ``stop`` was set first."""
+    said = False
+    while not stop.is_set():
+        try:
+            run = current_run(broker, keys)
+            if run is not None and (
+                run == wanted if wanted else not is_finished(broker, keys.for_run(run))
+            ):
+                return run
+        except redis.ConnectionError as exc:
+            log.error("broker unreachable (%s); retrying", exc)
+        if not said:
+            log.info("waiting for %s to start", f"run {wanted}" if wanted else "a run")
+            said = True
+        stop.wait(0.2)
+    return None

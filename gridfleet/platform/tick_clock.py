@@ -7,6 +7,9 @@ from dataclasses import dataclass
 DEFAULT_BUDGET_FRACTION = 0.85
 """Share of the tick interval a round may use before its batches must be out."""
 
+OUTAGE_FACTOR = 3.0
+"""A gap between rounds this many intervals long is an outage, not a change of the interval."""
+
 
 @dataclass
 class TickClock:
@@ -22,7 +25,9 @@ class TickClock:
             return
         if self._last_key is not None:
             gap = at - self._last_at
-            if 0.02 < gap < 60:
+            # A silence (the exchange away) is not an interval: it would stretch the budget.
+            usual = self.interval_s is None or gap < OUTAGE_FACTOR * self.interval_s
+            if 0.02 < gap < 60 and usual:
                 self.interval_s = (
                     gap if self.interval_s is None else 0.7 * self.interval_s + 0.3 * gap
                 )

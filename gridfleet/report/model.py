@@ -37,6 +37,8 @@ COUNTER_KEYS = (
     "unusable_trees",
     "lost_rounds",
 )
+GAP_COUNTER_KEYS = ("gaps", "exchange_gap_rounds", "broker_gap_rounds", "fenced_rounds")
+"""Counters written only when an outage ended or a takeover fenced a round (0 when absent)."""
 
 
 def num(value: Any, default: float = 0.0) -> float:
@@ -252,6 +254,21 @@ def per_market(market_stats: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def gaps(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The outages the fleet saw end (exchange silent, broker unreachable), in order."""
+    return [
+        {
+            "cause": str(r.get("cause", "")),
+            "rounds": int(num(r.get("rounds"))),
+            "seconds": round(num(r.get("seconds")), 3),
+            "first": str(r.get("first", "")),
+            "last": str(r.get("last", "")),
+        }
+        for r in records
+        if r.get("kind") == "gap"
+    ]
+
+
 def per_aggregator(
     sim_report: Mapping[str, Any], records: list[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -347,12 +364,15 @@ def build_report(
         "exchange": {k: counts[k] for k in sorted(counts)},
         "client": {
             "counters": {
-                k: counter_int(counters, k) for k in COUNTER_KEYS if k != "energy_traded_kwh"
+                k: counter_int(counters, k)
+                for k in (*COUNTER_KEYS, *GAP_COUNTER_KEYS)
+                if k != "energy_traded_kwh"
             }
             | {"energy_traded_kwh": round(num(counters.get("energy_traded_kwh")), 6)},
             "rounds": len(rounds),
             "rounds_on_time": sum(1 for r in rounds if r.get("on_time") is True),
             "latency_ms": _nearest_rank(client_latency),
+            "gaps": gaps(records),
         },
         # a command line or URL in meta may carry a password: never into a report file
         "meta": {k: redact(v) if isinstance(v, str) else v for k, v in meta.items()},

@@ -168,6 +168,11 @@ def _summary(rep: Mapping[str, Any]) -> str:
             DASH,
             f"{fmt(cc['late_events'])} / {fmt(cc['bad_events'] + cc['unusable_trees'])} / {fmt(cc['lost_rounds'])}",
         ),
+        (
+            "outages seen: rounds missed (exchange silent / broker away)",
+            DASH,
+            f"{fmt(cc['gaps'])}: {fmt(cc['exchange_gap_rounds'])} / {fmt(cc['broker_gap_rounds'])}",
+        ),
     ]
     return _table(
         ["", "exchange (measured)", "fleet (client-side)"],

@@ -49,8 +49,9 @@ LATENCY_BUCKETS = (
     5.0,
 )
 
-SKIP_REASONS = ("unusable", "superseded", "past_deadline")
+SKIP_REASONS = ("unusable", "superseded", "past_deadline", "fenced")
 LOSS_REASONS = ("broker", "coordinator")
+GAP_CAUSES = ("exchange", "broker")
 DEADLINE_OUTCOMES = ("hit", "miss")
 
 __all__ = ["LATENCY_BUCKETS", "Metrics", "add_process_collectors", "serve_registry"]
@@ -84,15 +85,10 @@ class Metrics:
             "Events skipped unparsed because a newer round had arrived",
             registry=r,
         )
-        self.missed_rounds = Counter(
-            "gridfleet_missed_rounds_total",
-            "Rounds no event arrived for (the exchange or the link to it was down)",
-            registry=r,
-        )
         self.rounds = Counter("gridfleet_rounds_total", "Event rounds dispatched", registry=r)
         self.skipped_rounds = Counter(
             "gridfleet_skipped_rounds_total",
-            "Rounds not answered on purpose, by reason (unusable, superseded, past_deadline)",
+            "Rounds not answered on purpose, by reason (unusable, superseded, past_deadline, fenced)",
             ["reason"],
             registry=r,
         )
@@ -167,6 +163,18 @@ class Metrics:
         self.reconnects = Counter(
             "gridfleet_reconnects_total", "Redis reconnects of pub/sub readers", registry=r
         )
+        self.gaps = Counter(
+            "gridfleet_gaps_total",
+            "Outages ingress saw end, by cause (exchange: no events; broker: unreachable)",
+            ["cause"],
+            registry=r,
+        )
+        self.gap_rounds = Counter(
+            "gridfleet_gap_rounds_total",
+            "Rounds missed during outages, by cause (exchange: no events; broker: unreachable)",
+            ["cause"],
+            registry=r,
+        )
         # Every label value exists from the start, at 0: a rate() over a series that appears
         # only with its first increment misses that increment.
         for reason in SKIP_REASONS:
@@ -175,6 +183,9 @@ class Metrics:
             self.lost_rounds.labels(reason)
         for outcome in DEADLINE_OUTCOMES:
             self.deadline.labels(outcome)
+        for cause in GAP_CAUSES:
+            self.gaps.labels(cause)
+            self.gap_rounds.labels(cause)
         self._beat = time.monotonic()
 
     def beat(self) -> None:

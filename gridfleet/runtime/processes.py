@@ -127,6 +127,11 @@ class ProcessGroup:
         return [c.process.pid for c in self.children if c.process is not None]
 
 
+def _port(base: int, offset: int) -> str:
+    """The metrics port of a child: ``base + offset``, or 0 (off) when ``base`` is 0."""
+    return str(base + offset if base else 0)
+
+
 def _signal_group(child: Child, sig: int) -> None:
     if child.process is None:
         return
@@ -135,7 +140,12 @@ def _signal_group(child: Child, sig: int) -> None:
 
 
 class FleetProcesses:
-    """Ingress, coordinator and N workers for one fleet file, supervised until the run ends."""
+    """Ingress, coordinator and N workers for one fleet file, supervised until the run ends.
+
+    All serve run ``run_id`` (see ``gridfleet.platform.runs``). With ``standby``, a second
+    ingress and a second coordinator run beside the first ones and take over when one dies: the
+    run then goes on as long as one of each role is alive.
+    """
 
     def __init__(
         self,
@@ -147,8 +157,12 @@ class FleetProcesses:
         metrics_port: int = 0,
         log_dir: Path | None = None,
         task_events: bool = False,
+        run_id: str | None = None,
+        standby: bool = False,
     ) -> None:
         self.config_path = config_path
+        self.run_id = run_id
+        self.standby = standby
         self.task_events = task_events  # the fleet file's flower_events
         # The children read these as their settings (gridfleet.settings); URLs travel in the
         # environment, never on a command line, where `ps` would show their passwords.
@@ -180,54 +194,90 @@ class FleetProcesses:
                 ],
             )
         port = self.metrics_port
-        self.group.start(
-            "coordinator", [*base, "coordinator", "--metrics-port", str(port + 1 if port else 0)]
-        )
-        self.group.start("ingress", [*base, "ingress", "--metrics-port", str(port)])
+        run = ["--run-id", self.run_id] if self.run_id else []
+        copies = [("", 0), ("-standby", 2)] if self.standby else [("", 0)]
+        for suffix, offset in copies:
+            self.group.start(
+                f"coordinator{suffix}",
+                [*base, "coordinator", "--metrics-port", _port(port, 1 + offset), *run],
+            )
+        for suffix, offset in copies:
+            self.group.start(
+                f"ingress{suffix}", [*base, "ingress", "--metrics-port", _port(port, offset), *run]
+            )
+
+    def _role(self, role: str) -> list[Child]:
+        return [c for c in self.group.children if c.name.split("-")[0] == role]
 
     def run(self) -> int:
-        """Start everything, wait until ingress ends (the exchange finished) or a stop.
+        """Start everything, wait until the ingress ends (the exchange finished) or a stop.
 
         Returns 0 when the run ended as it should (the exchange's finish, or a stop), 1 when a
-        process failed; the failing process and its last error line are logged.
+        process failed; the failing process and its last error line are logged. With a standby,
+        one ingress or coordinator dying is logged and the other goes on.
         """
         self.start()
-        ingress = self.group.children[-1]
+        ingresses = self._role("ingress")
+        told: set[str] = set()
         code = 0
         try:
             while not self.stop_event.wait(0.5):
-                if not ingress.alive:
-                    code = ingress.process.returncode if ingress.process else 1
-                    if code:
-                        self._report_failure(ingress, code)
+                dead = [c for c in self.group.dead() if c.name not in told]
+                if not any(c.alive for c in ingresses):
+                    code = self._outcome(ingresses)
                     break
-                dead = [c for c in self.group.dead() if c is not ingress]
-                if not dead:
-                    continue
-                child = dead[0]
-                child_code = child.process.returncode if child.process else 1
-                if child.name == "coordinator" and child_code == 0:
-                    # At the exchange's finish the coordinator may leave before the ingress:
-                    # the run's outcome is the ingress's.
-                    code = self._wait_for(ingress, timeout=15.0)
+                failed: Child | None = None
+                for child in dead:
+                    told.add(child.name)
+                    child_code = child.process.returncode if child.process else 1
+                    role = child.name.split("-")[0]
+                    if role == "ingress" and child_code == 0:
+                        continue  # the finish: the other ingress follows
+                    if role == "coordinator" and child_code == 0:
+                        # At the exchange's finish the coordinator may leave before the
+                        # ingress: the run's outcome is the ingress's.
+                        code = self._wait_for(ingresses, timeout=15.0)
+                        return code
+                    if role in ("ingress", "coordinator") and any(
+                        c.alive for c in self._role(role)
+                    ):
+                        why = child.last_error()
+                        log.warning(
+                            "%s exited with %s%s; the standby takes over",
+                            child.name,
+                            child_code,
+                            f": {why}" if why else "",
+                        )
+                        continue
+                    failed = child
                     break
-                self._report_failure(child, child_code)
-                code = 1
-                break
+                if failed is not None:
+                    self._report_failure(failed, failed.process.returncode if failed.process else 1)
+                    code = 1
+                    break
         finally:
             self.group.stop()
         return code
 
-    def _wait_for(self, child: Child, timeout: float) -> int:
-        assert child.process is not None
-        try:
-            code = child.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.error("the coordinator ended but %s did not within %.0f s", child.name, timeout)
-            return 1
-        if code:
-            self._report_failure(child, code)
-        return code
+    def _wait_for(self, children: list[Child], timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        for child in children:
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("the coordinator ended but %s did not within %.0f s", child.name, timeout)
+                return 1
+        return self._outcome(children)
+
+    def _outcome(self, ingresses: list[Child]) -> int:
+        """0 if an ingress saw the finish; else the failure of the last one to die."""
+        codes = [(c, c.process.returncode if c.process else 1) for c in ingresses]
+        if any(code == 0 for _, code in codes):
+            return 0
+        child, code = codes[-1]
+        self._report_failure(child, code or 1)
+        return code or 1
 
     @staticmethod
     def _report_failure(child: Child, code: int) -> None:

@@ -527,11 +527,24 @@ def test_keda_component_replaces_the_hpa(rendered: Rendered) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_ingress_and_coordinator_are_singletons(rendered: Rendered, variant: str) -> None:
+def test_ingress_and_coordinator_run_an_active_and_a_standby(
+    rendered: Rendered, variant: str
+) -> None:
+    """Two replicas each (a lease picks the active one, tests/platform/test_standby.py), rolled
+    one at a time without ever going below two, on different nodes when there are."""
     for name in ("ingress", "coordinator"):
         deployment = get(rendered[variant], "Deployment", name)
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        anti = pod_spec(deployment)["affinity"]["podAntiAffinity"]
+        (term,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert selector_matches(term["podAffinityTerm"]["labelSelector"], pod_labels(deployment))
+        pdb = get(rendered[variant], "PodDisruptionBudget", name)
+        assert pdb["spec"]["minAvailable"] == 1  # a drain may take one of the two at a time
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -1,5 +1,9 @@
 """A whole fleet on one machine for integration tests: real Redis, the embedded exchange,
-ingress and coordinator (threads of the test process), and real Celery worker processes."""
+ingress and coordinator (threads of the test process), and real Celery worker processes.
+
+``transport="rest"`` connects the fleet through the embedded exchange's REST + websocket door
+(real aiohttp server on loopback, JWT login) instead of its Redis door.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +26,12 @@ import redis
 
 from gridfleet.config import FleetConfig, parse_config
 from gridfleet.exchange import channels
+from gridfleet.exchange.link import ExchangeTarget
 from gridfleet.platform.coordinator import Coordinator
 from gridfleet.platform.ingress import Ingress
+from gridfleet.runtime.redis_server import free_port
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.simulator.rest_door import RestOptions
 from gridfleet.simulator.runner import SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +79,48 @@ class Recorder(threading.Thread):
         ps.close()
 
 
+class BatchJournal:
+    """Every batch the exchange took in, as it applies them, whichever door it came through:
+    ``(aggregator name, transaction id, batch_commands)`` in order. Installed on the engine's
+    intake (the one place both doors' batches pass), so it sees what was applied, not sent."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.entries: list[tuple[str, str, dict[str, Any]]] = []
+        intake = sim.engine.intake
+        original = intake.batch_item
+
+        def recording(data: dict[str, Any], at: float) -> Any:
+            agg = data.get("aggregator_uuid")
+            name = sim.registry.aggregators.get(agg, str(agg)) if isinstance(agg, str) else "?"
+            self.entries.append(
+                (name, str(data.get("transaction_id")), data.get("batch_commands") or {})
+            )
+            return original(data, at)
+
+        intake.batch_item = recording  # type: ignore[method-assign]
+
+    def transaction_ids(self) -> Counter[tuple[str, str]]:
+        return Counter((name, tid) for name, tid, _ in self.entries)
+
+    def by_round(self) -> dict[tuple[str, str], list[Any]]:
+        """(aggregator name, round tag ``<slot>/<n>%``) -> its commands per device, sorted,
+        transaction ids left out: comparable across runs of one grid (its uuids are seeded)."""
+        out: dict[tuple[str, str], list[Any]] = {}
+        for name, tid, commands in self.entries:
+            tag = tid.rsplit("/", 1)[0]
+            rows = out.setdefault((name, tag), [])
+            for device, cmds in commands.items():
+                for cmd in cmds:
+                    kept = {k: v for k, v in cmd.items() if k not in ("transaction_id", "id")}
+                    rows.append((device, orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)))
+            rows.sort()
+        return out
+
+
+REST_USER_ENV, REST_PASSWORD_ENV = "GRIDFLEET_TEST_REST_USER", "GRIDFLEET_TEST_REST_PASSWORD"
+
+
 def start_workers(
     broker_url: str, concurrency: int = 2, metrics_port: int = 0
 ) -> subprocess.Popen[bytes]:
@@ -108,8 +157,11 @@ def start_workers(
     raise TimeoutError("worker did not come up in 60 s")
 
 
-def start_ingress(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``gridfleet ingress`` as a process of its own (so a test can kill -9 it)."""
+def start_ingress(
+    config_path: Path, log_path: Path, role: str = "ingress"
+) -> subprocess.Popen[bytes]:
+    """``gridfleet ingress`` (or ``role``: ``coordinator``) as a process of its own (so a test
+    can kill -9 it)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -117,7 +169,7 @@ def start_ingress(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
                 sys.executable,
                 "-m",
                 "gridfleet.cli",
-                "ingress",
+                role,
                 "-c",
                 str(config_path),
                 "--metrics-port",
@@ -157,13 +209,41 @@ class Fleet:
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "linear_ramp"})
     partitions: int = 1  # ingress processes splitting the aggregators
     ingress_process: Path | None = None  # a work dir: run `gridfleet ingress` as a process there
+    coordinator_processes: int = 0  # with ingress_process: `gridfleet coordinator`s, no thread
+    transport: str = "redis"  # or "rest": the embedded exchange's REST + websocket door
+    rest: dict[str, Any] = field(default_factory=dict)  # RestOptions fields (token lifetime...)
+    rest_link: dict[str, Any] = field(default_factory=dict)  # the fleet file's exchange.rest extras
 
     def __post_init__(self) -> None:
         self.grid = generate_grid(self.assets, houses_size=10, seed=7)
         self.assignment = assign_aggregators(self.grid, self.aggregators)
+        exchange: dict[str, Any] = {"url": self.exchange_url}
+        rest_options = None
+        if self.transport == "rest":
+            port = free_port()
+            self.rest_password = "pw-" + os.urandom(8).hex()
+            os.environ[REST_USER_ENV] = "fleet@example.com"
+            os.environ[REST_PASSWORD_ENV] = self.rest_password
+            sim_id = "5e1f0000-0000-4000-8000-00000000abcd"
+            rest_options = RestOptions(
+                users={"fleet@example.com": self.rest_password},
+                port=port,
+                simulation_id=sim_id,
+                **self.rest,
+            )
+            exchange = {
+                "rest": {
+                    "domain": f"http://127.0.0.1:{port}",
+                    "websocket": f"ws://127.0.0.1:{port}/external-ws",
+                    "simulation_id": sim_id,
+                    "username_env": REST_USER_ENV,
+                    "password_env": REST_PASSWORD_ENV,
+                    **self.rest_link,
+                }
+            }
         self.config: FleetConfig = parse_config(
             {
-                "exchange": {"url": self.exchange_url},
+                "exchange": exchange,
                 "broker": {"url": self.broker_url},
                 "aggregators": [
                     {"name": n, "assets": e["assets"], "strategy": self.strategy}
@@ -179,8 +259,11 @@ class Fleet:
             SimConfig(
                 slots=self.slots, tick_interval=self.tick_interval, tree=self.tree, paused=True
             ),
+            rest=rest_options,
         )  # type: ignore[arg-type]
         self.recorder = Recorder(self.exchange_url)
+        self.journal = BatchJournal(self.sim)
+        self.target: ExchangeTarget = self.config.exchange.target()
 
     def write_fleet_file(self, path: Path) -> Path:
         """The fleet's configuration as a fleet file (what the CLI reads)."""
@@ -206,6 +289,19 @@ class Fleet:
             assert time.monotonic() < deadline, "no ingress published the fleet"
             time.sleep(0.05)
 
+    def lease_holder_pid(self, role: str) -> int | None:
+        """The pid of the process holding ``role``'s lease (``coordinator``, ``ingress:p0``)."""
+        raw = redis.Redis.from_url(self.broker_url).get(f"{self.config.namespace}:lease:{role}")
+        return None if raw is None else int(raw.decode().rsplit("-", 2)[1])
+
+    def wait_lease(self, role: str, timeout: float = 60, other_than: int | None = None) -> int:
+        """Until a process (other than ``other_than``) holds ``role``'s lease; its pid."""
+        deadline = time.monotonic() + timeout
+        while (pid := self.lease_holder_pid(role)) is None or pid == other_than:
+            assert time.monotonic() < deadline, f"nobody took the {role} lease"
+            time.sleep(0.05)
+        return pid
+
     def start(self) -> None:
         self.recorder.start()
         self.recorder.ready.wait(5)
@@ -214,20 +310,32 @@ class Fleet:
             self.ingresses = []
             self.start_ingress_process()
             self.wait_fleet_published()
-            self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
-            self._threads = [
-                threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator")
+            self.coordinator_procs = [
+                start_ingress(
+                    self.ingress_process / "fleet.yaml",
+                    self.ingress_process / f"coordinator-{i}.log",
+                    role="coordinator",
+                )
+                for i in range(self.coordinator_processes)
             ]
-            self._threads[0].start()
+            self.coordinator = Coordinator(self.config, self.target, self.broker_url)
+            self._threads = []
+            if not self.coordinator_procs:
+                self._threads.append(
+                    threading.Thread(target=self.coordinator.run, daemon=True, name="coordinator")
+                )
+                self._threads[0].start()
+            else:
+                self.wait_lease("coordinator")
             time.sleep(0.5)
             self.sim.resume()
             return
         self.ingresses = [
-            Ingress(self.config, self.exchange_url, self.broker_url, partition=(i, self.partitions))
+            Ingress(self.config, self.target, self.broker_url, partition=(i, self.partitions))
             for i in range(self.partitions)
         ]
         self.ingress = self.ingresses[0]
-        self.coordinator = Coordinator(self.config, self.exchange_url, self.broker_url)
+        self.coordinator = Coordinator(self.config, self.target, self.broker_url)
         for node in self.ingresses:
             node.connect()
         self._threads = [
@@ -250,6 +358,8 @@ class Fleet:
     def stop(self) -> None:
         if getattr(self, "ingress_proc", None) is not None:
             kill_group(self.ingress_proc, signal.SIGTERM)
+        for proc in getattr(self, "coordinator_procs", []):
+            kill_group(proc, signal.SIGTERM)
         for node in getattr(self, "ingresses", []):
             node.stop_event.set()
         self.coordinator.stop_event.set()

@@ -51,20 +51,3 @@ def test_a_slot_that_is_no_date_is_refused() -> None:
     c = RoundCollector(["a"], window_s=10)
     c.add("a", tick("tomorrow"), now=0.0)
     assert c.ready(now=1.0) == [] and c.stats.foreign_slot_events == 1
-
-
-def test_rounds_that_never_arrived_are_counted_when_events_resume() -> None:
-    c = RoundCollector(["a"], window_s=10)
-    assert c.add("a", tick("2024-06-01T12:00", "10%"), now=0.0).missed == 0
-    assert c.add("a", tick("2024-06-01T12:00", "20%"), now=0.1).missed == 0
-    out = c.add("a", tick("2024-06-01T12:00", "60%"), now=0.2)  # 30, 40, 50 % lost
-    assert out.missed == 3 and out.missed_since is not None
-    assert out.missed_since.tick_index == 2
-    # across slots: 70..90 % of 12:00, the whole 12:15 slot, 0 % of 12:30
-    out = c.add("a", tick("2024-06-01T12:15", "0%"), now=0.3)
-    assert out.missed == 3  # 70, 80, 90 %: the slot length (15 min) is learnt here
-    out = c.add("a", tick("2024-06-01T12:45", "10%"), now=0.4)
-    assert out.missed == 9 + 10 + 1
-    assert c.stats.missed_rounds == 3 + 3 + 20
-    # the same round again, or an older one, is no gap
-    assert c.add("a", tick("2024-06-01T12:45", "10%"), now=0.5).missed == 0

@@ -55,7 +55,7 @@ def test_a_50_mb_message_and_a_far_future_tick_cost_only_their_own_aggregators(
         far = {**load_example("05_event_tick")["data"], "market_slot": "2099-01-01T00:00"}
         pub.publish(channels.aggregator_events(stray), orjson.dumps(far))
         report = fleet.wait()
-        counters = redis.Redis.from_url(broker.url).hgetall(f"{fleet.config.namespace}:counters")
+        counters = redis.Redis.from_url(broker.url).hgetall(fleet.ingress.keys.counters)
 
     # The rest of the fleet: every one of its rounds on time, before and after.
     per_agg = report["aggregators"]

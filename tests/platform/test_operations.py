@@ -6,6 +6,7 @@ not the client's own.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -80,3 +81,7 @@ def test_ingress_killed_and_restarted_reuses_its_aggregators(
     log = (tmp_path / "ingress.log").read_text()
     assert "6 reused from an earlier run" in log
     assert "600 of 600 assets" in log
+    # The restarted ingress joined the run the first one started, not a new one.
+    runs = re.findall(r"(started|joined) run (\d{8}T\d{6}Z-[0-9a-f]{6})", log)
+    assert [how for how, _ in runs] == ["started", "joined"], runs
+    assert runs[0][1] == runs[1][1]
