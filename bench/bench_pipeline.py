@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,13 @@ import yaml
 
 from bench._util import RESULTS, write_results
 from gridfleet.platform.keys import Keys
+from gridfleet.platform.runs import current_run
 from gridfleet.runtime.interpreter import favour_reader_threads
 from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
-from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.runtime.redis_server import RedisServer, free_port
 from gridfleet.simulator.deadline import percentiles
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
+from gridfleet.simulator.rest_door import RestOptions
 from gridfleet.simulator.runner import SimConfig, Simulator
 
 AGGREGATORS = {1_000: 10, 10_000: 100, 100_000: 1_000}
@@ -79,16 +83,42 @@ def run_case(
     slots: int,
     tick_interval: float,
     workdir: Path,
+    transport: str = "redis",
 ) -> dict[str, Any]:
+    """One fleet size, tree mode, client and transport (``redis``: the exchange's Redis door;
+    ``rest``: its REST + websocket door, the client logging in with a made-up user)."""
     grid = generate_grid(assets, houses_size=10, seed=1)
     assignment = assign_aggregators(grid, aggregators)
-    case_dir = workdir / f"{assets}-{tree}-{client}"
+    case_dir = workdir / f"{assets}-{tree}-{client}-{transport}"
     case_dir.mkdir(parents=True, exist_ok=True)
     fleet_file = case_dir / "fleet.yaml"
+    rest_options = None
+    exchange_section: dict[str, Any] = {"url_env": "GRIDFLEET_EXCHANGE_URL"}
+    credentials: dict[str, str] = {}
+    if transport == "rest":
+        port, sim_id = free_port(), str(uuid.uuid4())
+        credentials = {
+            "BENCH_REST_USER": "bench@example.com",
+            "BENCH_REST_PASSWORD": secrets.token_urlsafe(16),
+        }
+        rest_options = RestOptions(
+            users={credentials["BENCH_REST_USER"]: credentials["BENCH_REST_PASSWORD"]},
+            port=port,
+            simulation_id=sim_id,
+        )
+        exchange_section = {
+            "rest": {
+                "domain": f"http://127.0.0.1:{port}",
+                "websocket": f"ws://127.0.0.1:{port}/external-ws",
+                "simulation_id": sim_id,
+                "username_env": "BENCH_REST_USER",
+                "password_env": "BENCH_REST_PASSWORD",
+            }
+        }
     fleet_file.write_text(
         yaml.safe_dump(
             {
-                "exchange": {"url_env": "GRIDFLEET_EXCHANGE_URL"},
+                "exchange": exchange_section,
                 "broker": {"url_env": "GRIDFLEET_BROKER_URL"},
                 "shard_size": max(500, assets // 8),
                 "aggregators": [{"name": n, "assets": e["assets"]} for n, e in assignment.items()],
@@ -100,12 +130,14 @@ def run_case(
             grid,
             exchange.url,
             SimConfig(slots=slots, tick_interval=tick_interval, tree=tree, paused=True),
+            rest=rest_options,
         ).start()  # type: ignore[arg-type]
         env = {
             "GRIDFLEET_EXCHANGE_URL": exchange.url,
             "GRIDFLEET_BROKER_URL": broker.url,
             "GRIDFLEET_CONFIG": str(fleet_file),
             "GRIDFLEET_LOG_FORMAT": "text",
+            **credentials,
         }
         group = ProcessGroup(log_dir=case_dir / "logs")
         base = gridfleet_command()
@@ -158,6 +190,7 @@ def run_case(
         "aggregators": aggregators,
         "tree": tree,
         "client": client,
+        "transport": transport,
         "rounds": s["rounds"],
         "aggregator_rounds": s["aggregator_rounds"],
         "on_time_ratio": s["on_time_ratio"],
@@ -181,9 +214,13 @@ def run_case(
 
 
 def coordinator_latencies(broker_url: str) -> list[float]:
+    """The coordinator's own event-to-publish latencies of the fleet's current run."""
     r = redis.Redis.from_url(broker_url)
     try:
-        records = [orjson.loads(f[b"data"]) for _, f in r.xrange(Keys().events)]
+        run = current_run(r, Keys())
+        if run is None:
+            return []
+        records = [orjson.loads(f[b"data"]) for _, f in r.xrange(Keys().for_run(run).events)]
     finally:
         r.close()
     return [float(x["latency_ms"]) for x in records if x.get("kind") == "round"]

@@ -14,6 +14,7 @@ SUITES = {
     "simulator": "the embedded exchange: event rounds, matching, batch application",
     "shard": "one worker process's shard throughput (for sizing workers)",
     "pipeline": "exchange-measured latency and on-time rate, pipeline vs one process (slow)",
+    "rest": "the same fleet over REST + websocket and over Redis, in one run (slow)",
 }
 
 
@@ -38,6 +39,7 @@ def bench(suite: str, args: tuple[str, ...]) -> None:
     simulator   the embedded exchange: event rounds, matching, batch application
     shard       one worker process's shard throughput (for sizing workers)
     pipeline    exchange-measured latency and on-time rate, pipeline vs one process (slow)
+    rest        the same fleet over REST + websocket and over Redis, in one run (slow)
     """
     root = repo_root()
     for name in SUITES if suite == "all" else [suite]:

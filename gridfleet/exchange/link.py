@@ -25,6 +25,10 @@ RawHandler = Callable[[str, bytes, float], None]
 ReconnectHandler = Callable[[str], None]
 """Called with the reader's name each time a transport connection came back."""
 
+UndeliveredHandler = Callable[[str, str], None]
+"""``(aggregator uuid, transaction id)`` of a batch the exchange never took (REST: no 2xx
+within its retry budget); called on a thread of its own, so it may do I/O."""
+
 
 _IDENTITY_NAMESPACE = UUID("6a0d2c3e-51f4-4e0b-9a55-9d1f8e6c2b7a")
 
@@ -231,13 +235,15 @@ def open_link(
     *,
     config_id: str = "",
     on_reconnect: ReconnectHandler | None = None,
+    on_undelivered: UndeliveredHandler | None = None,
 ) -> ExchangeLink:
     """The link for an exchange target: a ``redis://`` / ``rediss://`` / ``unix://`` URL, or a
-    :class:`RestTarget` (REST + websocket)."""
+    :class:`RestTarget` (REST + websocket). ``on_undelivered`` hears of every batch the exchange
+    did not take (REST only: a Redis publish is fire-and-forget, its losses show as gaps)."""
     if isinstance(url, RestTarget):
         from gridfleet.exchange.rest import RestLink
 
-        return RestLink(url, on_reconnect=on_reconnect)
+        return RestLink(url, on_reconnect=on_reconnect, on_undelivered=on_undelivered)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
         from gridfleet.exchange.redis_pubsub import RedisPubSubLink

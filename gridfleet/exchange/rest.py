@@ -44,6 +44,7 @@ from gridfleet.exchange.link import (
     RawHandler,
     ReconnectHandler,
     RestTarget,
+    UndeliveredHandler,
     new_transaction_id,
 )
 from gridfleet.exchange.rest_auth import AuthError, TokenKeeper
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TREE_EVENTS = frozenset({"market", "tick", "trade", "finish"})
+RECHECK_AFTER_S = 0.5
+"""After a socket comes back, wait this long for the others that dropped with it: one registry
+read then re-checks the selections of all of them."""
 SELECTION_EVENTS = frozenset({"selected_by_device", "unselected_by_device"})
 
 
@@ -81,9 +85,16 @@ _head = msgspec.json.Decoder(_Head)
 class RestLink:
     """A fleet's connection to one simulation of a hosted exchange (see the module docstring)."""
 
-    def __init__(self, target: RestTarget, *, on_reconnect: ReconnectHandler | None = None) -> None:
+    def __init__(
+        self,
+        target: RestTarget,
+        *,
+        on_reconnect: ReconnectHandler | None = None,
+        on_undelivered: UndeliveredHandler | None = None,
+    ) -> None:
         self.target = target
         self._on_reconnect = on_reconnect
+        self._on_undelivered = on_undelivered
         sim = target.simulation_id
         self._aggregator_api = f"{target.domain}/external-connection/aggregator-api/{sim}/"
         self._registry_url = f"{target.domain}/external-connection/configurations/{sim}/registry"
@@ -106,6 +117,9 @@ class RestLink:
         # Loop-only state (touched on the loop thread alone, so no lock):
         self._confirmed: dict[str, set[str]] = {}  # aggregator -> devices it was told it holds
         self._wanted: dict[str, list[str]] = {}  # aggregator -> devices the fleet selects
+        self._agg_name: dict[str, str] = {}  # aggregator uuid -> its name
+        self._recheck_due: set[str] = set()  # aggregators back from a reconnect, not re-checked
+        self._recheck: asyncio.Task[None] | None = None
         self._waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._pending_batches: set[concurrent.futures.Future[bool]] = set()
         self._registry: Registry | None = None
@@ -266,25 +280,52 @@ class RestLink:
                 target=self._on_reconnect, args=(f"websocket {aggregator}",), daemon=True
             ).start()
         if self._wanted.get(aggregator):
-            self._loop.create_task(self._reselect(aggregator))
+            self._recheck_due.add(aggregator)
+            if self._recheck is None or self._recheck.done():
+                self._recheck = self._loop.create_task(self._recheck_selections())
 
-    async def _reselect(self, aggregator: str) -> None:
-        """After a reconnect: select this aggregator's devices again (the exchange keeps no
-        replay for us, and its idea of our selections may have changed meanwhile)."""
-        devices = list(self._wanted.get(aggregator, ()))
-        errors = await self._select_many([(aggregator, d) for d in devices], concurrency=10)
-        if errors:
-            shown = "; ".join(f"{d}: {why}" for d, why in list(errors.items())[:3])
-            log.error(
-                "aggregator %s: %d of %d devices could not be selected again after the"
-                " reconnect: %s",
-                aggregator,
-                len(errors),
-                len(devices),
-                shown,
+    async def _recheck_selections(self) -> None:
+        """Re-check the selections of the aggregators whose sockets came back, with one
+        registry read for all of them, and select again only what the exchange no longer has
+        as theirs (the exchange replays nothing, and may have dropped selections meanwhile).
+        A registry that cannot be read: everything of theirs is selected again."""
+        await asyncio.sleep(RECHECK_AFTER_S)
+        due, self._recheck_due = self._recheck_due, set()
+        try:
+            held = (await self._read_registry()).held_by()
+        except ExchangeError as exc:
+            log.warning("re-check after reconnect: registry not readable (%s)", exc)
+            held = {}
+        pairs = [
+            (agg, d)
+            for agg in sorted(due)
+            for d in self._wanted.get(agg, ())
+            if held.get(d) != self._agg_name.get(agg)
+        ]
+        wanted = sum(len(self._wanted.get(a, ())) for a in due)
+        if not pairs:
+            log.info(
+                "after the reconnect of %d aggregator(s): all %d selections still held",
+                len(due),
+                wanted,
             )
-        else:
-            log.info("aggregator %s: all %d devices selected again", aggregator, len(devices))
+            return
+        errors = await self._select_many(pairs, concurrency=self.target.select_concurrency)
+        for agg, device in pairs:
+            if device not in errors:
+                self._confirmed.setdefault(agg, set()).add(device)
+        level = logging.ERROR if errors else logging.WARNING
+        shown = "; ".join(f"{d}: {why}" for d, why in list(errors.items())[:3])
+        log.log(
+            level,
+            "after the reconnect of %d aggregator(s): %d of %d selections were gone and selected"
+            " again, %d could not be%s",
+            len(due),
+            len(pairs),
+            wanted,
+            len(errors),
+            f" ({shown})" if shown else "",
+        )
 
     # -- the catalogue -------------------------------------------------------------------------
 
@@ -394,6 +435,7 @@ class RestLink:
                     wanted.append((agg, device))
         for agg, device in wanted:
             self._wanted.setdefault(agg, []).append(device)
+        self._agg_name.update({u: n for n, u in uuids.items()})
         errors = await self._select_many(wanted, concurrency=self.target.select_concurrency)
         await self._await_confirmations(
             [(a, d) for a, d in wanted if d not in errors], timeout, errors
@@ -528,6 +570,11 @@ class RestLink:
                 batch.transaction_id,
                 exc,
             )
+            if self._on_undelivered is not None:
+                # The owner counts it (Redis I/O): off the loop, which carries every socket.
+                self._loop.run_in_executor(
+                    None, self._on_undelivered, batch.aggregator_uuid, batch.transaction_id
+                )
             return False
         self.sent_batches += 1
         return True

@@ -27,6 +27,7 @@ class RegistryNode:
     type: str
     uuid: str | None
     registered: bool
+    aggregator_name: str | None = None  # who has selected it, as the exchange says
 
 
 @dataclass
@@ -53,6 +54,10 @@ class Registry:
             asset_uuid={a: self.nodes[a].uuid or "" for a in assets},
             market_uuid={m: self.nodes[m].uuid or "" for m in markets},
         )
+
+    def held_by(self) -> dict[str, str | None]:
+        """Device uuid -> the name of the aggregator the exchange says selected it (or None)."""
+        return {n.uuid: n.aggregator_name for n in self.nodes.values() if n.uuid}
 
     def why_not(self, name: str, market: bool) -> str | None:
         """None when ``name`` can be selected as an asset (or market); else the reason."""
@@ -102,8 +107,13 @@ def parse_registry(tree: Any) -> Registry:
                 )
             reg.skipped[name] = f"is a {kind!r} in the registry, which gridfleet does not trade"
             continue
+        holder = node.get("aggregator_name")
         reg.nodes[name] = RegistryNode(
-            name, kind, uuid if isinstance(uuid, str) and uuid else None, registered
+            name,
+            kind,
+            uuid if isinstance(uuid, str) and uuid else None,
+            registered,
+            holder if isinstance(holder, str) and holder else None,
         )
     return reg
 

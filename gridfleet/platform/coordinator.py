@@ -108,6 +108,7 @@ class Coordinator:
             exchange_url,
             config_id=config.exchange_config_id,
             on_reconnect=self.observers.reconnect,
+            on_undelivered=self._undelivered,
         )
         self.stop_event = threading.Event()
         self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
@@ -148,6 +149,11 @@ class Coordinator:
         self.counters.key = self.keys.counters
         self.responses.keys = self.keys
         log.info("coordinator serving run %s", run_id)
+
+    def _undelivered(self, aggregator: str, transaction_id: str) -> None:
+        """The exchange never took this batch (the link logged why): the round is lost for
+        that aggregator."""
+        self.observers.round_lost(RoundLoss.EXCHANGE)
 
     def _lease_changed(self, held: bool) -> None:
         if held:

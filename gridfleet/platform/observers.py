@@ -49,6 +49,9 @@ class RoundLoss(StrEnum):
 
     BROKER = "broker"  # ingress could not write or send it: the broker was unreachable
     COORDINATOR = "coordinator"  # the coordinator could not read or answer it
+    EXCHANGE = (
+        "exchange"  # one aggregator's batch: the exchange never took it (REST retries ran out)
+    )
 
 
 class GapCause(StrEnum):

@@ -50,7 +50,7 @@ LATENCY_BUCKETS = (
 )
 
 SKIP_REASONS = ("unusable", "superseded", "past_deadline", "fenced")
-LOSS_REASONS = ("broker", "coordinator")
+LOSS_REASONS = ("broker", "coordinator", "exchange")
 GAP_CAUSES = ("exchange", "broker")
 DEADLINE_OUTCOMES = ("hit", "miss")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import secrets
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ class TokenIssuer:
         self._users = dict(users)
         self._secret = secrets.token_bytes(32)  # per run: tokens die with the exchange
         self.lifetime_s = lifetime_s
+        self.issued = 0  # tokens handed out (a client renewing its token shows here)
+        self.refused = 0  # requests refused for a missing, expired or invalid token
 
     def login(self, username: object, password: object) -> str | None:
         """A fresh token for good credentials, else None."""
@@ -92,11 +95,13 @@ class TokenIssuer:
         claims = {
             "sub": username,
             "iat": int(now),
-            # float seconds: a test can give a token a lifetime under a second
-            "exp": now + self.lifetime_s,
+            # A whole second, rounded up: PyJWT (ours and most clients') truncates a float
+            # `exp`, so `now + 3.0` would die up to a second before the client expects it.
+            "exp": math.ceil(now + self.lifetime_s),
             "jti": secrets.token_hex(8),
             "token_type": "access",
         }
+        self.issued += 1
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, authorization: str | None) -> str:

@@ -39,6 +39,7 @@ from gridfleet.simulator.batch import ASSET, MARKET
 from gridfleet.simulator.door import BATCH, CALL, Inbound
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.rest_auth import DEFAULT_TOKEN_LIFETIME_S, TokenError, TokenIssuer
+from gridfleet.simulator.rest_faults import BatchFault, FaultPlan, RestFaults
 from gridfleet.simulator.rest_registry import read_configuration_uuid, registry, scenario
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class RestOptions:
     queue_limit: int = 1000  # messages kept per socket for a slow or not yet connected client
     ping_interval_s: float = 20.0
     call_timeout_s: float = 10.0  # how long a request waits for the engine thread
+    faults: RestFaults | None = None  # batch POSTs failing on purpose (see :mod:`rest_faults`)
+    remembered_transactions: int = 100_000  # batch transaction ids kept to refuse a replay
 
 
 class _HTTPError(Exception):
@@ -174,6 +177,12 @@ class RestDoor:
         self._last_select: float | None = None
         self._scenario_json: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # batches applied, by (aggregator, transaction id): a retried POST whose first answer
+        # was lost is answered again but not applied twice
+        self._applied: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self.duplicate_batches = 0
+        self.fault_plan = FaultPlan(options.faults)
+        self.dropped_sockets = 0
 
     # ------------------------------------------------------------------ wiring
 
@@ -220,6 +229,27 @@ class RestDoor:
             return
         with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
             loop.call_soon_threadsafe(self._fan_out, items)
+
+    def set_faults(self, faults: RestFaults) -> None:
+        """Switch the injected batch faults (from any thread; the next POST sees them)."""
+        self.fault_plan.set(faults)
+
+    def drop_sockets(self, timeout: float = 10.0) -> int:
+        """Close every aggregator websocket now, as a hosted exchange restarting its socket
+        servers would (code 1012); returns how many were open. Clients must reconnect."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return 0
+
+        async def close_all() -> int:
+            peers = [p for group in self._agg_peers.values() for p in group]
+            for peer in peers:
+                with contextlib.suppress(Exception):
+                    await peer.ws.close(code=1012, message=b"service restart")
+            self.dropped_sockets += len(peers)
+            return len(peers)
+
+        return asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout)
 
     # ------------------------------------------------------------------ the server thread
 
@@ -294,6 +324,7 @@ class RestDoor:
                 try:
                     request[USER] = self.tokens.verify(request.headers.get("Authorization"))
                 except TokenError as exc:
+                    self.tokens.refused += 1
                     log.info("REST %s %s refused: %s", request.method, request.path, exc)
                     return _error(401, str(exc))
             return await handler(request)
@@ -634,9 +665,31 @@ class RestDoor:
             raw = orjson.dumps(body)
         elif not isinstance(tid, str):
             raise _HTTPError(400, "transaction_id: must be a string")
-        assert self._engine is not None
-        self._engine.intake.inbound.put(Inbound(BATCH, f"rest {agg}", raw, at))
-        return _json({"status": "accepted", "aggregator_uuid": agg, "transaction_id": tid})
+        fault, hold_s = self.fault_plan.next_batch()
+        if fault is BatchFault.HANG:
+            # A server that never answers: the client's timeout ends it; nothing is applied.
+            await asyncio.sleep(hold_s)
+            return _error(504, "injected fault: no answer in time; the batch was not applied")
+        if fault is BatchFault.ERROR_BEFORE:
+            return _error(500, "injected fault: the batch was not applied")
+        accepted = {"status": "accepted", "aggregator_uuid": agg, "transaction_id": tid}
+        duplicate = (agg, tid) in self._applied
+        if duplicate:
+            # A client retrying after a lost answer: answered again, applied once.
+            self.duplicate_batches += 1
+        else:
+            self._applied[(agg, tid)] = None
+            if len(self._applied) > self.options.remembered_transactions:
+                self._applied.popitem(last=False)
+            assert self._engine is not None
+            self._engine.intake.inbound.put(Inbound(BATCH, f"rest {agg}", raw, at))
+        if fault is BatchFault.ERROR_AFTER:
+            self.fault_plan.answer_lost(agg, tid)
+            return _error(500, "injected fault: the batch was applied but this answer is lost")
+        if duplicate:
+            self.fault_plan.answered(agg, tid)
+            return _json({**accepted, "duplicate": True})
+        return _json(accepted)
 
     # ------------------------------------------------------------------ assets and markets
 

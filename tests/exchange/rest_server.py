@@ -198,13 +198,18 @@ class RestExchangeServer:
         return web.json_response({"uuid": agg, "name": body["name"]})
 
     async def _registry(self, request: web.Request) -> web.Response:
+        holder = {
+            device: name
+            for name, agg in self.aggregators.items()
+            for device in self.selected.get(agg, ())
+        }
         leaves = [
             {
                 "name": n.name,
                 "type": n.type,
                 "uuid": n.uuid,
                 "registered": n.registered,
-                "aggregator_name": None,
+                "aggregator_name": holder.get(n.uuid),
                 "attributes": None,
             }
             for n in self.nodes

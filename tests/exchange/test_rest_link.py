@@ -358,32 +358,45 @@ def test_many_aggregators_send_their_batches_concurrently(
 # ------------------------------------------------------------------------------ reconnects
 
 
-def test_a_dropped_socket_comes_back_and_the_selections_are_renewed(
+def test_a_dropped_socket_comes_back_and_its_selections_are_rechecked_not_resent(
     server: RestExchangeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[str] = []
+    select_path = f"/external-connection/aggregator-api/{server.sim}/select-aggregator/"
+    registry_path = f"/external-connection/configurations/{server.sim}/registry"
     with RestLink(target_for(server), on_reconnect=seen.append) as link:
         agg = brought_up(link)
         events: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         link.subscribe_events([agg], lambda _a, raw, _t: events.put(raw))
-        selects = server.requests[
-            f"/external-connection/aggregator-api/{server.sim}/select-aggregator/"
-        ]
-        with caplog.at_level(logging.WARNING):
+        selects, reads = server.requests[select_path], server.requests[registry_path]
+        with caplog.at_level(logging.INFO):
             server.drop_sockets()
             wait_for(lambda: link.reconnects == 1 and server.open_sockets(agg) == 1)
+            wait_for(lambda: server.requests[registry_path] == reads + 1)
+            wait_for(lambda: "still held" in caplog.text)
         assert "s down" in caplog.text  # how long the link was down
-        wait_for(lambda: seen == [f"websocket {agg}"])
-        wait_for(
-            lambda: (
-                server.requests[
-                    f"/external-connection/aggregator-api/{server.sim}/select-aggregator/"
-                ]
-                == selects + 2
-            )
-        )
+        assert seen == [f"websocket {agg}"]
+        # The registry says both devices are still this aggregator's: nothing is sent again.
+        assert server.requests[select_path] == selects
         server.send(agg, {"event": "finish"})
         assert orjson.loads(events.get(timeout=5)) == {"event": "finish"}
+
+
+def test_a_selection_the_exchange_dropped_meanwhile_is_selected_again(
+    server: RestExchangeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    select_path = f"/external-connection/aggregator-api/{server.sim}/select-aggregator/"
+    with RestLink(target_for(server)) as link:
+        agg = brought_up(link)
+        selects = server.requests[select_path]
+        gone = sorted(server.selected[agg])[0]
+        server.selected[agg].discard(gone)  # the exchange forgot it while the socket was down
+        with caplog.at_level(logging.WARNING):
+            server.drop_sockets()
+            wait_for(lambda: server.requests[select_path] == selects + 1)
+            wait_for(lambda: "were gone and selected again" in caplog.text)
+        assert gone in server.selected[agg]
+        assert "1 of 2 selections were gone" in caplog.text
 
 
 def test_open_link_takes_a_rest_target(server: RestExchangeServer) -> None:

@@ -1,0 +1,225 @@
+"""A whole fleet over REST + websocket against the embedded exchange's REST door: real aiohttp
+server, real httpx and websockets clients, real Celery workers, on loopback.
+
+Every figure is the exchange's: its deadline report (on time, late, missing per aggregator and
+round), its token issuer and the journal of the batches it applied (tests/platform/harness.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.rest_faults import BatchFault, RestFaults
+from tests.platform.harness import Fleet, running_fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TICK_S = 0.5
+
+
+@pytest.fixture
+def two_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
+    with RedisServer() as exchange, RedisServer() as broker:
+        yield exchange, broker
+
+
+def fleet_options(**extra: Any) -> dict[str, Any]:
+    return {
+        "assets": 2000,
+        "aggregators": 20,
+        "slots": 3,  # the exchange's first slot has no market yet: 2 slots of trading
+        "tick_interval": TICK_S,
+        "shard_size": 500,
+        **extra,
+    }
+
+
+def answered_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in report["ticks"] if r["aggregators"]]
+
+
+def wait_rounds(fleet: Fleet, n: int, timeout: float = 60) -> None:
+    """Until the exchange has seen ``n`` rounds answered on time by every aggregator."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for r in fleet.sim.report()["ticks"] if r["on_time"]) < n:
+        assert time.monotonic() < deadline, "the fleet never got going"
+        time.sleep(0.05)
+
+
+def brief(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """(round, slot completion, on time, late, missing, idle) per row: a readable failure."""
+    return [
+        (r["round"], r["slot_completion"], r["on_time"], r["late"], r["missing"], r["idle"])
+        for r in rows
+    ]
+
+
+def all_on_time(rows: list[dict[str, Any]]) -> bool:
+    return all(r["on_time"] + r["idle"] == r["aggregators"] for r in rows)
+
+
+def test_a_rest_fleet_is_on_time_and_sends_what_the_redis_fleet_sends(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    reports: dict[str, dict[str, Any]] = {}
+    commands: dict[str, dict[tuple[str, str], list[Any]]] = {}
+    for transport in ("redis", "rest"):
+        redis.Redis.from_url(broker.url).flushall()
+        with running_fleet(exchange.url, broker.url, **fleet_options(transport=transport)) as (
+            fleet,
+            _workers,
+        ):
+            reports[transport] = fleet.wait()
+            commands[transport] = fleet.journal.by_round()
+            twice = {k: n for k, n in fleet.journal.transaction_ids().items() if n > 1}
+            if transport == "rest":
+                door = fleet.sim.rest_door
+                assert door is not None and door.aggregators, "the REST door served no aggregator"
+        assert twice == {}, transport
+
+    rest = reports["rest"]["summary"]
+    assert reports["rest"]["summary"]["rounds"] == 20, rest
+    assert rest["aggregator_rounds"] == 20 * 20, rest
+    assert rest["late"] == 0 and rest["missing"] == 0, rest
+    assert rest["on_time_ratio"] == 1.0, rest
+    assert all_on_time(answered_rows(reports["rest"]))
+    assert reports["redis"]["summary"]["on_time_ratio"] == 1.0, reports["redis"]["summary"]
+    # The same commands, aggregator by aggregator and round by round.
+    assert commands["rest"].keys() == commands["redis"].keys()
+    differing = [k for k in commands["rest"] if commands["rest"][k] != commands["redis"][k]]
+    assert differing == [], differing[:3]
+    assert sum(len(v) for v in commands["rest"].values()) > 1000
+
+
+def test_a_token_expiring_mid_run_is_renewed_with_no_round_lost(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    with running_fleet(
+        exchange.url,
+        broker.url,
+        **fleet_options(transport="rest", rest={"token_lifetime_s": 3.0}),
+    ) as (fleet, _workers):
+        report = fleet.wait()
+        tokens = fleet.sim.rest_door.tokens  # type: ignore[union-attr]
+        issued, refused = tokens.issued, tokens.refused
+
+    # 2 slots of 10 rounds at 0.5 s: ~10 s of trading, tokens live 3 s (renewed at 80 %).
+    assert issued >= 2 * 3, issued  # ingress and coordinator renew, several times each
+    assert report["summary"]["missing"] == 0 and report["summary"]["late"] == 0, report["summary"]
+    assert all_on_time(answered_rows(report))
+    assert refused <= 2, refused  # a renewal is due before expiry; a 401 at most at the edge
+
+
+def test_every_websocket_dropped_mid_run_reconnects_and_is_on_time_within_two_ticks(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    with running_fleet(exchange.url, broker.url, **fleet_options(transport="rest")) as (
+        fleet,
+        _workers,
+    ):
+        wait_rounds(fleet, 4)
+        door = fleet.sim.rest_door
+        assert door is not None
+        dropped = door.drop_sockets()
+        dropped_at = time.time()
+        report = fleet.wait()
+        ingress, coordinator = fleet.ingress, fleet.coordinator
+        reconnects = ingress.tally.reconnects + coordinator.tally.reconnects
+
+    # ingress and coordinator each keep a socket per aggregator
+    assert dropped == 2 * 20, dropped
+    assert reconnects >= 2 * 20, reconnects
+    after = [r for r in answered_rows(report) if r["sent_at"] >= dropped_at]
+    assert len(after) >= 8, "the run ended too soon after the drop to judge it"
+    bad = [r for r in after[2:] if r["on_time"] + r["idle"] < r["aggregators"]]
+    assert bad == [], (brief(after), reconnects)
+    missing_at_exchange = sum(r["missing"] for r in after[:2])
+    print(
+        f"websockets dropped: {dropped}; aggregator-rounds missing at the exchange: {missing_at_exchange}"
+    )
+
+
+def test_500s_on_a_third_of_the_batches_are_retried_and_nothing_is_applied_twice(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    with running_fleet(exchange.url, broker.url, **fleet_options(transport="rest")) as (
+        fleet,
+        _workers,
+    ):
+        door = fleet.sim.rest_door
+        assert door is not None
+        wait_rounds(fleet, 3)
+        door.set_faults(RestFaults(error_every=3))
+        faulty_from = time.time()
+        wait_rounds(fleet, 13)
+        door.set_faults(RestFaults())
+        faulty_until = time.time()
+        report = fleet.wait()
+        plan = door.fault_plan
+        injected, duplicates = dict(plan.injected), door.duplicate_batches
+        lost_answers, answered_on_retry = set(plan.lost_answers), set(plan.answered_on_retry)
+        applied_twice = {k: n for k, n in fleet.journal.transaction_ids().items() if n > 1}
+        lost = fleet.coordinator.tally.lost_rounds
+
+    assert injected[BatchFault.ERROR_AFTER] >= 10, injected
+    assert injected[BatchFault.ERROR_BEFORE] >= 10, injected
+    # Every batch whose answer was lost came again under its transaction id, got its answer,
+    # and was applied once (the exchange's journal of applied batches has no repeat).
+    assert lost_answers and lost_answers <= answered_on_retry, lost_answers - answered_on_retry
+    assert duplicates >= len(lost_answers)
+    assert applied_twice == {}
+    faulty = [r for r in answered_rows(report) if faulty_from <= r["sent_at"] <= faulty_until]
+    assert len(faulty) >= 8
+    assert all_on_time(faulty), [r for r in faulty if r["on_time"] + r["idle"] < r["aggregators"]]
+    assert report["summary"]["missing"] == 0 and lost == 0
+
+
+def test_a_server_that_never_answers_a_batch_costs_those_rounds_counted_and_the_fleet_goes_on(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    exchange, broker = two_redis
+    with running_fleet(
+        exchange.url,
+        broker.url,
+        **fleet_options(
+            transport="rest",
+            rest_link={"request_timeout_s": 0.4, "batch_retry_budget_s": 0.5},
+        ),
+    ) as (fleet, _workers):
+        door = fleet.sim.rest_door
+        assert door is not None
+        wait_rounds(fleet, 3)
+        door.set_faults(RestFaults(hang_s=5.0))
+        hung_from = time.time()
+        time.sleep(3 * TICK_S)
+        door.set_faults(RestFaults())
+        hung_until = time.time()
+        report = fleet.wait()
+        hung = door.fault_plan.injected[BatchFault.HANG]
+        lost = fleet.coordinator.tally.lost_rounds
+
+    missing = report["summary"]["missing"]
+    print(
+        f"hung POSTs: {hung}; batches the client gave up: {lost}; missing at the exchange: {missing}"
+    )
+    assert hung >= 20, hung
+    # Every batch that got no answer was given up within its budget and counted as a lost
+    # round: the client's count is the exchange's.
+    assert lost == missing, (lost, missing)
+    during = [r for r in answered_rows(report) if hung_from <= r["sent_at"] <= hung_until]
+    assert sum(r["missing"] for r in during) >= 20
+    # The fleet went on: from the second round after the server answers again, all on time.
+    after = [r for r in answered_rows(report) if r["sent_at"] > hung_until]
+    assert len(after) >= 5
+    bad = [r for r in after[1:] if r["on_time"] + r["idle"] < r["aggregators"]]
+    assert bad == [], brief(after)
