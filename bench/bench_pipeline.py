@@ -133,7 +133,8 @@ def run_case(
             rest=rest_options,
         ).start()  # type: ignore[arg-type]
         env = {
-            "GRIDFLEET_EXCHANGE_URL": exchange.url,
+            # an exchange URL in the environment would win over the fleet file's REST form
+            **({"GRIDFLEET_EXCHANGE_URL": exchange.url} if transport == "redis" else {}),
             "GRIDFLEET_BROKER_URL": broker.url,
             "GRIDFLEET_CONFIG": str(fleet_file),
             "GRIDFLEET_LOG_FORMAT": "text",

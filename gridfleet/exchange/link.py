@@ -209,6 +209,17 @@ def has_catalog(target: ExchangeTarget) -> bool:
     return isinstance(target, RestTarget)
 
 
+def answers_on_event_sockets(target: ExchangeTarget) -> bool:
+    """Whether batch answers arrive on the connection that carries the aggregator's events.
+
+    REST: the exchange answers on the aggregator's one websocket (rest.md 4.3), which the
+    ingress holds; a second socket per aggregator for the coordinator would receive every tree
+    again (and whether a hosted exchange allows two is unknown, rest.md 8.5), so the ingress
+    records the answers. Redis: answers have a channel of their own, read by the coordinator.
+    """
+    return isinstance(target, RestTarget)
+
+
 def check_target(target: ExchangeTarget) -> None:
     """For a REST target, log in once: raises :class:`ExchangeUnreachable` naming the domain
     (never the password) when the exchange is down or refuses the credentials."""

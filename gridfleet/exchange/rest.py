@@ -51,6 +51,7 @@ from gridfleet.exchange.rest_auth import AuthError, TokenKeeper
 from gridfleet.exchange.rest_registry import Registry, find_uuid, parse_registry
 from gridfleet.exchange.rest_retry import RetryPolicy, send_with_retries
 from gridfleet.exchange.rest_socket import AggregatorSocket, socket_uri
+from gridfleet.exchange.rest_transport import AiohttpTransport
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,11 @@ class RestLink:
     # -- plumbing ------------------------------------------------------------------------------
 
     async def _make_client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        # httpx's API over aiohttp's pool: httpx's own is ~30x slower at a round's hundreds of
+        # concurrent batch POSTs (rest_transport.py).
         return httpx.AsyncClient(
+            transport=AiohttpTransport(limit=200),
             timeout=httpx.Timeout(self.target.request_timeout_s),
-            limits=limits,
             follow_redirects=False,  # a redirect would turn a POST into a GET without its body
             headers={"Content-Type": "application/json"},
         )

@@ -20,7 +20,6 @@ round is never answered twice.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -31,7 +30,13 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, OutgoingBatch, open_link
+from gridfleet.exchange.link import (
+    ExchangeLink,
+    ExchangeTarget,
+    OutgoingBatch,
+    answers_on_event_sockets,
+    open_link,
+)
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
@@ -46,7 +51,7 @@ from gridfleet.platform.observers import (
     RoundSkip,
     Tally,
 )
-from gridfleet.platform.responses import ResponseRecorder
+from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.runs import current_run, is_finished, wait_for_run
 from gridfleet.platform.shard import Manifest, claim_shard, run_shard
 from gridfleet.runtime.metrics import Metrics
@@ -111,17 +116,15 @@ class Coordinator:
             on_undelivered=self._undelivered,
         )
         self.stop_event = threading.Event()
-        self._responses: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed: set[str] = set()
         self.asset_names: dict[str, str] = {}
         self.aggregator_names: dict[str, str] = {}
         self.responses = ResponseRecorder(
             self.broker, self.keys, self.asset_names, self.aggregator_names, self.observers
         )
-        self._response_thread = threading.Thread(
-            target=self._response_loop, daemon=True, name="batch-responses"
-        )
-        self._response_thread.start()
+        # REST: the ingress holds the aggregators' sockets and records their answers
+        self._reads_answers = not answers_on_event_sockets(exchange_url)
+        self.answers = AnswerReader(self.responses, self.stop_event).start()
 
     # -- fleet registry (written by ingress) ----------------------------------------------------
 
@@ -135,9 +138,9 @@ class Coordinator:
             self.asset_names.update(reg["assets"])
             self.asset_names.update(reg.get("markets", {}))
             new += [a for a in reg["aggregators"] if a not in self._subscribed]
-        if new:
-            self.link.subscribe_answers(new, lambda agg, raw, t: self._responses.put((agg, raw)))
-            self._subscribed.update(new)
+        if new and self._reads_answers:
+            self.link.subscribe_answers(new, self.answers)
+        self._subscribed.update(new)
 
     # -- runs and the lease -------------------------------------------------------------------
 
@@ -361,17 +364,6 @@ class Coordinator:
         )
 
     # -- batch responses ----------------------------------------------------------------------
-
-    def _response_loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                _aggregator, raw = self._responses.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                self.handle_response(raw)
-            except redis.RedisError as exc:
-                log.error("could not record a batch response: %s", exc)
 
     def handle_response(self, raw: bytes) -> int:
         """Record one batch response; returns how many commands it rejected."""

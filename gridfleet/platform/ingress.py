@@ -36,7 +36,12 @@ import orjson
 import redis
 
 from gridfleet.config import FleetConfig
-from gridfleet.exchange.link import ExchangeLink, ExchangeTarget, open_link
+from gridfleet.exchange.link import (
+    ExchangeLink,
+    ExchangeTarget,
+    answers_on_event_sockets,
+    open_link,
+)
 from gridfleet.exchange.messages import ProtocolError, decode_event_for_ingress
 from gridfleet.platform.broker_recovery import BrokerRecovery
 from gridfleet.platform.collector import PendingRound, RoundCollector
@@ -55,6 +60,7 @@ from gridfleet.platform.observers import (
     Tally,
 )
 from gridfleet.platform.records import RecordWriter
+from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.rounds import RoundError, RoundKey, round_context
 from gridfleet.platform.runs import join_run
 from gridfleet.platform.shard import ROUND_TTL_S, Manifest, publish_spec, write_round
@@ -116,6 +122,8 @@ class Ingress:
         self.observers = Observers(
             [PrometheusObserver(self.metrics), self.counters, self.tally, *observers]
         )
+        self.target = exchange_url
+        self.answers: AnswerReader | None = None  # REST only: see connect()
         self.link = link or open_link(
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
@@ -181,6 +189,20 @@ class Ingress:
         self._publish_fleet()
         self.dispatcher.warm_up()
         self.link.subscribe_events(fleet.aggregator_uuid.values(), self._on_event)
+        if answers_on_event_sockets(self.target):
+            # REST: answers come on the sockets this ingress holds (the coordinator opens none)
+            recorder = ResponseRecorder(
+                self.broker,
+                self.keys,
+                {
+                    **{u: n for n, u in fleet.asset_uuid.items()},
+                    **{u: n for n, u in fleet.market_uuid.items()},
+                },
+                dict(fleet.aggregator_name),
+                self.observers,
+            )
+            self.answers = AnswerReader(recorder, self.stop_event, accept=lambda: self.active)
+            self.link.subscribe_answers(fleet.aggregator_uuid.values(), self.answers.start())
         # Subscribed first: a standby collects every round, so it can take over at the next.
         self.counters.enabled = False
         self._leased = True

@@ -7,6 +7,9 @@ sees it on its next evaluation; ``dso_market_stats`` answers go to the market st
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+from collections.abc import Callable
 
 import redis
 
@@ -102,3 +105,42 @@ class ResponseRecorder:
         if rejected:
             self.observers.commands_rejected(rejected)
         return rejected
+
+
+class AnswerReader:
+    """A link's answer handler: queues each answer and records it on a thread of its own, so
+    the link's reader never waits on the broker. ``accept()`` false (a standby ingress): the
+    answer is dropped, the active process records it."""
+
+    def __init__(
+        self,
+        recorder: ResponseRecorder,
+        stop: threading.Event,
+        *,
+        accept: Callable[[], bool] = lambda: True,
+        name: str = "batch-answers",
+    ) -> None:
+        self.recorder = recorder
+        self._accept = accept
+        self._stop = stop
+        self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
+
+    def start(self) -> AnswerReader:
+        self._thread.start()
+        return self
+
+    def __call__(self, aggregator: str, raw: bytes, t: float) -> None:
+        if self._accept():
+            self._queue.put(raw)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.recorder.record(raw)
+            except redis.RedisError as exc:
+                log.error("could not record a batch answer: %s", exc)

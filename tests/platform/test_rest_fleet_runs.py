@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
+from gridfleet.platform.codec import unpackb
 from gridfleet.runtime.redis_server import RedisServer
 from gridfleet.simulator.rest_faults import BatchFault, RestFaults
+from tests.conftest import load_example
 from tests.platform.harness import Fleet, running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -111,8 +114,10 @@ def test_a_token_expiring_mid_run_is_renewed_with_no_round_lost(
         tokens = fleet.sim.rest_door.tokens  # type: ignore[union-attr]
         issued, refused = tokens.issued, tokens.refused
 
-    # 2 slots of 10 rounds at 0.5 s: ~10 s of trading, tokens live 3 s (renewed at 80 %).
-    assert issued >= 2 * 3, issued  # ingress and coordinator renew, several times each
+    # 2 slots of 10 rounds at 0.5 s: 10 s of trading; a token lives 3-4 s (`exp` is rounded up
+    # to a second) and is renewed at 80 % of that by whoever keeps sending: the coordinator's
+    # batch POSTs need at least two renewals besides the logins of ingress and coordinator.
+    assert issued >= 4, issued
     assert report["summary"]["missing"] == 0 and report["summary"]["late"] == 0, report["summary"]
     assert all_on_time(answered_rows(report))
     assert refused <= 2, refused  # a renewal is due before expiry; a 401 at most at the edge
@@ -135,9 +140,9 @@ def test_every_websocket_dropped_mid_run_reconnects_and_is_on_time_within_two_ti
         ingress, coordinator = fleet.ingress, fleet.coordinator
         reconnects = ingress.tally.reconnects + coordinator.tally.reconnects
 
-    # ingress and coordinator each keep a socket per aggregator
-    assert dropped == 2 * 20, dropped
-    assert reconnects >= 2 * 20, reconnects
+    # one socket per aggregator, the ingress's (it records the batch answers too)
+    assert dropped == 20, dropped
+    assert reconnects >= 20, reconnects
     after = [r for r in answered_rows(report) if r["sent_at"] >= dropped_at]
     assert len(after) >= 8, "the run ended too soon after the drop to judge it"
     bad = [r for r in after[2:] if r["on_time"] + r["idle"] < r["aggregators"]]
@@ -223,3 +228,45 @@ def test_a_server_that_never_answers_a_batch_costs_those_rounds_counted_and_the_
     assert len(after) >= 5
     bad = [r for r in after[1:] if r["on_time"] + r["idle"] < r["aggregators"]]
     assert bad == [], brief(after)
+
+
+def test_over_rest_the_ingress_records_the_exchanges_rejections_for_the_strategies(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    """The exchange answers on the aggregator's one socket, which the ingress holds: a rejected
+    command reaches the asset's strategy state (and the counters) through the ingress."""
+    exchange, broker = two_redis
+    with running_fleet(exchange.url, broker.url, **fleet_options(transport="rest")) as (
+        fleet,
+        _workers,
+    ):
+        door = fleet.sim.rest_door
+        assert door is not None
+        wait_rounds(fleet, 2)
+        agg_name, entry = next(iter(fleet.assignment.items()))
+        agg = fleet.ingress.fleet.aggregator_uuid[agg_name]  # type: ignore[union-attr]
+        asset = entry["asset_uuids"][0]
+        answer = load_example("07_batch_response_bid_energy_above_requirement")["data"]
+        rejected = next(iter(answer["responses"].values()))
+        door.deliver(
+            [
+                (
+                    agg,
+                    orjson.dumps(
+                        {**answer, "aggregator_uuid": agg, "responses": {asset: rejected}}
+                    ),
+                    False,
+                )
+            ]
+        )
+        deadline = time.monotonic() + 10
+        client = redis.Redis.from_url(broker.url)
+        while client.hget("gf:rejections", asset) is None:
+            assert time.monotonic() < deadline, "the rejection never reached the strategy state"
+            time.sleep(0.05)
+        stored = unpackb(client.hget("gf:rejections", asset))
+        counted = fleet.ingress.tally.commands_rejected_total
+        fleet.wait()
+
+    assert stored["command"] == "bid" and "Error when handling bid create" in stored["reason"]
+    assert counted >= 1
