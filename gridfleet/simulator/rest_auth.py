@@ -77,6 +77,9 @@ class TokenIssuer:
         self._secret = secrets.token_bytes(32)  # per run: tokens die with the exchange
         self.lifetime_s = lifetime_s
         self.issued = 0  # tokens handed out (a client renewing its token shows here)
+        # token -> (user, exp): a fleet sends hundreds of requests a round with one token; the
+        # signature is checked once, the expiry on every request
+        self._verified: dict[str, tuple[str, int]] = {}
         self.refused = 0  # requests refused for a missing, expired or invalid token
 
     def login(self, username: object, password: object) -> str | None:
@@ -111,15 +114,27 @@ class TokenIssuer:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme != "JWT" or not token.strip():
             raise TokenError("use the header 'Authorization: JWT <token>'")
+        token = token.strip()
+        known = self._verified.get(token)
+        if known is not None:
+            user, exp = known
+            if exp <= time.time():  # PyJWT's rule: expired at `exp`
+                del self._verified[token]
+                raise TokenError("the token has expired; get a new one from /api-token-auth/")
+            return user
         try:
             claims = jwt.decode(
-                token.strip(), self._secret, algorithms=[ALGORITHM], options={"require": ["exp"]}
+                token, self._secret, algorithms=[ALGORITHM], options={"require": ["exp"]}
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("the token has expired; get a new one from /api-token-auth/") from None
         except jwt.InvalidTokenError:
             raise TokenError("the token is not valid") from None
-        user = claims.get("sub")
-        if not isinstance(user, str) or user not in self._users:
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or sub not in self._users:
             raise TokenError("the token is not valid")
-        return user
+        if len(self._verified) > 10_000:  # stale tokens of clients long gone
+            now = time.time()
+            self._verified = {t: v for t, v in self._verified.items() if v[1] > now}
+        self._verified[token] = (sub, int(claims["exp"]))
+        return sub
