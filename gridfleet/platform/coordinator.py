@@ -1,20 +1,23 @@
-"""Coordinator: shard results in, one BATCHED message per aggregator out, before the deadline.
+"""Coordinator: shard results in, one batch per aggregator out, before the deadline.
 
 For each round ingress announces, it waits on the round's done list (BLPOP: no polling, no Celery
-result backend). A shard no worker has started by ``deadline - hedge margin`` it claims and
-evaluates itself from the stored input (the same function the workers run); one a worker started
-but has not finished by ``deadline - hedge margin / 2`` it evaluates too, so a dead or slow
-worker does not cost the tick. A shard reported after that is ignored. Then it merges each
-aggregator's fragments and publishes every batch in one pipeline.
+result backend) and publishes in waves: as soon as a shard is done, the batches of the
+aggregators wholly in it go out (one send per wave); an aggregator split over several shards
+waits for the last wave. A shard no worker has started by ``deadline - hedge margin`` it claims
+and evaluates itself from the stored input (the same function the workers run); one a worker
+started but has not finished by ``deadline - hedge margin / 2`` it evaluates too, so a dead or
+slow worker does not cost the tick. A shard reported after that is ignored; the last wave takes
+every shard not out yet.
 
-It also reads the exchange's batch responses, on a thread of their own, and hands them to
-:class:`~gridfleet.platform.responses.ResponseRecorder`.
+Batch answers are recorded by :class:`~gridfleet.platform.responses.AnswerReader` on a thread
+of their own: here for Redis; for REST the ingress records them (they arrive on the sockets it
+holds).
 
 It serves one run (:mod:`gridfleet.platform.runs`): the one it was given, else the current one,
 and follows the fleet to a new run that replaces an unfinished one. Several coordinators may
 run: the one holding the ``coordinator`` lease (:mod:`gridfleet.platform.lease`) answers rounds,
-the others wait to take over; each round's publication is fenced (:func:`fenced_publish`), so a
-round is never answered twice.
+the others wait to take over; each wave is fenced (:func:`fenced_publish_parts`: the lease
+checked, each shard's part recorded once), so no aggregator is answered twice for a round.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import cast
 
 import orjson
@@ -40,7 +44,7 @@ from gridfleet.exchange.link import (
 from gridfleet.platform.codec import unpackb
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.lease import Lease, fenced_publish, lease_ttl_s
+from gridfleet.platform.lease import Lease, fenced_publish_parts, lease_ttl_s
 from gridfleet.platform.observers import (
     BrokerCounters,
     Observer,
@@ -70,6 +74,22 @@ def round_tag(market_slot: str, tick_index: int) -> str:
 
 
 __all__ = ["Coordinator", "RoundOutcome", "round_tag"]
+
+
+@dataclass
+class _Waves:
+    """One round's publication so far (see :meth:`Coordinator._publish_wave`)."""
+
+    tag: str  # <slot>/<completion>%: the start of every batch's transaction id
+    shards: set[int] = field(default_factory=set)  # shards whose results were taken
+    held: dict[str, list[bytes]] = field(default_factory=dict)  # split aggregators' fragments
+    unusable: dict[str, str] = field(default_factory=dict)
+    shard_seconds: list[float] = field(default_factory=list)
+    commands: int = 0
+    refusals: int = 0
+    errors: int = 0
+    published_at: float | None = None  # wall clock of the latest wave sent
+    fenced: bool = False  # a part was refused: the round is another coordinator's
 
 
 class Coordinator:
@@ -237,7 +257,13 @@ class Coordinator:
         done: set[int] = set()
         hedge_at = manifest.deadline - self.config.hedge_margin_s
         done_key = self.keys.done(round_id)
-        self._wait_done(done_key, done, manifest.shards, hedge_at)
+        waves = _Waves(round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index))
+        # Each shard's aggregators go out as soon as it is done: the first ones need not wait
+        # for the round's slowest shard, and a REST link's POSTs spread over the round.
+        while len(done) < manifest.shards and time.time() < hedge_at:
+            self._wait_any(done_key, done, hedge_at)
+            if len(done) < manifest.shards:
+                self._publish_wave(round_id, waves, done - waves.shards)
         hedged = []
         # Shards no worker has started: take them (a worker that gets one later skips it).
         for shard in sorted(set(range(manifest.shards)) - done):
@@ -252,63 +278,96 @@ class Coordinator:
         for shard in sorted(set(range(manifest.shards)) - done - set(hedged)):
             self._hedge(round_id, shard, "its worker had not finished")
             hedged.append(shard)
+        # The last wave: every shard not out yet, and the aggregators split over shards.
         # Results reported after this point are ignored: this round's batches are decided.
-        outputs = self.broker.mget(
-            [self.keys.shard_output(round_id, s) for s in range(manifest.shards)]
+        self._publish_wave(round_id, waves, set(range(manifest.shards)) - waves.shards, last=True)
+        if waves.published_at is None:
+            return None  # fenced: another coordinator answers (or answered) this round
+        latency = waves.published_at - manifest.received_at
+        outcome = RoundOutcome(
+            round_id=round_id,
+            # every aggregator answered (an empty batch is not sent, but it is its answer)
+            aggregators=len(set(manifest.aggregators) - waves.unusable.keys()),
+            shards=manifest.shards,
+            hedged=len(hedged),
+            commands=waves.commands,
+            refusals=waves.refusals,
+            errors=waves.errors,
+            unusable=len(waves.unusable),
+            latency_s=latency,
+            budget_s=manifest.deadline - manifest.received_at,
+            on_time=waves.published_at <= manifest.deadline,
+            shard_seconds=waves.shard_seconds,
         )
-        fragments: dict[str, list[bytes]] = {a: [] for a in manifest.aggregators}
-        commands = refusals = errors = 0
-        unusable: dict[str, str] = {}  # aggregators whose tree a worker could not parse
-        shard_seconds = []
+        self._record(outcome, manifest)
+        return outcome
+
+    def _publish_wave(
+        self, round_id: str, waves: _Waves, shards: set[int], *, last: bool = False
+    ) -> None:
+        """Publish the batches of the aggregators whole in ``shards`` (and, the ``last`` time,
+        of those split over several shards), fenced by the lease: each part at most once."""
+        order = sorted(shards)
+        outputs = (
+            self.broker.mget([self.keys.shard_output(round_id, s) for s in order]) if order else []
+        )
+        waves.shards.update(order)
+        ready: dict[str, list[bytes]] = {}
         for raw_out in outputs:
             if raw_out is None:
                 continue
             out = unpackb(cast(bytes, raw_out))
-            commands += out["commands"]
-            refusals += len(out["refusals"])
-            errors += len(out["errors"])
-            unusable.update(out.get("unusable", {}))
-            shard_seconds.append(out["duration_s"])
+            waves.commands += out["commands"]
+            waves.refusals += len(out["refusals"])
+            waves.errors += len(out["errors"])
+            waves.unusable.update(out.get("unusable", {}))
+            waves.shard_seconds.append(out["duration_s"])
+            split = set(out.get("split", ()))
             for agg, frag in out["fragments"].items():
-                fragments.setdefault(agg, []).append(frag)
-        for agg in unusable:  # skipped this tick (the worker logged why)
-            fragments.pop(agg, None)
-        tag = round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index)
-        bodies = [
-            OutgoingBatch(agg, f"{tag}/{uuid.uuid4()}", merge_fragments(frags))
-            for agg, frags in fragments.items()
-        ]
-        verdict = fenced_publish(self.broker, self.lease, self.keys.published(round_id))
-        if verdict != 1:
+                if agg in split or agg in waves.held:
+                    waves.held.setdefault(agg, []).append(frag)
+                else:
+                    ready.setdefault(agg, []).append(frag)
+        if last:
+            for agg, frags in waves.held.items():
+                ready.setdefault(agg, []).extend(frags)
+        for agg in waves.unusable:  # skipped this tick (the worker logged why)
+            ready.pop(agg, None)
+        parts = [self.keys.published(round_id, f"s{s}") for s in order]
+        if last:
+            parts.append(self.keys.published(round_id, "last"))
+        if not parts or waves.fenced:
+            return
+        verdicts = fenced_publish_parts(self.broker, self.lease, parts)
+        if any(v != 1 for v in verdicts):
+            waves.fenced = True
             self.observers.round_skipped(RoundSkip.FENCED)
             log.warning(
-                "round %s not published: %s",
+                "round %s: %s not published: %s",
                 round_id,
+                "the rest" if waves.published_at is not None else "nothing",
                 "the coordinator lease is another's"
-                if verdict == 0
-                else "it was already published (before a takeover)",
+                if 0 in verdicts
+                else "already published (before a takeover)",
             )
-            return None
-        self.link.send_batches(bodies)
-        published = time.time()
-        latency = published - manifest.received_at
-        on_time = published <= manifest.deadline
-        outcome = RoundOutcome(
-            round_id=round_id,
-            aggregators=len(bodies),
-            shards=manifest.shards,
-            hedged=len(hedged),
-            commands=commands,
-            refusals=refusals,
-            errors=errors,
-            unusable=len(unusable),
-            latency_s=latency,
-            budget_s=manifest.deadline - manifest.received_at,
-            on_time=on_time,
-            shard_seconds=shard_seconds,
-        )
-        self._record(outcome, manifest)
-        return outcome
+            return
+        bodies = [
+            OutgoingBatch(agg, f"{waves.tag}/{uuid.uuid4()}", merge_fragments(frags))
+            for agg, frags in ready.items()
+        ]
+        if bodies:
+            self.link.send_batches(bodies)
+        waves.published_at = time.time()
+
+    def _wait_any(self, done_key: str, done: set[int], until: float) -> None:
+        """Until a worker reports a shard done (and take any others reported with it)."""
+        remaining = until - time.time()
+        if remaining <= 0:
+            return
+        got = self.broker.blpop([done_key], timeout=max(0.01, min(remaining, 1.0)))
+        if got is not None:
+            done.add(int(got[1]))
+            self._drain_done(done_key, done)
 
     def _wait_done(self, done_key: str, done: set[int], shards: int, until: float) -> None:
         while len(done) < shards:

@@ -97,10 +97,12 @@ class Keys:
         over does not send a round its predecessor sent."""
         return f"{self._run_prefix}:dispatched:{round_id}"
 
-    def published(self, round_id: str) -> str:
-        """Set once (NX) by the coordinator that publishes the round's batches: a round is
-        answered at most once, even across a takeover."""
-        return f"{self._run_prefix}:published:{round_id}"
+    def published(self, round_id: str, part: str | None = None) -> str:
+        """Set once (NX) by the coordinator that publishes the round's batches (``part``: one
+        shard's, or the round's last wave): each is answered at most once, even across a
+        takeover."""
+        tail = "" if part is None else f":{part}"
+        return f"{self._run_prefix}:published:{round_id}{tail}"
 
     def slot_fees(self, aggregator: str) -> str:
         """Hash: the aggregator's market fees of its current slot, from the slot's market event:

@@ -46,9 +46,14 @@ return 0
 """
 
 _FENCED_PUBLISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'EX', ARGV[2]) then return -1 end
-return 1
+local out = {}
+local holder = redis.call('GET', KEYS[1]) == ARGV[1]
+for i = 2, #KEYS do
+  if not holder then out[#out + 1] = 0
+  elseif redis.call('SET', KEYS[i], ARGV[1], 'NX', 'EX', ARGV[2]) then out[#out + 1] = 1
+  else out[#out + 1] = -1 end
+end
+return out
 """
 
 PUBLISHED_TTL_S = 3600
@@ -147,9 +152,23 @@ class Lease:
 
 
 def fenced_publish(broker: redis.Redis, lease: Lease, published_key: str) -> int:
-    """Record that this lease holder publishes the round of ``published_key``, atomically with
-    the check that it still holds the lease. 1: publish; 0: the lease is someone else's;
-    -1: the round was already published (by this process or one before a takeover)."""
-    return int(
-        broker.eval(_FENCED_PUBLISH, 2, lease.key, published_key, lease.token, PUBLISHED_TTL_S)
+    """Record that this lease holder publishes the round (or round part) of ``published_key``,
+    atomically with the check that it still holds the lease. 1: publish; 0: the lease is
+    someone else's; -1: it was already published (by this process or one before a takeover)."""
+    return fenced_publish_parts(broker, lease, [published_key])[0]
+
+
+def fenced_publish_parts(broker: redis.Redis, lease: Lease, published_keys: list[str]) -> list[int]:
+    """:func:`fenced_publish` for several parts of a round at once (one script call): a verdict
+    per key, in order."""
+    if not published_keys:
+        return []
+    got = broker.eval(
+        _FENCED_PUBLISH,
+        1 + len(published_keys),
+        lease.key,
+        *published_keys,
+        lease.token,
+        PUBLISHED_TTL_S,
     )
+    return [int(v) for v in got]

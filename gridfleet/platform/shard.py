@@ -386,6 +386,8 @@ def run_shard(
     duration = time.perf_counter() - t0
     result = {
         "fragments": output.fragments,
+        # aggregators only partly in this shard: their batch waits for their other parts
+        "split": sorted({p.aggregator for p in shard_in.parts if p.start or p.stop is not None}),
         "commands": output.commands,
         "refusals": [x.as_dict() for x in output.refusals],
         "errors": [x.as_dict() for x in output.errors],

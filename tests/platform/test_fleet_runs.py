@@ -197,3 +197,40 @@ def test_two_ingress_processes_split_the_aggregators(
     s = _summary(report)
     assert s["aggregator_rounds"] == 100 and s["on_time"] + s["idle"] == 100, s
     assert s["missing"] == 0, s
+
+
+def test_batches_go_out_in_waves_and_split_aggregators_get_one_whole_batch(
+    two_redis: tuple[RedisServer, RedisServer],
+) -> None:
+    """Shards of 335 assets with aggregators of 330 and 340: the first fit in one shard and go
+    out with it, the others are split over two and wait for the last wave; either way each
+    aggregator gets one batch per round, the same as one process computes."""
+    exchange, broker = two_redis
+    with running_fleet(
+        exchange.url, broker.url, assets=2000, aggregators=6, slots=3, shard_size=335
+    ) as (fleet, _workers):
+        sends: list[int] = []
+        send = fleet.coordinator.link.send_batches
+
+        def counting(batches: Iterator) -> int:  # type: ignore[type-arg]
+            listed = list(batches)
+            sends.append(len(listed))
+            return send(listed)
+
+        fleet.coordinator.link.send_batches = counting  # type: ignore[method-assign]
+        report = fleet.wait()
+        rounds = fleet.coordinator.tally.rounds_published
+    s = _summary(report)
+    assert (
+        s["late"] == 0 and s["missing"] == 0 and s["on_time"] + s["idle"] == s["aggregator_rounds"]
+    )
+    assert len(sends) > rounds, "every round went out in one send: no waves"
+    assert fleet.ingress.fleet is not None
+    expected = replay_rounds(
+        fleet.ingress.fleet, Runtime(fleet.ingress.fleet.spec), fleet.recorder.events
+    )
+    split = [a for a in fleet.assignment.values() if len(a["assets"]) > 335]
+    assert split, "no aggregator is split over shards: the test proves nothing"
+    for agg, bodies in expected.items():
+        sent = [b["batch_commands"] for b in fleet.recorder.batches[agg]]
+        assert sent == [orjson.loads(b) for b in bodies if b != b"{}"], agg
