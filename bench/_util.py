@@ -27,11 +27,23 @@ def best_and_median(fn: Callable[[], object], repeats: int) -> tuple[float, floa
     return min(times), statistics.median(times)
 
 
+def command_line() -> str:
+    """How this benchmark was run, as anyone can run it again: ``python -m bench.<name> ARGS``
+    (not this machine's path to the script)."""
+    script = Path(sys.argv[0])
+    head = (
+        ["python", "-m", f"bench.{script.stem}"]
+        if script.parent.resolve() == RESULTS.parent
+        else ["python", script.name]
+    )
+    return " ".join(shlex.quote(a) for a in [*head, *sys.argv[1:]])
+
+
 def write_results(name: str, payload: dict[str, Any]) -> Path:
     """Write ``bench/results/<name>.json`` with the command line and machine that produced it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "machine": f"{platform.machine()} {platform.system()} {platform.release()}",

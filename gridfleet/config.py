@@ -113,6 +113,12 @@ class RestExchange(_Model):
     token_lifetime_s: float = Field(default=3600.0, gt=0)
     select_concurrency: int = Field(default=50, ge=1, le=1000)
     batch_retry_budget_s: float = Field(default=2.0, ge=0, le=60)
+    energy_data: Literal["batch", "endpoints", "live"] = Field(
+        default="batch",
+        description="how forecasts and measurements travel: in the batch (as over Redis), or"
+        " each asset's own endpoints (set-energy-forecast/, set-energy-measurement/); 'live'"
+        " sends measurements as a Canary Network's set-live-generation/",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -205,6 +211,7 @@ class ExchangeEndpoint(RedisEndpoint):
             token_lifetime_s=rest.token_lifetime_s,
             select_concurrency=rest.select_concurrency,
             batch_retry_budget_s=rest.batch_retry_budget_s,
+            energy_data=rest.energy_data,
         )
 
 

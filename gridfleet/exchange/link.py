@@ -75,6 +75,9 @@ class RestTarget:
     token_lifetime_s: float = 3600.0  # when the token carries no `exp`
     select_concurrency: int = 50  # select-aggregator/ requests in flight
     max_message_bytes: int = 256 * 1024 * 1024  # a 100 000-asset tree is ~30 MB
+    # forecasts and measurements: in the batch, or each asset's endpoints ("live": measurements
+    # as a Canary Network's set-live-generation/); see gridfleet.exchange.rest_energy
+    energy_data: str = "batch"
 
 
 ExchangeTarget: TypeAlias = str | RestTarget

@@ -48,6 +48,7 @@ from gridfleet.exchange.link import (
     new_transaction_id,
 )
 from gridfleet.exchange.rest_auth import AuthError, TokenKeeper
+from gridfleet.exchange.rest_energy import EnergyPost, split_energy
 from gridfleet.exchange.rest_registry import Registry, find_uuid, parse_registry
 from gridfleet.exchange.rest_retry import RetryPolicy, send_with_retries
 from gridfleet.exchange.rest_socket import AggregatorSocket, socket_uri
@@ -98,6 +99,7 @@ class RestLink:
         self._on_undelivered = on_undelivered
         sim = target.simulation_id
         self._aggregator_api = f"{target.domain}/external-connection/aggregator-api/{sim}/"
+        self._asset_api = f"{target.domain}/external-connection/api/{sim}/"
         self._registry_url = f"{target.domain}/external-connection/configurations/{sim}/registry"
         self._graphql_url = f"{target.domain}/graphql/"
         self._loop = asyncio.new_event_loop()
@@ -127,6 +129,8 @@ class RestLink:
         self._unknown_events: set[str] = set()
         self.sent_batches = 0
         self.lost_batches = 0
+        self.sent_energy_posts = 0  # forecasts/measurements over the per-asset endpoints
+        self.lost_energy_posts = 0
         self.bad_frames = 0
         self._closed = False
 
@@ -549,15 +553,45 @@ class RestLink:
         for b in batches:
             if b.empty:
                 continue
+            commands_json, energy = split_energy(b.commands_json, self.target.energy_data)
+            for post in energy:
+                self._spawn(self._post_energy(b, post))
+            if commands_json.strip() == b"{}":
+                continue  # only forecasts and measurements: they went to the assets' endpoints
             head = orjson.dumps(
                 {"aggregator_uuid": b.aggregator_uuid, "transaction_id": b.transaction_id}
             )
-            body = head[:-1] + b',"batch_commands":' + b.commands_json + b"}"
-            fut = asyncio.run_coroutine_threadsafe(self._post_batch(b, body), self._loop)
-            self._pending_batches.add(fut)
-            fut.add_done_callback(self._pending_batches.discard)
+            body = head[:-1] + b',"batch_commands":' + commands_json + b"}"
+            self._spawn(self._post_batch(b, body))
             n += 1
         return n
+
+    def _spawn(self, coro: Coroutine[Any, Any, bool]) -> None:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        self._pending_batches.add(fut)
+        fut.add_done_callback(self._pending_batches.discard)
+
+    async def _post_energy(self, batch: OutgoingBatch, post: EnergyPost) -> bool:
+        """One forecast or measurement to its asset's endpoint (rest.md 3.7), retried as a
+        batch is; the exchange answers on the asset's socket, so the HTTP status is the answer."""
+        t = self.target
+        policy = RetryPolicy(t.max_retries, t.batch_retry_budget_s, base_s=0.05, cap_s=0.5)
+        url = f"{self._asset_api}{post.asset_uuid}/{post.endpoint}/"
+        body = orjson.dumps(post.body(f"{batch.transaction_id}/{post.endpoint}"))
+        try:
+            await self._request("POST", url, body, policy)
+        except ExchangeError as exc:
+            self.lost_energy_posts += 1
+            log.error(
+                "asset %s: %s of aggregator %s not delivered: %s",
+                post.asset_uuid,
+                post.endpoint,
+                batch.aggregator_uuid,
+                exc,
+            )
+            return False
+        self.sent_energy_posts += 1
+        return True
 
     async def _post_batch(self, batch: OutgoingBatch, body: bytes) -> bool:
         t = self.target

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +18,7 @@ import redis
 
 from gridfleet.platform.codec import unpackb
 from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.grid import LOAD, PV, generate_grid
 from gridfleet.simulator.rest_faults import BatchFault, RestFaults
 from tests.conftest import load_example
 from tests.platform.harness import Fleet, running_fleet
@@ -270,3 +272,52 @@ def test_over_rest_the_ingress_records_the_exchanges_rejections_for_the_strategi
 
     assert stored["command"] == "bid" and "Error when handling bid create" in stored["reason"]
     assert counted >= 1
+
+
+@pytest.mark.parametrize("energy_data", ["batch", "endpoints"])
+def test_forecasts_and_measurements_reach_the_exchange_through_the_batch_or_the_endpoints(
+    two_redis: tuple[RedisServer, RedisServer], tmp_path: Path, energy_data: str
+) -> None:
+    """``exchange.rest.energy_data: endpoints`` sends them to each asset's own endpoint
+    (rest.md 3.7) instead of the batch: the exchange ends up with the same forecasts and
+    measurements either way, and with endpoints no batch carries one."""
+    exchange, broker = two_redis
+    rows = "".join(f"{h:02d}:{m:02d},1.25,1.5\n" for h in range(24) for m in (0, 15, 30, 45))
+    grid = generate_grid(200, houses_size=10, seed=7)  # the harness's grid
+    loads_and_pvs = [
+        n for n, k in zip(grid.asset_name, grid.kind_list, strict=True) if k in (LOAD, PV)
+    ]
+    for name in loads_and_pvs[:3]:  # forecast-driven kinds (a storage takes no forecast)
+        (tmp_path / f"{name}.csv").write_text("time,energy_kWh,measured_kWh\n" + rows)
+    with running_fleet(
+        exchange.url,
+        broker.url,
+        **fleet_options(
+            transport="rest",
+            assets=200,
+            aggregators=2,
+            strategy={"name": "forecast", "params": {"profile_dir": str(tmp_path)}},
+            rest_link={"energy_data": energy_data},
+        ),
+    ) as (fleet, _workers):
+        fleet.wait()
+        state = fleet.sim.state
+        forecasts, measurements = dict(state.forecast), dict(state.measurement)
+        in_batches = [
+            c["type"]
+            for _, _, commands in fleet.journal.entries
+            for cmds in commands.values()
+            for c in cmds
+        ]
+        link = fleet.coordinator.link
+        posted = getattr(link, "sent_energy_posts", 0), getattr(link, "lost_energy_posts", 0)
+
+    profiled = {i for i, _ in forecasts}
+    assert len(profiled) == 3, forecasts
+    assert set(forecasts.values()) == {1.25} and set(measurements.values()) == {1.5}
+    assert len(forecasts) >= 3 * 2 and len(measurements) >= 3 * 2  # every slot of the run
+    if energy_data == "endpoints":
+        assert not any(t.startswith("set_energy_") for t in in_batches), in_batches
+        assert posted[0] >= len(forecasts) + len(measurements) and posted[1] == 0, posted
+    else:
+        assert in_batches.count("set_energy_forecast") >= len(forecasts)
