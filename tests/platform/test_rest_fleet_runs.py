@@ -7,6 +7,7 @@ round), its token issuer and the journal of the batches it applied (tests/platfo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -321,3 +322,29 @@ def test_forecasts_and_measurements_reach_the_exchange_through_the_batch_or_the_
         assert posted[0] >= len(forecasts) + len(measurements) and posted[1] == 0, posted
     else:
         assert in_batches.count("set_energy_forecast") >= len(forecasts)
+
+
+def test_malformed_frames_and_unknown_events_on_a_socket_are_skipped_and_the_fleet_stays_on_time(
+    two_redis: tuple[RedisServer, RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange, broker = two_redis
+    with running_fleet(exchange.url, broker.url, **fleet_options(transport="rest")) as (
+        fleet,
+        _workers,
+    ):
+        door = fleet.sim.rest_door
+        assert door is not None
+        wait_rounds(fleet, 3)
+        agg = next(iter(fleet.ingress.fleet.aggregator_uuid.values()))  # type: ignore[union-attr]
+        junk = [b"{not json", b"[1, 2, 3]", b'{"event": "surprise", "x": 1}', b'{"event": 42}', b""]
+        with caplog.at_level(logging.WARNING):
+            door.deliver([(agg, frame, False) for frame in junk])
+            sent_at = time.time()
+            report = fleet.wait()
+        bad = fleet.ingress.link.bad_frames  # type: ignore[attr-defined]
+
+    assert bad >= 3, bad
+    assert "skipping unknown event kind 'surprise'" in caplog.text
+    after = [r for r in answered_rows(report) if r["sent_at"] > sent_at]
+    assert len(after) >= 5
+    assert all_on_time(after), brief(after)
