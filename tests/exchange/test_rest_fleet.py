@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gridfleet.config import ConfigError, parse_config
@@ -85,6 +86,13 @@ def test_wrong_credentials_exit_3_naming_the_domain_not_the_password(
         assert server.domain in message and "API_CLIENT_PASSWORD" in message
         assert PASSWORD not in message
     assert server.aggregators == {}  # nothing was created: it stopped at the login
+    # and nothing is left running: no ingress, coordinator or worker of this fleet file
+    left = [
+        proc.info["pid"]
+        for proc in psutil.process_iter(["pid", "cmdline"])
+        if str(fleet) in " ".join(proc.info["cmdline"] or [])
+    ]
+    assert left == []
 
 
 def test_missing_credentials_are_bad_input(server: RestExchangeServer, tmp_path: Path) -> None:
