@@ -299,3 +299,52 @@ def test_orders_beyond_the_bounds_or_against_a_nan_cap_are_refused() -> None:
         1: "energy and price must be finite",  # 1e308 x 30 overflows
     }
     assert check.price[2] == 30.0
+
+
+# -- settlement: a time_slot that is not an open market never leaves (it kills gsy-e) ---------
+
+OPEN_SETTLEMENT = frozenset({"2024-06-01T00:00"})
+slots = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            "2024-06-01T00:15",  # the spot slot
+            "2024-06-01T00:00",  # the open settlement market
+            "2024-05-31T23:45",  # closed (probe 21 kills gsy-e with such a slot)
+            "2024-06-01T00:30",  # a future slot: no future markets
+            "00:00",  # time-only: gsy-e reads it as today's date, not the simulation's
+            "2024-06-01T00:00:00+00:00",  # with an offset: not accepted
+            "not-a-slot",  # probe 22 kills gsy-e with it
+            "",
+        ]
+    ),
+    st.text(max_size=20),
+)
+
+
+@given(
+    slots,
+    st.sampled_from(["bid", "offer"]),
+    st.sampled_from([AssetKind.LOAD, AssetKind.PV]),
+    st.floats(min_value=-2.0, max_value=2.0, allow_nan=False),
+    st.floats(min_value=0.0, max_value=3.0, allow_nan=False),
+)
+def test_no_order_for_a_closed_or_unparsable_time_slot_is_ever_accepted(
+    slot: str | None, side: str, kind: AssetKind, deviation: float, energy: float
+) -> None:
+    markets = OpenMarkets("2024-06-01T00:15", OPEN_SETTLEMENT)
+    target = Target(
+        "a", "A", kind, 1.0, 1.0, unsettled_deviation_kwh={"2024-06-01T00:00": deviation}
+    )
+    command = {"type": side, "energy": energy, "price": 1.0}
+    if slot is not None:
+        command["time_slot"] = slot
+    try:
+        sent = validate_command(command, target, markets)
+    except OutboundRejected:
+        return
+    sent_slot = sent.get("time_slot")
+    assert sent_slot is None or sent_slot == markets.spot_slot or sent_slot in OPEN_SETTLEMENT
+    if sent_slot in OPEN_SETTLEMENT:  # settlement: the deviation's sign and size
+        assert (deviation > 0) if side == "bid" else (deviation < 0)
+        assert energy <= abs(deviation) + 1e-9
