@@ -56,21 +56,12 @@ from gridfleet.platform.observers import (
     Tally,
 )
 from gridfleet.platform.responses import AnswerReader, ResponseRecorder
+from gridfleet.platform.rounds import round_tag
 from gridfleet.platform.runs import current_run, is_finished, wait_for_run
 from gridfleet.platform.shard import Manifest, claim_shard, run_shard
 from gridfleet.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-def round_tag(market_slot: str, tick_index: int) -> str:
-    """The round a batch answers, as the first part of its transaction id: ``<slot>/<n>%``.
-
-    gsy-e only echoes transaction ids, so this costs nothing there; an exchange that reads it
-    (gridfleet's simulator) attributes the batch to the right event even after a lost round,
-    instead of guessing from arrival times.
-    """
-    return f"{market_slot}/{tick_index * 10}%"
 
 
 __all__ = ["Coordinator", "RoundOutcome", "round_tag"]

@@ -29,7 +29,7 @@ from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, d
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.rounds import RoundError, RoundInput, SlotFees, build_round
+from gridfleet.platform.rounds import RoundError, RoundInput, SlotFees, build_round, round_tag
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
@@ -128,8 +128,10 @@ class LocalLoop:
                     log.warning("round %s skipped: %s", pending.id, exc)
                     continue
                 batches = evaluate_round(fleet, self.runtime, rnd, self.state)
+                tag = round_tag(pending.key.market_slot, pending.key.tick_index)
                 self.link.send_batches(
-                    OutgoingBatch(agg, new_transaction_id(), body) for agg, body in batches.items()
+                    OutgoingBatch(agg, f"{tag}/{new_transaction_id()}", body)
+                    for agg, body in batches.items()
                 )
                 self.stats.rounds += 1
                 self.stats.latencies_s.append(time.time() - pending.first_wall)

@@ -76,6 +76,16 @@ class RoundKey:
         return cls(event.market_slot, slot_tick_index(event.slot_completion))
 
 
+def round_tag(market_slot: str, tick_index: int) -> str:
+    """The round a batch answers, as the first part of its transaction id: ``<slot>/<n>%``.
+
+    gsy-e only echoes transaction ids, so this costs nothing there; an exchange that reads it
+    (gridfleet's simulator) attributes the batch to the right event even after a lost round,
+    instead of guessing from arrival times.
+    """
+    return f"{market_slot}/{tick_index * 10}%"
+
+
 def next_slot(market_slot: str, slot_length_s: int) -> str:
     start = dt.datetime.strptime(market_slot, "%Y-%m-%dT%H:%M")
     return (start + dt.timedelta(seconds=slot_length_s)).strftime("%Y-%m-%dT%H:%M")

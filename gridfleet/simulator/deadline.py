@@ -10,7 +10,7 @@ Attribution of a batch that arrives at time ``t``:
   tag their batches so) and names a round already sent to this aggregator, it belongs to that
   round: a lost round then costs one round, not every later one;
 - otherwise (the SDK sends plain uuids) it belongs to the oldest of the aggregator's last two
-  rounds that has no batch yet;
+  rounds that has no batch yet and is not idle (an idle round expects none);
 - if both have one, it is an extra batch of the latest round (updates its last arrival).
 
 So a batch that answers round ``k`` after round ``k+1`` went out is counted *late* for ``k``.
@@ -170,7 +170,9 @@ class DeadlineTracker:
             return None
         target = self._tagged(recs, transaction_id, at)
         if target is None:
-            candidates = recs[-2:]
+            # An idle round expects no batch (nothing to trade; gsy-e does not answer an empty
+            # one): an untagged batch belongs to the oldest round that does.
+            candidates = [r for r in recs[-2:] if not r.idle]
             target = next((r for r in candidates if r.first is None and r.sent <= at), None)
         if target is None:
             target = recs[-1]

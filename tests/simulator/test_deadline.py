@@ -212,6 +212,22 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
     assert (rec.first, rec.last, rec.batches) == (at[0], at[-1], 40)
 
 
+def test_an_untagged_batch_after_an_idle_round_answers_the_round_that_expects_it() -> None:
+    """The official client (and any other) sends plain uuids: after a round with nothing to
+    trade, which rightly got no batch, the next batch answers the next round, on time. It used
+    to be charged to the idle round as late, so such clients measured ~50 % on time."""
+    from gridfleet.simulator.deadline import IDLE, DeadlineTracker
+
+    t = DeadlineTracker()
+    t.round_sent("s", 10, 1.0, ["a"], idle={"a"})
+    t.round_sent("s", 20, 2.0, ["a"])
+    rec = t.batch_arrived("a", 2.1, "0b5c4f1e-uuid-like")
+    assert rec is not None and rec.round == 1
+    t.round_sent("s", 30, 3.0, ["a"])
+    t.finish(4.0)
+    assert [r.status for r in t.per_agg["a"]] == [IDLE, ON_TIME, MISSING]
+
+
 def test_idle_rounds_are_neither_missing_nor_in_the_ratio() -> None:
     """An aggregator with nothing to trade sends no batch (gsy-e never answers an empty one):
     its round is idle. One with something to trade and no batch stays missing; an idle round
