@@ -99,7 +99,21 @@ class AssetInfo(_Msg):
     energy_active_in_offers: Number | UnsetType = UNSET
     energy_traded: Number | UnsetType = UNSET
     total_cost: Number | UnsetType = UNSET
-    unsettled_deviation_kWh: dict[str, Number] | UnsetType | None = UNSET
+    # Settlement markets: open settled slot -> signed kWh, or null when there is nothing to settle
+    # (no measurement yet, no deviation, fully settled). Kept as received, nulls included, so it
+    # re-encodes to the same JSON; read it through ``unsettled_deviation_kWh``.
+    unsettled_deviation_raw: dict[str, Number | None] | UnsetType | None = msgspec.field(
+        default=UNSET, name="unsettled_deviation_kWh"
+    )
+
+    @property
+    def unsettled_deviation_kWh(self) -> dict[str, Number] | UnsetType | None:
+        """The slots with a number to settle (oldest first); the slots gsy-e sent as null are left
+        out, since there is nothing to trade there."""
+        dev = self.unsettled_deviation_raw
+        if not isinstance(dev, dict):
+            return dev
+        return {slot: kwh for slot, kwh in dev.items() if kwh is not None}
 
 
 class GridNode(_Msg):

@@ -21,10 +21,12 @@ import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
 from gridfleet.simulator.numfmt import hex12, reprs, round8
+from gridfleet.simulator.settlement import SETTLEMENT_MARKET, OrderRefused, parse_time_slot
 from gridfleet.simulator.state import (
     MIN_ENERGY_KWH,
     OFFER_TOLERANCE_KWH,
     REPORT_ROUNDING_KWH,
+    SPOT_ORDER_ID_PREFIX,
     ExchangeState,
 )
 
@@ -170,6 +172,9 @@ def _device_plan(
                     ok = False
                     break
                 slot = c.get("time_slot")
+                if slot is not None and (not isinstance(slot, str) or slot[:16] != slot_now):
+                    ok = False  # another market (settlement) or none: the general path says
+                    break
                 cand.append(
                     (
                         a,
@@ -177,8 +182,7 @@ def _device_plan(
                         e,
                         p,
                         c.get("replace_existing", True) is not False,
-                        slot is not None
-                        and (not isinstance(slot, str) or slot[:16] != slot_now or closing),
+                        slot is not None and closing,
                     )
                 )
             if not ok:
@@ -505,7 +509,7 @@ class BatchHandler:
         mid = (
             f", {q}creation_time{q}: {q}{self.sim_time}{q}, {q}time_slot{q}: {q}{st.time_slot}{q}, "
         )
-        oid = f"{q}id{q}: {q}00000000-0000-4000-8000-"
+        oid = f"{q}id{q}: {q}{SPOT_ORDER_ID_PREFIX}"
         bid0 = f'{{"command":"bid","status":"ready","bid":"{{{q}type{q}: {q}Bid{q}, {oid}'
         off0 = f'{{"command":"offer","status":"ready","offer":"{{{q}type{q}: {q}Offer{q}, {oid}'
         bid_end = ',"market_type":"Spot Market","message":""}'
@@ -572,7 +576,7 @@ class BatchHandler:
                 if ctype in ("delete_bid", "delete_offer"):
                     return self.delete(index, uuid, cmd, tid, ctype == "delete_bid")
                 if ctype in ("list_bids", "list_offers"):
-                    return self.list(index, uuid, tid, ctype == "list_bids")
+                    return self.list(index, uuid, cmd, tid, ctype == "list_bids")
                 if ctype == "device_info":
                     return {
                         "command": "device_info",
@@ -604,25 +608,32 @@ class BatchHandler:
     # ------------------------------------------------------------------ orders
 
     def _order_error(
-        self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, verb: str, reason: str = ""
+        self,
+        a: int,
+        uuid: str,
+        cmd: dict[str, Any],
+        tid: Any,
+        verb: str,
+        reason: str = "",
+        market_type: str = SPOT,
     ) -> Response:
         args = {**cmd, "transaction_id": tid}
         name = self.state.grid.asset_name[a]
         msg = f"Error when handling {verb} create on area {name} with arguments {args!r}"
         msg += f":{reason}" if reason else "."
-        if verb == "bid" and cmd.get("type") == "bid":
+        if cmd.get("type") == "bid" and (verb == "bid" or market_type != SPOT):
             return {
-                "command": "bid",
+                "command": verb,
                 "status": "error",
                 "area_uuid": uuid,
-                "market_type": SPOT,
+                "market_type": market_type,
                 "error_message": msg,
                 "transaction_id": tid,
             }
         return {
             "command": "offer",
             "status": "error",
-            "market_type": SPOT,
+            "market_type": market_type,
             "error_message": msg,
             "area_uuid": uuid,
             "transaction_id": tid,
@@ -632,6 +643,15 @@ class BatchHandler:
         # Hot path: up to 100 000 orders per tick. Checks are ordered cheapest first and the
         # error message (a Python repr of the arguments, as gsy-e writes it) is built only on error.
         st = self.state
+        slot = cmd.get("time_slot")
+        if (
+            slot is not None
+            and st.settlement is not None
+            and not (isinstance(slot, str) and slot[:16] == st.market_slot)
+        ):
+            label = parse_time_slot(slot)
+            if label is not None and label in st.settlement.slots:
+                return self.settlement_order(a, uuid, cmd, tid, is_bid, label)
         kind = st.grid.kind_list[a]
         verb = "bid" if is_bid else "offer"
         if is_bid and kind == PV:
@@ -659,7 +679,6 @@ class BatchHandler:
                 return self._order_error(
                     a, uuid, cmd, tid, verb, f"Invalid arguments: '{key}' must be a number."
                 )
-        slot = cmd.get("time_slot")
         if slot is not None and (
             not isinstance(slot, str) or slot[:16] != st.market_slot or self.closing
         ):
@@ -709,14 +728,78 @@ class BatchHandler:
             "message": "",
         }
 
+    def settlement_order(
+        self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, is_bid: bool, label: str
+    ) -> Response:
+        """A bid or offer whose ``time_slot`` names an open settlement market."""
+        st = self.state
+        assert st.settlement is not None
+        verb = "bid" if is_bid else "offer"
+
+        def refuse(reason: str = "", as_verb: str = verb) -> Response:
+            return self._order_error(a, uuid, cmd, tid, as_verb, reason, SETTLEMENT_MARKET)
+
+        if not ORDER_KEYS.issuperset(cmd):
+            return refuse(f"Invalid arguments: unexpected key(s) {sorted(set(cmd) - ORDER_KEYS)}.")
+        energy_in, price = cmd.get("energy"), cmd.get("price")
+        if not (_is_number(energy_in) and _is_number(price)):
+            return refuse()
+        assert isinstance(energy_in, int | float) and isinstance(price, int | float)
+        energy = float(energy_in)
+        if energy <= MIN_ENERGY_KWH or price < 0:
+            return refuse()
+        replace = cmd.get("replace_existing", True) is not False
+        try:
+            oid, rate, shown = st.settlement.order(
+                a, label, is_bid, energy, float(price), replace, REPORT_ROUNDING_KWH
+            )
+        except OrderRefused as exc:
+            return refuse(exc.reason, "offer" if exc.label_as_offer else verb)
+        rendered = st.order_json(
+            a, is_bid, oid, energy, rate, price, self.sim_time, time_slot=shown
+        )
+        if is_bid:
+            return {
+                "command": "bid",
+                "status": "ready",
+                "bid": rendered,
+                "area_uuid": uuid,
+                "transaction_id": tid,
+                "market_type": SETTLEMENT_MARKET,
+                "message": "",
+            }
+        return {
+            "command": "offer",
+            "status": "ready",
+            "offer": rendered,
+            "transaction_id": tid,
+            "area_uuid": uuid,
+            "market_type": SETTLEMENT_MARKET,
+            "message": "",
+        }
+
+    def _settlement_label(self, cmd: dict[str, Any]) -> str | None:
+        """The open settlement market a list/delete command names in ``time_slot``, if any."""
+        st = self.state
+        slot = cmd.get("time_slot")
+        if slot is None or st.settlement is None:
+            return None
+        label = parse_time_slot(slot)
+        return label if label in st.settlement.slots else None
+
     def delete(self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, is_bid: bool) -> Response:
         key = "bid_id" if is_bid else "offer_id"
         oid = cmd.get(key)
-        gone = (
-            self.state.delete_orders(a, is_bid, oid if isinstance(oid, str) else None)
-            if oid is None or isinstance(oid, str)
-            else []
-        )
+        label = self._settlement_label(cmd)
+        if label is not None and (oid is None or isinstance(oid, str)):
+            assert self.state.settlement is not None
+            gone = self.state.settlement.delete(a, label, is_bid, oid)
+        else:
+            gone = (
+                self.state.delete_orders(a, is_bid, oid if isinstance(oid, str) else None)
+                if oid is None or isinstance(oid, str)
+                else []
+            )
         if is_bid:
             return {
                 "command": "bid_delete",
@@ -733,10 +816,16 @@ class BatchHandler:
             "transaction_id": tid,
         }
 
-    def list(self, a: int, uuid: str, tid: Any, is_bid: bool) -> Response:
+    def list(self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, is_bid: bool) -> Response:
+        label = self._settlement_label(cmd)
+        if label is not None:
+            assert self.state.settlement is not None
+            orders = self.state.settlement.list(a, label, is_bid)
+        else:
+            orders = self.state.list_orders(a, is_bid)
         rows = [
             {"id": oid, "price": round(rate * energy, 8), "energy": energy}
-            for oid, rate, energy in self.state.list_orders(a, is_bid)
+            for oid, rate, energy in orders
         ]
         if is_bid:
             return {
@@ -757,21 +846,29 @@ class BatchHandler:
     def set_energy(self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, ctype: str) -> Response:
         key = "energy_forecast" if ctype == "set_energy_forecast" else "energy_measurement"
         profile = cmd.get(key, cmd.get(f"{key}_kWh"))
-        bad = not isinstance(profile, dict) or not all(
-            isinstance(k, str) and _is_number(v) and v >= 0 for k, v in profile.items()
+        labels = (
+            {k: parse_time_slot(k) for k in profile} if isinstance(profile, dict) else {"": None}
+        )
+        bad = (
+            not isinstance(profile, dict)
+            or None in labels.values()
+            or not all(_is_number(v) and v >= 0 for v in profile.values())
         )
         args = {**cmd, "transaction_id": tid}
         if bad:
+            # gsy-e's answer to a key it cannot parse, an offset, a negative value (probes 15-17)
             return {
                 "command": ctype,
                 "status": "error",
-                "error_message": f"Error when handling _{ctype}_impl on area {self.state.grid.asset_name[a]}. Arguments: {args}",
                 "area_uuid": uuid,
+                "error_message": f"Error when handling {ctype} on area {self.state.grid.asset_name[a]} with arguments {args}.",
                 "transaction_id": tid,
             }
         assert isinstance(profile, dict)
         for slot, kwh in profile.items():
-            self.state.set_energy(a, slot[:16], float(kwh), measurement=key == "energy_measurement")
+            label = labels[slot]
+            assert label is not None
+            self.state.set_energy(a, label, float(kwh), measurement=key == "energy_measurement")
         return {
             "command": ctype,
             "status": "ready",

@@ -38,6 +38,7 @@ from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.reporting import Counts
 from gridfleet.simulator.selection import Selection, device_map, new_registry
+from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.simconfig import TICKS_PER_SLOT, SimConfig
 from gridfleet.simulator.state import ExchangeState, TradeReport
 
@@ -54,7 +55,12 @@ class Engine:
         self.grid = grid
         self.config = config
         self.outlet = outlet
-        self.state = ExchangeState(grid, config.slot_length, config.start)
+        settlement = (
+            SettlementMarkets(grid, seed=config.seed)
+            if config.settlement or grid.settlement_markets
+            else None
+        )
+        self.state = ExchangeState(grid, config.slot_length, config.start, settlement)
         self.devices = device_map(grid)
         self.registry = new_registry(grid, self.devices)
         self.handler = BatchHandler(self.state, self.devices)
@@ -157,17 +163,18 @@ class Engine:
         else:
             t_match = time.perf_counter()
             report = self.state.match_tick()
+            settled = self.state.match_settlement()
             self.counts.match_ms.append((time.perf_counter() - t_match) * 1000)
             self._tick += 1
             self._sync_selection()
             if self._tick < TICKS_PER_SLOT:
                 self._refresh()
-                self._trade_events(report)
+                self._trade_events(report, settled)
                 self._round(market=False, refreshed=True)
             else:
-                if len(report):
+                if len(report) or len(settled):
                     self._refresh()
-                    self._trade_events(report)
+                    self._trade_events(report, settled)
                     self._refresh_ms = 0.0  # that refresh served the trade events only
                 self.state.close_slot()
                 if self._slot + 1 >= self.config.slots:
@@ -218,22 +225,31 @@ class Engine:
     def _sim_time(self) -> datetime:
         return self.state.slot_start + self._tick * self.config.slot_length / TICKS_PER_SLOT
 
-    def _trade_events(self, report: TradeReport) -> None:
-        if not len(report):
+    def _trade_events(self, report: TradeReport, settled: TradeReport | None = None) -> None:
+        """One trade event per aggregator with its spot and settlement trades of the tick."""
+        if not len(report) and (settled is None or not len(settled)):
             return
         t0 = time.perf_counter()
         self.counts.trades += len(report)
         self.counts.energy_traded_kwh += float(sum(report.energy.tolist()))
         when = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00")
-        rows = trade_rows(
-            report,
-            self.grid,
-            self.selection.owner_arr,
-            when,
-            self._trade_seq,
-            self.events.name_js,
-        )
-        self._trade_seq += len(report)
+        rows: dict[str, list[str]] = {}
+        for part in (report, settled):
+            if part is None or not len(part):
+                continue
+            for agg, trade_list in trade_rows(
+                part,
+                self.grid,
+                self.selection.owner_arr,
+                when,
+                self._trade_seq,
+                self.events.name_js,
+            ).items():
+                rows.setdefault(agg, []).extend(trade_list)
+            self._trade_seq += len(part)
+        if settled is not None and len(settled):
+            self.counts.settlement_trades += len(settled)
+            self.counts.settlement_energy_kwh += float(sum(settled.energy.tolist()))
         fit, mmr = self._rates()
         out = self.outlet.outbox()
         for agg, trade_list in rows.items():

@@ -28,7 +28,7 @@ from typing import Literal
 import numpy as np
 import orjson
 
-from gridfleet.simulator.grid import LOAD, PV, Grid
+from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
 from gridfleet.simulator.numfmt import hex12, reprs, round8
 from gridfleet.simulator.state import ExchangeState, TradeReport
 
@@ -131,6 +131,10 @@ class EventBuilder:
             )
         )
         cols = np.round(cols, 8)
+        settlement = state.settlement
+        if settlement is not None:
+            # a deviation that changed (a trade, a cycle) re-renders the leaf too
+            cols = np.vstack((cols, settlement.version[idx].astype(np.float64)))
         # Only re-render leaves whose numbers changed since the last tick (a re-sent bid of
         # the same energy changes nothing); a new slot re-renders everything.
         prev = self._last_cols
@@ -148,21 +152,23 @@ class EventBuilder:
         if len(changed) == 0:
             return
         sub = cols[:, changed].tolist()
-        traded, cost, req, avail, a_bid, a_off, to_buy, to_sell, used, free = sub
+        traded, cost, req, avail, a_bid, a_off, to_buy, to_sell, used, free = sub[:10]
         idx = idx[changed]
         kind = g.kind[idx].tolist()
         pool, tail, uuids, own0 = self.pool, self._tail, self._uuid_js, self._own0
         for i, a in enumerate(idx.tolist()):
             k = kind[i]
+            # gsy-e puts the settlement deviations first in a load's or PV's asset_info
+            dev = f"{settlement.info_json(a)}," if settlement is not None and k != STORAGE else ""
             if k == LOAD:
                 pool[own0 + a] = (
-                    f'{uuids[a]}:{{"asset_info":{{"energy_requirement_kWh":{req[i]!r},'
+                    f'{uuids[a]}:{{"asset_info":{{{dev}"energy_requirement_kWh":{req[i]!r},'
                     f'"energy_active_in_bids":{a_bid[i]!r},"energy_traded":{traded[i]!r},'
                     f'"total_cost":{cost[i]!r}}}{tail[a]}'
                 )
             elif k == PV:
                 pool[own0 + a] = (
-                    f'{uuids[a]}:{{"asset_info":{{"available_energy_kWh":{avail[i]!r},'
+                    f'{uuids[a]}:{{"asset_info":{{{dev}"available_energy_kWh":{avail[i]!r},'
                     f'"energy_active_in_offers":{a_off[i]!r},"energy_traded":{traded[i]!r},'
                     f'"total_cost":{cost[i]!r}}}{tail[a]}'
                 )
@@ -336,12 +342,13 @@ def trade_rows(
     price = reprs(round8(np.asarray(report.price, dtype=np.float64)[keep]).tolist())
     fee = reprs(round8(np.asarray(report.fee, dtype=np.float64)[keep]).tolist())
     trade_ids = hex12(keep + seq)
+    prefix = report.id_prefix
     bid_ids = [
-        f"00000000-0000-4000-8000-{h}" if q >= 0 else "market-maker-bid"
+        f"{prefix}{h}" if q >= 0 else "market-maker-bid"
         for h, q in zip(hex12(np.maximum(bid_seq, 0)), bid_seq.tolist(), strict=True)
     ]
     offer_ids = [
-        f"00000000-0000-4000-8000-{h}" if q >= 0 else "market-maker-offer"
+        f"{prefix}{h}" if q >= 0 else "market-maker-offer"
         for h, q in zip(hex12(np.maximum(offer_seq, 0)), offer_seq.tolist(), strict=True)
     ]
     cols = zip(

@@ -8,6 +8,7 @@ File format (YAML shown; JSON is the same structure)::
 
     market_maker_rate: 30          # ct/kWh, optional (default 30)
     feed_in_tariff_rate: 10        # ct/kWh, optional (default 10)
+    settlement_markets: true       # settlement markets after each slot, optional (default false)
     grid:
       name: Grid
       grid_fee_const: 0            # ct/kWh charged on energy crossing this market (optional)
@@ -100,6 +101,7 @@ class Grid:
     market_maker_name: str = "Market Maker"
     market_maker_rate: float = 30.0
     feed_in_tariff_rate: float = 10.0
+    settlement_markets: bool = False  # the file's ``settlement_markets: true``
 
     def __post_init__(self) -> None:
         self.kind_list: list[int] = self.kind.tolist()  # per-asset kind for Python loops
@@ -313,7 +315,12 @@ def grid_from_dict(data: Any, seed: int = 0, source: str = "grid") -> Grid:
         0,
         1e4,
     )
-    return b.build(mmr, fit)
+    settlement = data.get("settlement_markets", False)
+    if not isinstance(settlement, bool):
+        raise GridError(f"settlement_markets: expected true or false, got {settlement!r}")
+    grid = b.build(mmr, fit)
+    grid.settlement_markets = settlement
+    return grid
 
 
 def load_grid_file(path: str | Path, seed: int = 0) -> Grid:

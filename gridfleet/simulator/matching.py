@@ -19,6 +19,7 @@ bought, and for every trade ``buyer pays = seller receives + sum of fees``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,8 +126,16 @@ def match(
     fee_rate: np.ndarray,
     market_maker_rate: float,
     feed_in_tariff_rate: float,
+    *,
+    market_maker: bool = True,
 ) -> Trades:
-    """Match ``book`` over the whole tree; the Market Maker trades at the root (index 0)."""
+    """Match ``book`` over the whole tree; the Market Maker trades at the root (index 0).
+
+    ``market_maker=False`` (settlement markets): its two orders stay in the book, at rates
+    nothing can match (an offer at +inf, a bid at -inf), so the indices keep their meaning.
+    """
+    if not market_maker:
+        market_maker_rate, feed_in_tariff_rate = math.inf, -math.inf
     n_markets = len(market_parent)
     # The Market Maker's two unlimited orders, appended at the root.
     big = float(book.energy.sum()) + 1.0

@@ -20,7 +20,9 @@ class Counts:
     batches_answered: int = 0
     commands: int = 0
     trades: int = 0
-    energy_traded_kwh: float = 0.0
+    energy_traded_kwh: float = 0.0  # spot
+    settlement_trades: int = 0
+    settlement_energy_kwh: float = 0.0
     bytes_sent: int = 0  # event payload bytes (market, tick, trade)
     undelivered_sends: int = 0  # passes (rounds, answers, heartbeats) the door could not send
     round_ms: list[float] = field(default_factory=list)  # match + build + publish of each round

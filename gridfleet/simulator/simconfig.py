@@ -24,6 +24,9 @@ class SimConfig:
     internal_tick: float = 0.01
     heartbeat_interval: float = 5.0
     config_id: str = ""
+    # settlement markets (gridfleet.simulator.settlement); also on when the grid file says so
+    settlement: bool = False
+    seed: int = 0  # of the simulated measurements
 
 
 def sim_seconds(config: SimConfig) -> float:

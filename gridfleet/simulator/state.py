@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -17,9 +18,12 @@ from gridfleet.exchange.rules import OFFER_TOLERANCE_KWH  # noqa: F401
 from gridfleet.simulator import profiles
 from gridfleet.simulator.grid import LOAD, PV, Grid, Kind
 from gridfleet.simulator.matching import EPS_KWH, OrderBook, Trades, match
+from gridfleet.simulator.settlement import ORDER_ID_PREFIX as SETTLEMENT_ORDER_ID_PREFIX
+from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.stats import MarketStats, compute_stats
 
 MARKET_SLOT_FORMAT = "%Y-%m-%dT%H:%M"
+SPOT_ORDER_ID_PREFIX = "00000000-0000-4000-8000-"
 # Events report energies rounded to 8 decimals; a bid of exactly the reported amount may then be
 # up to half a unit of the 8th decimal above the exact room. gsy-e reports unrounded floats, so it
 # needs no slack; this exchange allows exactly what its own rounding adds, nothing more.
@@ -40,6 +44,8 @@ class TradeReport:
     offer_seq: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     bid_residual: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     offer_residual: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # order ids are this prefix and the order number in 12 hex digits
+    id_prefix: str = SPOT_ORDER_ID_PREFIX
 
     def __len__(self) -> int:
         return len(self.buyer)
@@ -48,8 +54,15 @@ class TradeReport:
 class ExchangeState:
     """Market state of one simulation."""
 
-    def __init__(self, grid: Grid, slot_length: timedelta, start: datetime) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        slot_length: timedelta,
+        start: datetime,
+        settlement: SettlementMarkets | None = None,
+    ) -> None:
         self.grid = grid
+        self.settlement = settlement  # None: no settlement markets in this run
         self.slot_length = slot_length
         self.slot_hours = slot_length.total_seconds() / 3600.0
         self.start = start
@@ -119,7 +132,13 @@ class ExchangeState:
 
     def open_slot(self, index: int) -> None:
         """Start market slot ``index``: fresh energies and limits, no orders; the slot's market
-        takes the area's fee now (gsy-e's ``AreaMarkets._create_market``)."""
+        takes the area's fee now (gsy-e's ``AreaMarkets._create_market``). With settlement
+        markets on, the slot that ended gets its settlement market first."""
+        new_start = self.start + index * self.slot_length
+        if self.settlement is not None and self.slot_index >= 0:
+            self.settlement.cycle(
+                self.slot_index, self.slot_start, self.bought, self.sold, self.demand, new_start
+            )
         self.slot_index = index
         self.market_fee = self.fee_rates()
         self.slot_start = self.start + index * self.slot_length
@@ -176,19 +195,26 @@ class ExchangeState:
         s_buy = np.round(np.maximum(0.0, self.buy_limit - self.bought - self.active_bid), 8)
         s_sell = np.round(np.maximum(0.0, self.sell_limit - self.sold - self.active_offer), 8)
         floor = MIN_ENERGY_KWH
-        return np.where(
+        spot = np.where(
             kind == LOAD,
             buy > floor,
             np.where(kind == PV, sell > floor, (s_buy > floor) | (s_sell > floor)),
         )
+        if self.settlement is not None:
+            spot |= self.settlement.unsettled_any()
+        return spot
 
-    def asset_info(self, a: int) -> dict[str, float]:
+    def asset_info(self, a: int) -> dict[str, Any]:
         """The ``asset_info`` / ``device_info`` dict of one asset, as gsy-e shapes it per kind."""
         kind = self.grid.kind_list[a]
         traded = round(float(self.bought[a] + self.sold[a]), 8)
         cost = round(float(self.cost[a]), 8)
+        head: dict[str, Any] = {}
+        if self.settlement is not None and kind in (LOAD, PV):
+            head["unsettled_deviation_kWh"] = self.settlement.info(a)
         if kind == LOAD:
             return {
+                **head,
                 "energy_requirement_kWh": round(self.requirement(a), 8),
                 "energy_active_in_bids": round(float(self.active_bid[a]), 8),
                 "energy_traded": traded,
@@ -196,6 +222,7 @@ class ExchangeState:
             }
         if kind == PV:
             return {
+                **head,
                 "available_energy_kWh": round(self.available(a), 8),
                 "energy_active_in_offers": round(float(self.active_offer[a]), 8),
                 "energy_traded": traded,
@@ -262,7 +289,7 @@ class ExchangeState:
 
     def order_id(self, row: int) -> str:
         # uuid-shaped and unique, but ~10x cheaper than uuid4() at 100 000 orders per tick
-        return f"00000000-0000-4000-8000-{self._seq_base + row + 1:012x}"
+        return f"{SPOT_ORDER_ID_PREFIX}{self._seq_base + row + 1:012x}"
 
     def order_json(
         self,
@@ -273,13 +300,16 @@ class ExchangeState:
         rate: float,
         price: float | int,
         creation_time: str,
+        time_slot: str | None = None,
     ) -> str:
-        """gsy-e's rendering of an order (json.dumps with ", " and ": "), formatted directly."""
+        """gsy-e's rendering of an order (json.dumps with ", " and ": "), formatted directly;
+        ``time_slot``: the market's slot as the order shows it (default: the open spot slot)."""
         return (
             f'{{"type": "{"Bid" if is_bid else "Offer"}", "id": "{oid}", "energy": {energy!r}, '
             f'"energy_rate": {round(rate, 8)!r}, "price": {round(price, 8)!r}, '
             f'"original_price": {price!r}, "creation_time": "{creation_time}", '
-            f'"time_slot": "{self._time_slot}", "{"buyer" if is_bid else "seller"}": {self._party[a]}}}'
+            f'"time_slot": "{time_slot or self._time_slot}", '
+            f'"{"buyer" if is_bid else "seller"}": {self._party[a]}}}'
         )
 
     def add_order(
@@ -372,6 +402,31 @@ class ExchangeState:
         (self.measurement if measurement else self.forecast)[(a, slot)] = kwh
         if not measurement and slot == self.market_slot:
             self.demand[a] = kwh
+        if self.settlement is not None:
+            if measurement:
+                self.settlement.set_measurement(a, slot, kwh)
+            else:
+                self.settlement.set_forecast(a)
+
+    def match_settlement(self) -> TradeReport:
+        """Match the open settlement markets once (see :mod:`~gridfleet.simulator.settlement`)."""
+        if self.settlement is None:
+            return TradeReport()
+        t = self.settlement.match_tick(self.market_parent, self.market_depth, self.market_fee)
+        if t is None:
+            return TradeReport()
+        return TradeReport(
+            buyer=t.buyer,
+            seller=t.seller,
+            energy=t.energy,
+            price=t.price,
+            fee=t.fee,
+            bid_seq=t.bid_seq,
+            offer_seq=t.offer_seq,
+            bid_residual=t.bid_residual,
+            offer_residual=t.offer_residual,
+            id_prefix=SETTLEMENT_ORDER_ID_PREFIX,
+        )
 
     # ------------------------------------------------------------------ matching
 

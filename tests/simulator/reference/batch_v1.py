@@ -261,11 +261,13 @@ class BatchHandler:
         )
         args = {**cmd, "transaction_id": tid}
         if bad:
+            # Updated with the current code when the settlement capture showed gsy-e's newer
+            # wording and key order (probes 15-17); the fast path never answers these.
             return {
                 "command": ctype,
                 "status": "error",
-                "error_message": f"Error when handling _{ctype}_impl on area {self.state.grid.asset_name[a]}. Arguments: {args}",
                 "area_uuid": uuid,
+                "error_message": f"Error when handling {ctype} on area {self.state.grid.asset_name[a]} with arguments {args}.",
                 "transaction_id": tid,
             }
         assert isinstance(profile, dict)
