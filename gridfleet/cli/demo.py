@@ -84,6 +84,12 @@ import click
     help="How the fleet reaches the exchange: gsy-e's local Redis dialect, or the hosted REST + "
     "websocket API (the embedded exchange serves both).",
 )
+@click.option(
+    "--settlement",
+    is_flag=True,
+    help="Turn settlement markets on: the exchange measures each asset with a 10 %% error, and "
+    "the fleet also runs the settlement strategy on the deviations.",
+)
 def demo(
     assets: int,
     aggregators: int,
@@ -98,6 +104,7 @@ def demo(
     headless: bool,
     seed: int,
     transport: str,
+    settlement: bool,
 ) -> None:
     """Run a fleet on the embedded exchange, show it live, and write a report.
 
@@ -122,6 +129,7 @@ def demo(
         headless=headless,
         seed=seed,
         transport=transport,
+        settlement=settlement,
     )
     try:
         code = run_demo(opts)

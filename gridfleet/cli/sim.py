@@ -142,6 +142,12 @@ EXIT_USAGE, EXIT_UNREACHABLE = 2, 3
     help="With --paused: start the slots this many seconds after the last REST selection, once "
     "every selecting aggregator's socket is open (the hosted side's 'Run').",
 )
+@click.option(
+    "--settlement",
+    is_flag=True,
+    help="Settlement markets: after each slot, assets' deviations between measurement and spot "
+    "trades are traded for an hour (also on with the grid file's settlement_markets: true).",
+)
 def sim(
     redis_url: str | None,
     grid_file: str | None,
@@ -164,6 +170,7 @@ def sim(
     rest_users_file: str | None,
     rest_token_lifetime: float,
     rest_autostart: float | None,
+    settlement: bool,
 ) -> None:
     """Run the embedded gsy-e-compatible exchange until the last slot finishes."""
     rest = _rest_options(
@@ -191,6 +198,8 @@ def sim(
         paused=paused,
         tree=tree,  # type: ignore[arg-type]
         config_id=config_id,
+        settlement=settlement,
+        seed=seed,
     )
     if fleet_out and not aggregators:
         raise click.UsageError(

@@ -105,6 +105,14 @@ def summary_table(report: dict[str, Any]) -> Any:
         ("hedged shards", str(report["hedged_shards"])),
         ("trades / energy traded", f"{report['trades']} / {report['energy_traded_kwh']:.1f} kWh"),
     ]
+    settled = report.get("settlement")
+    if settled:
+        rows.append(
+            (
+                "settlement trades / energy settled",
+                f"{settled['trades']} / {settled['energy_kwh']:.2f} kWh",
+            )
+        )
     for k, v in rows:
         t.add_row(k, v)
     return t

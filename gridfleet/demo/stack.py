@@ -53,9 +53,13 @@ class DemoOptions:
     seed: int = 0
     strategy: str = "linear_ramp"
     transport: str = "redis"  # redis: gsy-e's local Redis dialect; rest: the hosted REST API
+    settlement: bool = False  # settlement markets on the exchange, the settlement strategy too
     # Midday: PVs produce, houses export, fees are earned; a night start shows storages only.
     start: datetime = datetime(2024, 6, 1, 12, 0)
 
+
+# the demo's settlement strategy (ct/kWh): a bid and an offer meet across a few grid fees
+SETTLEMENT_RATES = {"bid_rate": 26.0, "offer_rate": 14.0}
 
 # where the fleet's processes find the REST credentials the demo makes up (never in the file)
 REST_USERNAME_ENV, REST_PASSWORD_ENV = "EXCHANGE_USERNAME", "EXCHANGE_PASSWORD"
@@ -108,6 +112,21 @@ class DemoStack:
             }
         }
 
+    def strategy_spec(self) -> dict[str, Any]:
+        """The assets' strategy; with settlement, the settlement strategy runs after it, bidding
+        above and offering below the spot range's middle so deviations meet in the market."""
+        if not self.opts.settlement:
+            return {"name": self.opts.strategy}
+        return {
+            "name": "composite",
+            "params": {
+                "strategies": [
+                    {"name": self.opts.strategy},
+                    {"name": "settlement", "params": SETTLEMENT_RATES},
+                ]
+            },
+        }
+
     def write_fleet_file(self, exchange_url: str, broker_url: str) -> Path:
         """The fleet file the processes read: a real one, kept in the run directory to look at."""
         grid_file = self.run_dir / "grid-assets.json"
@@ -119,7 +138,7 @@ class DemoStack:
             "shard_size": self.opts.shard_size,
             "flower_events": self.opts.flower,
             "aggregators": [
-                {"name": name, "assets": entry["assets"], "strategy": {"name": self.opts.strategy}}
+                {"name": name, "assets": entry["assets"], "strategy": self.strategy_spec()}
                 for name, entry in self.assignment.items()
             ],
         }
@@ -151,6 +170,8 @@ class DemoStack:
                 tree=self.opts.tree,  # type: ignore[arg-type]
                 paused=True,
                 start=self.opts.start,
+                settlement=self.opts.settlement,
+                seed=self.opts.seed,
             ),
             rest=rest,
         ).start()

@@ -179,6 +179,7 @@ class Ingress:
         self.keys = self.keys.for_run(self.run_id)
         self.counters.key = self.keys.counters
         self.records.stream = self.keys.events
+        self.records.settlement_orders = self.keys.settlement_orders
         log.info("%s run %s", "started" if started else "joined", self.run_id)
         self._order = {
             fleet.aggregator_uuid[a.spec.name]: i for i, a in enumerate(self.plan.aggregators)

@@ -82,6 +82,12 @@ class Keys:
         return f"{self._run_prefix}:events"
 
     @property
+    def settlement_orders(self) -> str:
+        """Hash: order id -> settled slot, for every settlement order the exchange accepted.
+        Trade events look the same for both markets; this is how a trade is told apart."""
+        return f"{self._run_prefix}:settlement-orders"
+
+    @property
     def counters(self) -> str:
         """Hash of the run's counters (events, rounds, batches, hedges, rejections...) and its
         ``finished`` flag."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -133,7 +133,10 @@ class Observer:
         """A round's shards were sent; ``queue_depth`` shard tasks wait in the broker."""
 
     def trades_recorded(self, trades: int, energy_kwh: float) -> None:
-        """Trade events reported ``trades`` trades of ``energy_kwh`` in all."""
+        """Trade events reported ``trades`` spot trades of ``energy_kwh`` in all."""
+
+    def settlement_trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        """Trade events reported ``trades`` settlement-market trades of ``energy_kwh``."""
 
     def records_lost(self, n: int) -> None:
         """``n`` trade/finish records could not be written (broker unreachable)."""
@@ -217,6 +220,9 @@ class Observers(Observer):
     def trades_recorded(self, trades: int, energy_kwh: float) -> None:
         self._each("trades_recorded", trades, energy_kwh)
 
+    def settlement_trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        self._each("settlement_trades_recorded", trades, energy_kwh)
+
     def records_lost(self, n: int) -> None:
         self._each("records_lost", n)
 
@@ -272,6 +278,7 @@ class Tally(Observer):
         self.broker_errors = 0
         self.reconnects = 0
         self.trades = 0
+        self.settlement_trades = 0
         self.rounds_published = 0
         self.hedged_shards = 0
         self.commands_rejected_total = 0
@@ -296,6 +303,9 @@ class Tally(Observer):
 
     def trades_recorded(self, trades: int, energy_kwh: float) -> None:
         self.trades += trades
+
+    def settlement_trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        self.settlement_trades += trades
 
     def records_lost(self, n: int) -> None:
         self.lost_records += n
@@ -357,6 +367,10 @@ class PrometheusObserver(Observer):
     def trades_recorded(self, trades: int, energy_kwh: float) -> None:
         self.m.trades.inc(trades)
         self.m.energy_traded.inc(energy_kwh)
+
+    def settlement_trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        self.m.settlement_trades.inc(trades)
+        self.m.settlement_energy.inc(energy_kwh)
 
     def records_lost(self, n: int) -> None:
         self.m.lost_records.inc(n)
@@ -425,7 +439,7 @@ class BrokerCounters(Observer):
         self.broker = broker
         self.key = key
         self._pending: Counter[str] = Counter()
-        self._energy_kwh = 0.0  # a float field: HINCRBYFLOAT
+        self._floats: defaultdict[str, float] = defaultdict(float)  # kWh fields: HINCRBYFLOAT
         self._totals: dict[str, int] = {}  # absolute fields (the collector's totals): HSET
         self._retry_at = 0.0
         self._lock = threading.Lock()
@@ -447,15 +461,15 @@ class BrokerCounters(Observer):
 
     def _write(self, *, force: bool = False) -> None:
         with self._lock:
-            if not (self._pending or self._energy_kwh or self._totals):
+            if not (self._pending or self._floats or self._totals):
                 return
             if not force and time.monotonic() < self._retry_at:
                 return
             pipe = self.broker.pipeline(transaction=False)
             for name, n in self._pending.items():
                 pipe.hincrby(self.key, name, n)
-            if self._energy_kwh:
-                pipe.hincrbyfloat(self.key, "energy_traded_kwh", self._energy_kwh)
+            for name, value in self._floats.items():
+                pipe.hincrbyfloat(self.key, name, value)
             for name, value in self._totals.items():
                 pipe.hset(self.key, name, value)
             try:
@@ -472,7 +486,7 @@ class BrokerCounters(Observer):
             if self._retry_at:
                 log.info("broker is back: counters written: %s", dict(self._pending))
             self._pending.clear()
-            self._energy_kwh = 0.0
+            self._floats.clear()
             self._totals = {}
             self._retry_at = 0.0
 
@@ -487,7 +501,15 @@ class BrokerCounters(Observer):
             return
         with self._lock:
             self._pending["trades"] += trades
-            self._energy_kwh += energy_kwh
+            self._floats["energy_traded_kwh"] += energy_kwh
+        self._write()
+
+    def settlement_trades_recorded(self, trades: int, energy_kwh: float) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._pending["settlement_trades"] += trades
+            self._floats["settlement_energy_kwh"] += energy_kwh
         self._write()
 
     def records_lost(self, n: int) -> None:

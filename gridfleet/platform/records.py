@@ -6,12 +6,13 @@ The report reads them (``Keys.events``) beside the coordinator's round records.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import orjson
 import redis
 
-from gridfleet.exchange.messages import TradeEvent, TradeEventLite
+from gridfleet.exchange.messages import Trade, TradeEvent, TradeEventLite
 from gridfleet.platform.observers import Observer
 
 log = logging.getLogger(__name__)
@@ -20,20 +21,39 @@ STREAM_MAXLEN = 100_000
 """Records kept on the event stream (approximately: Redis trims in whole nodes)."""
 
 
+def own_order_id(trade: Trade) -> str | None:
+    """The id of the fleet's own order in a trade: the bid if its asset bought (the exchange
+    shows the other side as ``anonymous``), else the offer."""
+    oid = trade.bid_id if trade.seller == "anonymous" else trade.offer_id
+    return oid if isinstance(oid, str) else None
+
+
 def trade_record(
-    aggregator: str, event: TradeEvent | TradeEventLite, slot: str | None
+    aggregator: str,
+    event: TradeEvent | TradeEventLite,
+    slot: str | None,
+    settlement_ids: Collection[str] = (),
 ) -> dict[str, Any]:
-    """One aggregator's trade event, summed: trades, energy, price and fees."""
+    """One aggregator's trade event, summed: spot trades, energy, price and fees, and the same
+    for its settlement trades (those whose own order id is in ``settlement_ids``)."""
+    spot: list[Trade] = []
+    settled: list[Trade] = []
+    for t in event.trade_list:
+        (settled if settlement_ids and own_order_id(t) in settlement_ids else spot).append(t)
+    record: dict[str, Any] = {"kind": "trade", "slot": slot, "aggregator": aggregator}
+    record.update(_sums(spot))
+    if settled:
+        record.update({f"settlement_{k}": v for k, v in _sums(settled).items()})
+    return record
+
+
+def _sums(trades: list[Trade]) -> dict[str, Any]:
     return {
-        "kind": "trade",
-        "slot": slot,
-        "aggregator": aggregator,
-        "trades": len(event.trade_list),
-        "energy_kwh": sum(t.traded_energy for t in event.trade_list),
-        "price_ct": sum(t.trade_price for t in event.trade_list),
+        "trades": len(trades),
+        "energy_kwh": sum(t.traded_energy for t in trades),
+        "price_ct": sum(t.trade_price for t in trades),
         "fees_ct": sum(
-            float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
-            for t in event.trade_list
+            float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0 for t in trades
         ),
     }
 
@@ -41,16 +61,23 @@ def trade_record(
 class RecordWriter:
     """Collects trade and finish records and writes them in one round trip per :meth:`flush`."""
 
-    def __init__(self, broker: redis.Redis, stream: str, observers: Observer) -> None:
+    def __init__(
+        self,
+        broker: redis.Redis,
+        stream: str,
+        observers: Observer,
+        settlement_orders: str | None = None,
+    ) -> None:
         self.broker = broker
         self.stream = stream
         self.observers = observers
+        self.settlement_orders = settlement_orders  # the hash of settlement order ids, if any
         self._records: list[dict[str, Any]] = []
+        self._trades: list[tuple[str, TradeEvent | TradeEventLite, str | None]] = []
 
     def trade(self, aggregator: str, event: TradeEvent | TradeEventLite, slot: str | None) -> None:
-        record = trade_record(aggregator, event, slot)
-        self._records.append(record)
-        self.observers.trades_recorded(record["trades"], record["energy_kwh"])
+        """Take a trade event; it is summed (spot apart from settlement) at :meth:`flush`."""
+        self._trades.append((aggregator, event, slot))
 
     def finish(self, aggregator: str) -> None:
         self._records.append({"kind": "finish", "aggregator": aggregator})
@@ -62,6 +89,43 @@ class RecordWriter:
     def discard(self) -> None:
         """Drop what was taken (a standby ingress: the active one writes the records)."""
         self._records.clear()
+        self._trades.clear()
+
+    def _settlement_ids(self) -> set[str]:
+        """Which of the taken trades' own order ids are settlement orders. One EXISTS when the
+        fleet never placed one (the common case), one HMGET of the ids otherwise."""
+        if not self._trades or self.settlement_orders is None:
+            return set()
+        try:
+            if not self.broker.exists(self.settlement_orders):
+                return set()
+            ids = sorted(
+                {
+                    oid
+                    for _, event, _ in self._trades
+                    for t in event.trade_list
+                    if (oid := own_order_id(t)) is not None
+                }
+            )
+            if not ids:
+                return set()
+            found = self.broker.hmget(self.settlement_orders, ids)
+        except redis.RedisError as exc:
+            log.warning("settlement orders unreadable (%s): trades counted as spot", exc)
+            return set()
+        return {oid for oid, slot in zip(ids, found, strict=True) if slot is not None}
+
+    def _sum_trades(self) -> None:
+        settlement_ids = self._settlement_ids()
+        for aggregator, event, slot in self._trades:
+            record = trade_record(aggregator, event, slot, settlement_ids)
+            self._records.append(record)
+            self.observers.trades_recorded(record["trades"], record["energy_kwh"])
+            if record.get("settlement_trades"):
+                self.observers.settlement_trades_recorded(
+                    record["settlement_trades"], record["settlement_energy_kwh"]
+                )
+        self._trades.clear()
 
     def flush(self) -> None:
         """Write the records taken since the last flush, in one round trip.
@@ -70,6 +134,7 @@ class RecordWriter:
         trade events arrive right before the next round's events, and one write each would
         hold that round up.
         """
+        self._sum_trades()
         records, self._records = self._records, []
         if not records:
             return

@@ -1,7 +1,10 @@
-"""The exchange's answers to the fleet's batches: rejections and market statistics, recorded.
+"""The exchange's answers to the fleet's batches: rejections, market statistics and settlement
+orders, recorded.
 
 Each rejected command is counted, logged with its reason and stored where the asset's strategy
-sees it on its next evaluation; ``dso_market_stats`` answers go to the market strategies' state.
+sees it on its next evaluation; ``dso_market_stats`` answers go to the market strategies' state;
+the ids of accepted settlement orders go to ``Keys.settlement_orders``, so that the trades they
+make are counted apart from spot trades (:mod:`gridfleet.platform.records`).
 """
 
 from __future__ import annotations
@@ -11,14 +14,36 @@ import queue
 import threading
 from collections.abc import Callable
 
+import orjson
 import redis
 
-from gridfleet.exchange.messages import BatchResponse, ProtocolError, decode
+from gridfleet.exchange.messages import BatchResponse, CommandResponse, ProtocolError, decode
 from gridfleet.platform.codec import packb
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.observers import Observer
 
 log = logging.getLogger(__name__)
+
+
+SETTLEMENT_MARKET = "Settlement Market"  # an answer's market_type for a settlement order
+SETTLEMENT = SETTLEMENT_MARKET.encode()
+
+
+def settlement_order(answer: CommandResponse) -> tuple[str, str] | None:
+    """(order id, settled slot) of an accepted settlement bid or offer; None if the order JSON
+    inside the answer is unusable (logged)."""
+    text = answer.bid if isinstance(answer.bid, str) else answer.offer
+    if not isinstance(text, str):
+        return None
+    try:
+        order = orjson.loads(text)
+        oid, slot = order["id"], order.get("time_slot", "")
+    except (orjson.JSONDecodeError, TypeError, KeyError) as exc:
+        log.warning("settlement order answer without a usable order (%r): %.200s", exc, text)
+        return None
+    if not isinstance(oid, str):
+        return None
+    return oid, str(slot)[:16]
 
 
 class ResponseRecorder:
@@ -40,7 +65,7 @@ class ResponseRecorder:
 
     def record(self, raw: bytes) -> int:
         """Record one batch response; returns how many commands it rejected."""
-        if b'"error"' not in raw and b"market_stats" not in raw:
+        if b'"error"' not in raw and b"market_stats" not in raw and SETTLEMENT not in raw:
             # Nothing to record: every command was accepted. Most responses are like this, and
             # at 100 000 assets decoding them all would cost a core a tenth of every tick.
             return 0
@@ -91,6 +116,10 @@ class ResponseRecorder:
                     )
                 elif command == "dso_market_stats" and isinstance(answer.market_stats, dict):
                     pipe.hset(self.keys.market_answers, asset, packb(answer.market_stats))
+                elif answer.market_type == SETTLEMENT_MARKET:
+                    order = settlement_order(answer)
+                    if order is not None:
+                        pipe.hset(self.keys.settlement_orders, *order)
         if rejected:
             # One line per batch: a bad tick can reject tens of thousands of commands.
             log.warning(

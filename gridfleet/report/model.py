@@ -31,6 +31,8 @@ COUNTER_KEYS = (
     "deadline_miss",
     "trades",
     "energy_traded_kwh",
+    "settlement_trades",
+    "settlement_energy_kwh",
     "skipped_empty",
     "late_events",
     "bad_events",
@@ -163,6 +165,8 @@ def per_slot(
                 "hedged": 0,
                 "fleet_trades": 0,
                 "fleet_energy_kwh": 0.0,
+                "settlement_trades": 0,
+                "settlement_energy_kwh": 0.0,
                 "_price_ct": 0.0,
                 "fleet_fees_ct": 0.0,
                 "trades": None,
@@ -190,6 +194,8 @@ def per_slot(
         r["fleet_energy_kwh"] += num(rec.get("energy_kwh"))
         r["_price_ct"] += num(rec.get("price_ct"))
         r["fleet_fees_ct"] += num(rec.get("fees_ct"))
+        r["settlement_trades"] += int(num(rec.get("settlement_trades")))
+        r["settlement_energy_kwh"] += num(rec.get("settlement_energy_kwh"))
     for m in market_stats:
         r = row(str(m.get("slot", "")))
         r["fee_revenue_ct"] = (r["fee_revenue_ct"] or 0.0) + num(m.get("fee_revenue_ct"))
@@ -206,13 +212,13 @@ def per_slot(
             round(price / r["fleet_energy_kwh"], 6) if r["fleet_energy_kwh"] > 0 else None
         )
         r["on_time_ratio"] = ratio(r["on_time"], r["on_time"] + r["late"] + r["missing"])
-        for k in ("fleet_energy_kwh", "fleet_fees_ct"):
+        for k in ("fleet_energy_kwh", "fleet_fees_ct", "settlement_energy_kwh"):
             r[k] = round(r[k], 6)
         if r["fee_revenue_ct"] is not None:
             r["fee_revenue_ct"] = round(r["fee_revenue_ct"], 6)
         out.append(r)
     # trades with no round before them (slot "") would only add an empty row
-    return [r for r in out if r["slot"] or r["fleet_trades"]]
+    return [r for r in out if r["slot"] or r["fleet_trades"] or r["settlement_trades"]]
 
 
 def per_market(market_stats: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -273,18 +279,16 @@ def per_aggregator(
     sim_report: Mapping[str, Any], records: list[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """Deadline outcome (exchange) and trades received (fleet) per aggregator, worst first."""
-    trades: dict[str, dict[str, float]] = defaultdict(
-        lambda: {"trades": 0.0, "energy_kwh": 0.0, "fees_ct": 0.0}
-    )
+    fields = ("trades", "energy_kwh", "fees_ct", "settlement_trades", "settlement_energy_kwh")
+    trades: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(fields, 0.0))
     finished: set[str] = set()
     out: list[dict[str, Any]] = []
     for r in records:
         agg = str(r.get("aggregator", ""))
         if r.get("kind") == "trade":
             t = trades[agg]
-            t["trades"] += num(r.get("trades"))
-            t["energy_kwh"] += num(r.get("energy_kwh"))
-            t["fees_ct"] += num(r.get("fees_ct"))
+            for k in fields:
+                t[k] += num(r.get(k))
         elif r.get("kind") == "finish":
             finished.add(agg)
     aggs: Mapping[str, Mapping[str, Any]] = sim_report.get("aggregators", {})
@@ -292,7 +296,7 @@ def per_aggregator(
         a = aggs.get(uuid, {})
         on, late, miss = int(a.get("on_time", 0)), int(a.get("late", 0)), int(a.get("missing", 0))
         idle = int(a.get("idle", 0))
-        t = trades.get(uuid, {"trades": 0.0, "energy_kwh": 0.0, "fees_ct": 0.0})
+        t = trades.get(uuid) or dict.fromkeys(fields, 0.0)
         out.append(
             {
                 "uuid": uuid,
@@ -305,6 +309,8 @@ def per_aggregator(
                 "trades": int(t["trades"]),
                 "energy_kwh": round(t["energy_kwh"], 6),
                 "fees_ct": round(t["fees_ct"], 6),
+                "settlement_trades": int(t["settlement_trades"]),
+                "settlement_energy_kwh": round(t["settlement_energy_kwh"], 6),
                 "finished": uuid in finished,
             }
         )
@@ -361,14 +367,18 @@ def build_report(
         "fee_revenue_ct": round(sum(num(m.get("fee_revenue_ct")) for m in market_stats), 6)
         if market_stats
         else None,
+        "settlement": settlement_summary(counts, records),
         "exchange": {k: counts[k] for k in sorted(counts)},
         "client": {
             "counters": {
                 k: counter_int(counters, k)
                 for k in (*COUNTER_KEYS, *GAP_COUNTER_KEYS)
-                if k != "energy_traded_kwh"
+                if not k.endswith("_kwh")
             }
-            | {"energy_traded_kwh": round(num(counters.get("energy_traded_kwh")), 6)},
+            | {
+                k: round(num(counters.get(k)), 6)
+                for k in ("energy_traded_kwh", "settlement_energy_kwh")
+            },
             "rounds": len(rounds),
             "rounds_on_time": sum(1 for r in rounds if r.get("on_time") is True),
             "latency_ms": _nearest_rank(client_latency),
@@ -380,6 +390,23 @@ def build_report(
         "per_slot": per_slot(ticks, records, market_stats, slot_totals or []),
         "per_market": per_market(market_stats),
         "per_aggregator": per_aggregator(sim_report, records),
+    }
+
+
+def settlement_summary(
+    counts: Mapping[str, Any], records: list[Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """Settlement-market trades, apart from spot: the exchange's count and energy, the fleet's
+    (each side counted) with what it paid and earned; None for a run without settlement."""
+    fleet = [r for r in records if r.get("kind") == "trade" and r.get("settlement_trades")]
+    if not counts.get("settlement_markets") and not fleet:
+        return None
+    return {
+        "trades": int(num(counts.get("settlement_trades"))),
+        "energy_kwh": round(num(counts.get("settlement_energy_kwh")), 6),
+        "fleet_trades": sum(int(num(r.get("settlement_trades"))) for r in fleet),
+        "fleet_energy_kwh": round(sum(num(r.get("settlement_energy_kwh")) for r in fleet), 6),
+        "fleet_price_ct": round(sum(num(r.get("settlement_price_ct")) for r in fleet), 6),
     }
 
 

@@ -105,6 +105,15 @@ def _cards(rep: Mapping[str, Any]) -> str:
             else "matched by the exchange",
         ),
     ]
+    settled = rep.get("settlement")
+    if settled:
+        cards.append(
+            (
+                "settled after the slot",
+                f'<div class="v">{fmt(settled["energy_kwh"], 2, "kWh")}</div>',
+                f"{fmt(settled['trades'])} settlement trades, not counted in spot trades",
+            )
+        )
     body = "".join(
         f'<div class="card"><div class="l">{escape(label)}</div>{value}<div class="n">{escape(note)}</div></div>'
         for label, value, note in cards
@@ -163,6 +172,7 @@ def _summary(rep: Mapping[str, Any]) -> str:
             fmt(rep["energy_traded_kwh"], 3, "kWh"),
             fmt(cc["energy_traded_kwh"], 3, "kWh") + " (each side)",
         ),
+        *_settlement_rows(rep),
         (
             "late / bad events, lost rounds",
             DASH,
@@ -178,6 +188,25 @@ def _summary(rep: Mapping[str, Any]) -> str:
         ["", "exchange (measured)", "fleet (client-side)"],
         [(escape(a), b, d) for a, b, d in rows],
     )
+
+
+def _settlement_rows(rep: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    settled = rep.get("settlement")
+    if not settled:
+        return []
+    return [
+        (
+            "settlement trades",
+            fmt(settled["trades"]),
+            fmt(settled["fleet_trades"]) + " (each side counted)",
+        ),
+        (
+            "energy settled",
+            fmt(settled["energy_kwh"], 3, "kWh"),
+            fmt(settled["fleet_energy_kwh"], 3, "kWh")
+            + f" (each side), {fmt(settled['fleet_price_ct'], 1, 'ct')}",
+        ),
+    ]
 
 
 def _aggregators(rows: Sequence[Mapping[str, Any]], top: int = 20) -> str:
@@ -225,6 +254,7 @@ def _slots(rows: Sequence[Mapping[str, Any]]) -> str:
             fmt(s["trades"]),
             fmt(s["energy_kwh"], 3),
             fmt(s["fleet_trades"]),
+            fmt(s.get("settlement_energy_kwh"), 3),
             fmt(s["avg_rate_ct_kwh"], 2),
             fmt(s["fee_revenue_ct"], 1),
         )
@@ -232,7 +262,7 @@ def _slots(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     head = [
         "slot", "rounds", "on time", "late", "missing", "max ms", "commands", "hedged",
-        "trades", "kWh", "fleet trades", "avg ct/kWh", "fees ct",
+        "trades", "kWh", "fleet trades", "settled kWh", "avg ct/kWh", "fees ct",
     ]  # fmt: skip
     return _table(head, body)
 

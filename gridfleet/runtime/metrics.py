@@ -108,6 +108,16 @@ class Metrics:
         self.energy_traded = Counter(
             "gridfleet_energy_traded_kwh_total", "Energy traded by the fleet, in kWh", registry=r
         )
+        self.settlement_trades = Counter(
+            "gridfleet_settlement_trades_total",
+            "Settlement-market trades the exchange reported to the fleet (not in trades_total)",
+            registry=r,
+        )
+        self.settlement_energy = Counter(
+            "gridfleet_settlement_energy_kwh_total",
+            "Energy the fleet settled in settlement markets, in kWh",
+            registry=r,
+        )
         self.lost_records = Counter(
             "gridfleet_lost_records_total",
             "Trade and finish records not written (broker unreachable)",

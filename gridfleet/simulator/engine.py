@@ -67,7 +67,7 @@ class Engine:
         self.events = EventBuilder(grid, config.tree)
         self.selection = Selection(grid, self.devices, self.registry, self.events)
         self.deadline = DeadlineTracker()
-        self.counts = Counts()
+        self.counts = Counts(settlement_markets=settlement is not None)
         self.intake = Intake(self)
         self.paused = config.paused
         self.finished = threading.Event()

@@ -21,6 +21,7 @@ class Counts:
     commands: int = 0
     trades: int = 0
     energy_traded_kwh: float = 0.0  # spot
+    settlement_markets: bool = False  # were they on in this run
     settlement_trades: int = 0
     settlement_energy_kwh: float = 0.0
     bytes_sent: int = 0  # event payload bytes (market, tick, trade)

@@ -213,6 +213,7 @@ class Fleet:
     transport: str = "redis"  # or "rest": the embedded exchange's REST + websocket door
     rest: dict[str, Any] = field(default_factory=dict)  # RestOptions fields (token lifetime...)
     rest_link: dict[str, Any] = field(default_factory=dict)  # the fleet file's exchange.rest extras
+    sim_options: dict[str, Any] = field(default_factory=dict)  # more SimConfig fields
 
     def __post_init__(self) -> None:
         self.grid = generate_grid(self.assets, houses_size=10, seed=7)
@@ -257,7 +258,11 @@ class Fleet:
             self.grid,
             self.exchange_url,
             SimConfig(
-                slots=self.slots, tick_interval=self.tick_interval, tree=self.tree, paused=True
+                slots=self.slots,
+                tick_interval=self.tick_interval,
+                tree=self.tree,
+                paused=True,
+                **self.sim_options,
             ),
             rest=rest_options,
         )  # type: ignore[arg-type]
