@@ -110,7 +110,8 @@ def summary_table(report: dict[str, Any]) -> Any:
         rows.append(
             (
                 "settlement trades / energy settled",
-                f"{settled['trades']} / {settled['energy_kwh']:.2f} kWh",
+                f"{settled['trades']} / {settled['energy_kwh']:.2f} kWh"
+                f" of {settled['deviation_kwh']:.2f} kWh deviation",
             )
         )
     for k, v in rows:

@@ -404,6 +404,9 @@ def settlement_summary(
     return {
         "trades": int(num(counts.get("settlement_trades"))),
         "energy_kwh": round(num(counts.get("settlement_energy_kwh")), 6),
+        # the deviations the exchange measured, and what was left of them unsettled
+        "deviation_kwh": round(num(counts.get("settlement_deviation_kwh")), 6),
+        "unsettled_kwh": round(num(counts.get("settlement_unsettled_kwh")), 6),
         "fleet_trades": sum(int(num(r.get("settlement_trades"))) for r in fleet),
         "fleet_energy_kwh": round(sum(num(r.get("settlement_energy_kwh")) for r in fleet), 6),
         "fleet_price_ct": round(sum(num(r.get("settlement_price_ct")) for r in fleet), 6),

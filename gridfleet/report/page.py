@@ -111,7 +111,9 @@ def _cards(rep: Mapping[str, Any]) -> str:
             (
                 "settled after the slot",
                 f'<div class="v">{fmt(settled["energy_kwh"], 2, "kWh")}</div>',
-                f"{fmt(settled['trades'])} settlement trades, not counted in spot trades",
+                f"{fmt(settled['trades'])} settlement trades (not in spot trades); "
+                f"{fmt(settled['deviation_kwh'], 2, 'kWh')} deviation measured, "
+                f"{fmt(settled['unsettled_kwh'], 2, 'kWh')} left unsettled",
             )
         )
     body = "".join(

@@ -24,6 +24,8 @@ class Counts:
     settlement_markets: bool = False  # were they on in this run
     settlement_trades: int = 0
     settlement_energy_kwh: float = 0.0
+    settlement_deviation_kwh: float = 0.0  # |measured - spot| over the settlement markets
+    settlement_unsettled_kwh: float = 0.0  # of it, left unsettled (markets closed or still open)
     bytes_sent: int = 0  # event payload bytes (market, tick, trade)
     undelivered_sends: int = 0  # passes (rounds, answers, heartbeats) the door could not send
     round_ms: list[float] = field(default_factory=list)  # match + build + publish of each round

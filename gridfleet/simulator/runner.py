@@ -235,6 +235,11 @@ class Simulator:
 
     def report(self) -> dict[str, Any]:
         """The deadline report (see :mod:`deadline`), with the run's counts in ``meta``."""
+        settlement = self.engine.state.settlement
+        if settlement is not None:
+            dev, left = settlement.totals()
+            self.engine.counts.settlement_deviation_kwh = round(dev, 6)
+            self.engine.counts.settlement_unsettled_kwh = round(left, 6)
         return deadline_report(
             self.grid,
             self.config,

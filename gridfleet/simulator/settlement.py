@@ -32,6 +32,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import orjson
 
+from gridfleet.exchange.rules import MIN_ORDER_ENERGY_KWH
 from gridfleet.simulator.grid import LOAD, PV, Grid
 from gridfleet.simulator.matching import EPS_KWH, OrderBook, match
 
@@ -150,6 +151,8 @@ class SettlementMarkets:
         self.trades = 0
         self.energy_kwh = 0.0
         self.orders = 0
+        self._closed_deviation_kwh = 0.0  # sum of |deviation| of the markets closed so far
+        self._closed_left_kwh = 0.0  # what they left unsettled
         self._market_of = grid.asset_market.astype(np.int64)
         self._settles = (grid.kind == LOAD) | (grid.kind == PV)
 
@@ -192,7 +195,9 @@ class SettlementMarkets:
             if target is not None and key < new_label:
                 self._measure(target, np.array([a]), np.array([kwh]))
         for key in [k for k, s in self.slots.items() if s.start < new_start - MAX_AGE]:
-            del self.slots[key]
+            dev, left = _totals(self.slots.pop(key))
+            self._closed_deviation_kwh += dev
+            self._closed_left_kwh += left
         self.version += 1
 
     def _measure(self, slot: SettlementSlot, idx: np.ndarray, measured: np.ndarray) -> None:
@@ -210,6 +215,14 @@ class SettlementMarkets:
         """A forecast command: the asset measures itself from now on."""
         self.self_measured[a] = True
 
+    def totals(self) -> tuple[float, float]:
+        """(kWh of deviation, kWh of it still unsettled) over every market opened so far."""
+        dev, left = self._closed_deviation_kwh, self._closed_left_kwh
+        for slot in self.slots.values():
+            d, u = _totals(slot)
+            dev, left = dev + d, left + u
+        return dev, left
+
     # ------------------------------------------------------------------ what events show
 
     def info(self, a: int) -> dict[str, float | None]:
@@ -220,11 +233,21 @@ class SettlementMarkets:
         """The same as a JSON member, ready to open an ``asset_info`` object."""
         return '"unsettled_deviation_kWh":' + orjson.dumps(self.info(a)).decode()
 
-    def unsettled_any(self) -> np.ndarray:
-        """Per asset: is anything left to settle in an open market?"""
-        out = np.zeros(self.grid.n_assets, dtype=bool)
+    def uncovered_any(self) -> np.ndarray:
+        """Per asset: is anything left to settle in an open market that its live orders there
+        do not already cover? (An asset whose orders cover its deviations has nothing to do.)"""
+        n = self.grid.n_assets
+        out = np.zeros(n, dtype=bool)
         for slot in self.slots.values():
-            out |= (slot.unsettled > 2e-5) & ~np.isnan(slot.deviation)
+            covered = np.zeros(n)
+            if slot.o_asset:
+                alive = np.asarray(slot.o_alive, dtype=bool)
+                np.add.at(
+                    covered,
+                    np.asarray(slot.o_asset, dtype=np.int64)[alive],
+                    np.asarray(slot.o_energy)[alive],
+                )
+            out |= (slot.unsettled - covered > MIN_ORDER_ENERGY_KWH) & ~np.isnan(slot.deviation)
         return out
 
     # ------------------------------------------------------------------ orders
@@ -350,6 +373,14 @@ class SettlementMarkets:
         self.trades += len(out.energy)
         self.energy_kwh += float(out.energy.sum())
         return out
+
+
+def _totals(slot: SettlementSlot) -> tuple[float, float]:
+    measured = ~np.isnan(slot.deviation)
+    return (
+        float(np.abs(slot.deviation[measured]).sum()),
+        float(slot.unsettled[measured].sum()),
+    )
 
 
 def _wrong_sign_reason(kind: int, is_bid: bool) -> str:

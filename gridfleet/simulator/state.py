@@ -201,7 +201,7 @@ class ExchangeState:
             np.where(kind == PV, sell > floor, (s_buy > floor) | (s_sell > floor)),
         )
         if self.settlement is not None:
-            spot |= self.settlement.unsettled_any()
+            spot |= self.settlement.uncovered_any()
         return spot
 
     def asset_info(self, a: int) -> dict[str, Any]:

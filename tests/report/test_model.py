@@ -91,6 +91,8 @@ def test_per_slot_figures(rep: dict[str, Any]) -> None:
         "fleet_trades": 3,
         "fleet_energy_kwh": 1.5,
         "fleet_fees_ct": 3.0,
+        "settlement_trades": 0,  # none in this run
+        "settlement_energy_kwh": 0.0,
         "avg_rate_ct_kwh": 30.0,  # 45 ct / 1.5 kWh
         "trades": 4,
         "energy_kwh": 2.5,
@@ -183,3 +185,59 @@ def test_write_report_writes_what_build_report_computes(tmp_path: Path) -> None:
     assert html == out / "report.html"
     assert orjson.loads((out / "report.json").read_bytes()) == build_report(**fx.inputs())
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+
+
+def test_settlement_trades_are_counted_apart_from_spot() -> None:
+    records = [
+        {"kind": "round", "slot": "2024-06-01T00:15", "tick": 0, "commands": 2},
+        {
+            "kind": "trade",
+            "aggregator": "a1",
+            "trades": 2,
+            "energy_kwh": 1.0,
+            "price_ct": 30.0,
+            "settlement_trades": 1,
+            "settlement_energy_kwh": 0.25,
+            "settlement_price_ct": 5.0,
+        },
+    ]
+    counts = {
+        "settlement_markets": True,
+        "trades": 2,
+        "settlement_trades": 1,
+        "settlement_energy_kwh": 0.25,
+        "settlement_deviation_kwh": 1.0,
+        "settlement_unsettled_kwh": 0.5,
+    }
+    rep = build_report(
+        sim_report={"meta": {"counts": counts}},
+        records=records,
+        counters={"trades": "2", "settlement_trades": "1", "settlement_energy_kwh": "0.25"},
+        meta={"tick_interval_s": 1.0},
+    )
+    assert rep["trades"] == 2  # spot only
+    assert rep["settlement"] == {
+        "trades": 1,
+        "energy_kwh": 0.25,
+        "deviation_kwh": 1.0,
+        "unsettled_kwh": 0.5,
+        "fleet_trades": 1,
+        "fleet_energy_kwh": 0.25,
+        "fleet_price_ct": 5.0,
+    }
+    assert rep["client"]["counters"]["settlement_trades"] == 1
+    assert rep["client"]["counters"]["settlement_energy_kwh"] == 0.25
+    (slot,) = rep["per_slot"]
+    assert (slot["fleet_trades"], slot["settlement_trades"]) == (2, 1)
+    (agg,) = rep["per_aggregator"]
+    assert (agg["trades"], agg["settlement_trades"], agg["settlement_energy_kwh"]) == (2, 1, 0.25)
+
+
+def test_a_run_without_settlement_has_no_settlement_section() -> None:
+    rep = build_report(
+        sim_report={"meta": {"counts": {"settlement_markets": False, "settlement_trades": 0}}},
+        records=[],
+        counters={},
+        meta={"tick_interval_s": 1.0},
+    )
+    assert rep["settlement"] is None
