@@ -295,3 +295,95 @@ def load_uuid(data: dict[str, Any], name: str) -> str:
     found = walk(data["grid_tree"])
     assert found is not None
     return found
+
+
+# -- settlement orders through the whole path: a closed or unparsable time_slot never leaves ---
+
+SPOT_SLOT = "2024-06-01T12:00"
+SETTLEMENT_SLOTS = ["2024-06-01T11:00", "2024-06-01T11:15", "2024-06-01T11:30", "2024-06-01T11:45"]
+ANY_SLOT = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            SPOT_SLOT,
+            *SETTLEMENT_SLOTS,
+            "2024-06-01T10:45",  # closed an hour after its slot (probe 21 kills gsy-e)
+            "2024-06-01T12:15",  # the future: no future markets
+            "11:15",  # time-only: gsy-e takes today's date
+            "2024-06-01T11:15:00",  # with seconds: parsed by gsy-e, but not the label it sent
+            "2024-06-01T11:15:00+00:00",  # an offset: not accepted
+            "not-a-slot",  # probe 22 kills gsy-e with it
+            "",
+        ]
+    ),
+    st.text(max_size=24),
+)
+
+
+class _SlotSpray(AssetStrategy):
+    """Sends whatever (side, energy, time_slot) hypothesis drew, one order per asset."""
+
+    name = "slot_spray"
+
+    def __init__(self, orders: list[tuple[bool, float, str | None]]) -> None:
+        super().__init__()
+        self.orders = orders
+
+    def on_market(self, ctx: Any, assets: Any, state: Any) -> Any:
+        from gridfleet.strategies.commands import Bid, Offer, StrategyResult
+
+        result = StrategyResult()
+        for row, (is_bid, energy, slot) in enumerate(self.orders[: len(assets)]):
+            order = Bid if is_bid else Offer
+            result.commands.append((row, order(energy_kwh=energy, rate=10.0, time_slot=slot)))
+        return result
+
+    on_tick = on_market
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["load", "pv"]),
+            st.dictionaries(
+                st.sampled_from(SETTLEMENT_SLOTS),
+                st.floats(min_value=-3.0, max_value=3.0, allow_nan=False),
+                max_size=4,
+            ),
+            st.booleans(),
+            st.floats(min_value=0.0, max_value=4.0, allow_nan=False),
+            ANY_SLOT,
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_no_settlement_order_naming_a_closed_or_unparsable_slot_is_ever_serialized(
+    rows: list[tuple[str, dict[str, float], bool, float, str | None]],
+) -> None:
+    from gridfleet.testing import asset_batch, tick_context
+
+    batch = asset_batch(
+        [
+            {"kind": kind, "aggregator": AGG, "unsettled_deviation_kwh": dev or None}
+            for kind, dev, _, _, _ in rows
+        ]
+    )
+    strategy = _SlotSpray([(b, e, s) for _, _, b, e, s in rows])
+    shard = evaluate_shard(
+        tick_context(market_slot=SPOT_SLOT), batch, np.zeros(len(rows), np.int64), [strategy], {}
+    )
+    wire = orjson.loads(merge_fragments([shard.fragments.get(AGG, b"")]))
+    by_uuid = dict(zip(batch.uuid, rows, strict=True))
+    for uuid, commands in wire.items():
+        _, dev, _, _, _ = by_uuid[uuid]
+        for cmd in commands:
+            slot = cmd.get("time_slot")
+            if slot is None or slot == SPOT_SLOT:
+                continue
+            # a settlement order: only an open market the exchange showed for this asset, in
+            # the deviation's direction, for at most the deviation
+            assert slot in dev, (slot, dev)
+            assert (dev[slot] > 0) if cmd["type"] == "bid" else (dev[slot] < 0)
+            assert cmd["energy"] <= abs(dev[slot]) + OFFER_TOLERANCE_KWH
