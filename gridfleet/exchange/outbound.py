@@ -20,8 +20,10 @@ which is what the hot path uses; :func:`validate_command` handles any single com
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
@@ -210,6 +212,20 @@ GSY_E_1_3 = ExchangeProfile()
 # Single-command validation
 
 
+_SLOT_LABEL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+
+def _is_slot_label(text: str) -> bool:
+    """A market slot as the exchange names it in events (``2024-06-01T12:15``), a real date."""
+    if not _SLOT_LABEL.fullmatch(text):
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M")
+    except ValueError:
+        return False
+    return True
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -393,6 +409,12 @@ def validate_command(
     elif ctype in ("set_energy_forecast", "set_energy_measurement"):
         values = cmd.energy_forecast if ctype == "set_energy_forecast" else cmd.energy_measurement
         for slot, kwh in values.items():
+            if not _is_slot_label(slot):
+                # gsy-e answers an error for a key it cannot parse or one with an offset, and
+                # reads a time-only key as today's date: only full slot labels leave
+                raise OutboundRejected(
+                    target.label, ctype, f"slot key {slot!r} is not a YYYY-MM-DDTHH:MM slot"
+                )
             if not math.isfinite(kwh) or kwh < 0:
                 raise OutboundRejected(
                     target.label, ctype, f"energy for {slot} must be >= 0, got {kwh}"

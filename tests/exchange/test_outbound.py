@@ -201,8 +201,30 @@ def test_forecasts() -> None:
     validate_command(
         {"type": "set_energy_forecast", "energy_forecast": {"2024-06-01T00:30": 0.2}}, PV, SPOT
     )
-    err = refused({"type": "set_energy_measurement", "energy_measurement": {"x": -1.0}}, PV)
+    err = refused(
+        {"type": "set_energy_measurement", "energy_measurement": {"2024-06-01T00:15": -1.0}}, PV
+    )
     assert ">= 0" in err.reason
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "not-a-slot",  # settlement probe 15: gsy-e answers an error
+        "2024-06-01T00:15:00+00:00",  # probe 16: an offset is not accepted
+        "00:15",  # time-only: gsy-e reads it as today's date, whatever the simulation's
+        "2024-06-01T00:15:00",
+        "2024-13-01T00:15",  # not a date
+        "",
+    ],
+)
+def test_forecast_and_measurement_keys_must_be_slot_labels(key: str) -> None:
+    for ctype, field in (
+        ("set_energy_forecast", "energy_forecast"),
+        ("set_energy_measurement", "energy_measurement"),
+    ):
+        err = refused({"type": ctype, field: {key: 0.5}}, PV)
+        assert "slot key" in err.reason
 
 
 def test_settlement_slot_orders_are_capped_by_the_deviation() -> None:

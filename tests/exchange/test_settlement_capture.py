@@ -619,7 +619,6 @@ PASSES = [
     "12_probe_settlement_bid_valid",
     "13_probe_settlement_offer_valid_pv",
     "19_probe_bid_time_slot_is_spot_slot",
-    "20_probe_remeasure_time_only_key_and_future_slot",
 ]
 
 
@@ -638,9 +637,13 @@ def test_accepted_requests_pass_outbound_validation(name: str) -> None:
 
 # (example, asset, what the refusal says). Probe 18's list_bids/list_offers with a time_slot are
 # not here: gsy-e accepts them, outbound has no time_slot on list commands (gridfleet never
-# sends one). Probes 15/16 (bad measurement keys, answered with an error) pass outbound: it
-# checks measurement values, not their keys.
+# sends one). Measurement keys must be full slot labels: probes 15 and 16 (keys gsy-e answers
+# with an error) are refused, and so is probe 20's time-only "00:15", which gsy-e reads as
+# today's date whatever the simulation's is (its spot orders and forecast pass).
 REFUSED = [
+    ("15_probe_measurement_bad_slot_key", PROBE_LOAD, "set_energy_measurement", "slot key 'not-a-slot' is not a YYYY-MM-DDTHH:MM slot"),
+    ("16_probe_measurement_iso_offset_key", PROBE_LOAD, "set_energy_measurement", "slot key '2026-12-02T00:15:00+00:00' is not a YYYY-MM-DDTHH:MM slot"),
+    ("20_probe_remeasure_time_only_key_and_future_slot", PROBE_LOAD, "set_energy_measurement", "slot key '00:15' is not a YYYY-MM-DDTHH:MM slot"),
     ("10_probe_settlement_bid_energy_gt_deviation", PROBE_LOAD, "bid", "energy 1.2 kWh above the unsettled 0.7 kWh for 2026-12-02T00:00"),
     ("11_probe_settlement_offer_wrong_sign_load", PROBE_LOAD, "offer", "no negative deviation to sell for 2026-12-02T00:00 (deviation 0.7 kWh)"),
     ("14_probe_settlement_bid_wrong_sign_pv", PROBE_PV, "bid", "no positive deviation to buy for 2026-12-02T00:00 (deviation -0.3 kWh)"),
@@ -658,7 +661,8 @@ def test_rejected_and_crashing_requests_are_refused(
     row = session_row(f"{name}_request")
     batch = decode_example(f"{name}_request")
     assert isinstance(batch, p.BatchCommands)
-    ((refused_asset, _, why),) = validate_at(row, batch)
+    # the one command refused (probe 20's batch has a forecast and spot orders that pass)
+    ((refused_asset, _, why),) = [r for r in validate_at(row, batch) if r[2] is not None]
     assert refused_asset == asset
     assert why is not None and f"refused {command!r}" in why and reason in why
 
