@@ -81,9 +81,15 @@ def summary_line(report: dict[str, Any], report_path: str | None) -> str:
         undelivered = (
             f"; undelivered {s['undelivered_rounds']} rounds in {len(gaps)} gap(s): {spans}"
         )
+    settled = ""
+    if c.get("settlement_markets"):
+        settled = (
+            f"; settled {c['settlement_trades']} trades, {c['settlement_energy_kwh']:.3f} kWh of "
+            f"{c['settlement_deviation_kwh']:.3f} kWh deviation"
+        )
     return (
         f"done: {c['rounds']} rounds, {c['events_sent']} events, {c['batches_received']} batches, "
-        f"{c['trades']} trades, {c['energy_traded_kwh']:.3f} kWh; on time {s['on_time']}, late {s['late']}, "
+        f"{c['trades']} trades, {c['energy_traded_kwh']:.3f} kWh{settled}; on time {s['on_time']}, late {s['late']}, "
         f"missing {s['missing']}, idle {s.get('idle', 0)}"
         + undelivered
         + (f"; report -> {report_path}" if report_path else "")

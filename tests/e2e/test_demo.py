@@ -146,3 +146,29 @@ def test_demo_rest_transport_wires_the_exchange_side(tmp_path: Path, redis_url: 
         assert sim.paused  # until the fleet is up, as over Redis
     finally:
         stack.stop()
+
+
+def test_demo_with_settlement_reports_what_was_settled_apart_from_spot(tmp_path: Path) -> None:
+    run = subprocess.run(
+        demo_argv(tmp_path / "run", "--slots", "3", "--settlement"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = orjson.loads((tmp_path / "run" / "report.json").read_bytes())
+    counts = orjson.loads((tmp_path / "run" / "exchange-report.json").read_bytes())["meta"][
+        "counts"
+    ]
+    settled = report["settlement"]
+    assert counts["settlement_markets"] is True
+    assert settled["trades"] == counts["settlement_trades"] > 0
+    assert settled["energy_kwh"] == pytest.approx(counts["settlement_energy_kwh"])
+    assert report["trades"] == counts["trades"] > 0  # spot, settlement apart
+    # the fleet saw both sides of each settlement trade it was part of, told apart by order id
+    assert 0 < settled["fleet_trades"] <= 2 * settled["trades"]
+    assert settled["deviation_kwh"] > settled["unsettled_kwh"] >= 0
+    assert report["batches_on_time"] + report["batches_idle"] == report["batches_expected"]
+    assert "settled after the slot" in (tmp_path / "run" / "report.html").read_text()
+    assert "settlement trades / energy settled" in run.stdout

@@ -92,6 +92,7 @@ def test_broker_counters_write_every_field_the_report_reads_and_add_up_across_wr
     ingress, coordinator = BrokerCounters(r, "c"), BrokerCounters(r, "c")
     ingress.event_unusable("agg")
     ingress.trades_recorded(2, 0.5)
+    ingress.settlement_trades_recorded(1, 0.25)
     ingress.round_skipped(RoundSkip.SUPERSEDED)
     ingress.round_lost(RoundLoss.BROKER)
     ingress.ingress_stopped(CollectorStats(events=40, rounds=4, skipped_empty=1, late_events=2))
@@ -103,6 +104,8 @@ def test_broker_counters_write_every_field_the_report_reads_and_add_up_across_wr
     got = {k.decode(): v.decode() for k, v in r.hgetall("c").items()}
     assert set(COUNTER_KEYS) <= set(got)
     assert got["lost_rounds"] == "2"  # one each: they add up instead of overwriting
+    assert got["trades"] == "2" and got["settlement_trades"] == "1"
+    assert float(got["settlement_energy_kwh"]) == 0.25
     assert got["rounds"] == "2" and got["deadline_miss"] == "1" and got["deadline_hit"] == "1"
     assert got["commands_sent"] == "24" and got["commands_refused"] == "4"
     assert got["commands_rejected"] == "5" and got["unusable_trees"] == "1"

@@ -358,3 +358,24 @@ def test_the_grid_file_switch_is_checked() -> None:
 )
 def test_time_slots_parse_as_gsy_e_parses_them(text: object, label: str | None) -> None:
     assert parse_time_slot(text, today=datetime(2026, 12, 7).date()) == label
+
+
+def test_the_final_line_says_what_was_settled() -> None:
+    from gridfleet.simulator.standalone import summary_line
+
+    counts = {
+        "rounds": 40,
+        "events_sent": 90,
+        "batches_received": 60,
+        "trades": 300,
+        "energy_traded_kwh": 31.9,
+        "settlement_markets": True,
+        "settlement_trades": 188,
+        "settlement_energy_kwh": 0.7494,
+        "settlement_deviation_kwh": 9.8,
+    }
+    report = {"summary": {"on_time": 60, "late": 0, "missing": 0}, "meta": {"counts": counts}}
+    line = summary_line(report, None)
+    assert "300 trades, 31.900 kWh; settled 188 trades, 0.749 kWh of 9.800 kWh deviation;" in line
+    counts["settlement_markets"] = False
+    assert "settled" not in summary_line(report, None)
