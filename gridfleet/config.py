@@ -83,6 +83,28 @@ class RedisEndpoint(_Model):
         return read_url_env(self.url_env)
 
 
+class LedgerEndpoint(_Model):
+    """The ledger's database URL (``sqlite:///PATH``, ``postgresql://...``), given directly or
+    (better for a password) through an environment variable."""
+
+    url: str | None = None
+    url_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LedgerEndpoint:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give `url` or `url_env`")
+        if self.url is not None and not self.url.startswith(("sqlite:", "postgresql")):
+            raise ValueError(f"url must start with sqlite: or postgresql, got {self.url!r}")
+        return self
+
+    def resolve(self) -> str:
+        if self.url:
+            return self.url
+        assert self.url_env is not None
+        return read_url_env(self.url_env)
+
+
 DEFAULT_USERNAME_ENV = "API_CLIENT_USERNAME"
 DEFAULT_PASSWORD_ENV = "API_CLIENT_PASSWORD"
 """The official client's variables (gsy-e-sdk), so an SDK user's environment works as it is."""
@@ -328,6 +350,7 @@ class FleetConfig(_Model):
     exchange: ExchangeEndpoint = ExchangeEndpoint(url_env="GRIDFLEET_EXCHANGE_URL")
     exchange_config_id: str = ""
     broker: RedisEndpoint = RedisEndpoint(url_env="GRIDFLEET_BROKER_URL")
+    ledger: LedgerEndpoint | None = None  # unset: GRIDFLEET_LEDGER_URL, else runs/ledger.sqlite
     grid_file: Path | None = None
     aggregators: list[AggregatorSpec] = Field(min_length=1)
     shard_size: int = Field(default=2000, ge=1, le=1_000_000)

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     redis_server: Path | None = Field(
         default=None, description="redis-server binary for private Redis servers."
     )
+    ledger_url: SecretStr | None = Field(
+        default=None,
+        description="Database of the ledger (sqlite:///PATH or postgresql://...); unset: the "
+        "fleet file's ledger, else sqlite:///runs/ledger.sqlite.",
+    )
 
 
 def secret(value: SecretStr | None) -> str | None:

@@ -158,6 +158,21 @@ def test_the_platform_never_imports_workers_or_the_cli() -> None:
     assert not bad, report(bad, "the platform sends tasks by name (dispatch.py)")
 
 
+def test_the_ledger_reads_the_fleet_records_and_nothing_imports_it_back() -> None:
+    """The ledger consumes what the platform writes on the broker (keys, runs); the services
+    never import the ledger (a database outage must not reach a round), nor does the simulator."""
+    forbidden = ("gridfleet.workers", "gridfleet.cli", "gridfleet.simulator", "gridfleet.demo")
+    bad = [i for i in package_imports("ledger") if is_under(i.module, forbidden)]
+    assert not bad, "\n".join(map(str, bad))
+    back = [
+        i
+        for top in ("platform", "workers", "exchange", "strategies", "simulator")
+        for i in package_imports(top)
+        if is_under(i.module, ("gridfleet.ledger",))
+    ]
+    assert not back, "\n".join(map(str, back))
+
+
 def test_the_exchange_layer_imports_nothing_above_it() -> None:
     above = (
         "gridfleet.platform",

@@ -255,6 +255,9 @@ class LazyGroup(click.Group):
         "sim": "gridfleet.cli.sim:sim",
         "demo": "gridfleet.cli.demo:demo",
         "bench": "gridfleet.cli.bench:bench",
+        "ledger": "gridfleet.cli.ledger:ledger",
+        "runs": "gridfleet.cli.ledger:runs",
+        "export": "gridfleet.cli.ledger:export",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -555,6 +558,12 @@ def health_worker(config_path: str | None, broker_url: str | None, hostname: str
     help="Also start a standby ingress and a standby coordinator: each takes over within a"
     " round when the active one dies.",
 )
+@click.option(
+    "--no-ledger",
+    is_flag=True,
+    help="Do not start a ledger writer (the run's records stay on the broker for `gridfleet "
+    "ledger`).",
+)
 def run(
     config_path: str | None,
     exchange_url: str | None,
@@ -565,6 +574,7 @@ def run(
     no_workers: bool,
     single_process: bool,
     standby: bool,
+    no_ledger: bool,
 ) -> None:
     """Run a fleet against an exchange that is already running: ingress, coordinator and workers.
 
@@ -605,6 +615,7 @@ def run(
         task_events=config.flower_events,
         run_id=new_run_id(),
         standby=standby,
+        ledger=not no_ledger,
     )
     _stop_on_signals(procs.stop_event)
     sys.exit(procs.run())

@@ -56,12 +56,21 @@ def run_demo(opts: DemoOptions) -> int:
             console.print("[yellow]interrupted: stopping every process gridfleet started[/]")
             return EXIT_INTERRUPTED
         data = stack.collect()
+        ledger_ok = stack.drain_ledger()
         stack.group.stop(grace_s=10)
         html = stack.write_report(data)
         report = orjson.loads((stack.run_dir / "report.json").read_bytes())
         console.print()
         console.print(summary_table(report))
         console.print(f"report: {html}\n        {stack.run_dir / 'report.json'}")
+        ledger = stack.ledger_url.removeprefix("sqlite:///")
+        if ledger_ok:
+            console.print(
+                f"ledger: {ledger} (run {stack.run_id}): gridfleet runs / gridfleet export "
+                f"{stack.run_id} --trades trades.csv, with --ledger-url {stack.ledger_url}"
+            )
+        else:
+            console.print(f"[yellow]ledger: run {stack.run_id} not fully written to {ledger}[/]")
         return 0
     finally:
         stack.stop()

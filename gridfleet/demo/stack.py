@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
 import sys
 import threading
 import time
@@ -221,6 +222,10 @@ class DemoStack:
         run = ["--run-id", self.run_id]
         self.group.start("coordinator", [*base, "coordinator", "--metrics-port", "0", *run], env)
         self.group.start("ingress", [*base, "ingress", "--metrics-port", "0", *run], env)
+        # the run, written into the ledger beside the run folders as it happens
+        self.group.start(
+            "ledger", [*base, "ledger", *run], {**env, "GRIDFLEET_LEDGER_URL": self.ledger_url}
+        )
         if self.opts.flower:
             port = free_port()
             self.group.start("flower", [*base, "flower", "--port", str(port)], env)
@@ -250,9 +255,29 @@ class DemoStack:
                 f"the fleet did not come up in {timeout:.0f} s (fleet connected: {fleet_ok}, worker up: {worker_ok}); see {self.group.log_dir}"
             )
 
+    @property
+    def ledger_url(self) -> str:
+        """The demo's ledger: ``ledger.sqlite`` beside its run folder (runs/ledger.sqlite)."""
+        return f"sqlite:///{self.run_dir.parent / 'ledger.sqlite'}"
+
+    def drain_ledger(self, timeout: float = 30.0) -> bool:
+        """After the finish: wait for the ledger writer to write the run's last records."""
+        for child in self.group.children:
+            if child.name == "ledger" and child.process is not None:
+                try:
+                    return child.process.wait(timeout=timeout) == 0
+                except subprocess.TimeoutExpired:
+                    return False
+        return False
+
     def check_children(self) -> None:
         """Raise :class:`DemoError` naming the first process that died (Flower may die)."""
-        dead = [c for c in self.group.dead() if c.name != "flower"]
+        dead = [
+            c
+            for c in self.group.dead()
+            if c.name != "flower"
+            and not (c.name == "ledger" and c.process is not None and c.process.returncode == 0)
+        ]
         if dead:
             c = dead[0]
             raise DemoError(

@@ -34,17 +34,39 @@ def trade_record(
     slot: str | None,
     settlement_ids: Collection[str] = (),
 ) -> dict[str, Any]:
-    """One aggregator's trade event, summed: spot trades, energy, price and fees, and the same
-    for its settlement trades (those whose own order id is in ``settlement_ids``)."""
+    """One aggregator's trade event: spot trades, energy, price and fees summed, the same for
+    its settlement trades (those whose own order id is in ``settlement_ids``), and each trade
+    as an item for the ledger (:data:`gridfleet.ledger.rows.TRADE_ITEM_FIELDS`)."""
     spot: list[Trade] = []
     settled: list[Trade] = []
+    items: list[list[Any]] = []
     for t in event.trade_list:
-        (settled if settlement_ids and own_order_id(t) in settlement_ids else spot).append(t)
+        oid = own_order_id(t)
+        settling = bool(settlement_ids) and oid in settlement_ids
+        (settled if settling else spot).append(t)
+        items.append(
+            [
+                t.trade_id,
+                t.asset_id,
+                "buy" if t.seller == "anonymous" else "sell",
+                t.traded_energy,
+                t.trade_price,
+                _fee(t),
+                oid,
+                "settlement" if settling else "spot",
+                t.time if isinstance(t.time, str) else None,
+            ]
+        )
     record: dict[str, Any] = {"kind": "trade", "slot": slot, "aggregator": aggregator}
     record.update(_sums(spot))
     if settled:
         record.update({f"settlement_{k}": v for k, v in _sums(settled).items()})
+    record["items"] = items
     return record
+
+
+def _fee(t: Trade) -> float:
+    return float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0
 
 
 def _sums(trades: list[Trade]) -> dict[str, Any]:
@@ -52,9 +74,7 @@ def _sums(trades: list[Trade]) -> dict[str, Any]:
         "trades": len(trades),
         "energy_kwh": sum(t.traded_energy for t in trades),
         "price_ct": sum(t.trade_price for t in trades),
-        "fees_ct": sum(
-            float(t.total_fee) if isinstance(t.total_fee, int | float) else 0.0 for t in trades
-        ),
+        "fees_ct": sum(_fee(t) for t in trades),
     }
 
 

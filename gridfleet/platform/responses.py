@@ -21,6 +21,7 @@ from gridfleet.exchange.messages import BatchResponse, CommandResponse, Protocol
 from gridfleet.platform.codec import packb
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.observers import Observer
+from gridfleet.platform.records import STREAM_MAXLEN
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class ResponseRecorder:
         agg_name = self.aggregator_names.get(resp.aggregator_uuid, resp.aggregator_uuid)
         rejected = 0
         examples: list[str] = []
+        items: list[list[str]] = []  # [asset, command, reason] per rejected command (ledger)
         pipe = self.broker.pipeline(transaction=False)
         for asset, answers in resp.responses.items():
             name = self.asset_names.get(asset)
@@ -93,6 +95,7 @@ class ResponseRecorder:
                 if not answer.ok:
                     rejected += 1
                     reason = answer.reason or "no reason given"
+                    items.append([asset, command, reason])
                     if len(examples) < 3:
                         examples.append(f"{command} of {name}: {reason}")
                     log.debug(
@@ -129,6 +132,19 @@ class ResponseRecorder:
                 resp.transaction_id,
                 "; ".join(examples),
                 extra={"aggregator": agg_name},
+            )
+        if items:
+            record = {
+                "kind": "rejection",
+                "aggregator": resp.aggregator_uuid,
+                "transaction_id": resp.transaction_id,
+                "items": items,
+            }
+            pipe.xadd(
+                self.keys.events,
+                {"data": orjson.dumps(record)},
+                maxlen=STREAM_MAXLEN,
+                approximate=True,
             )
         pipe.execute()
         if rejected:

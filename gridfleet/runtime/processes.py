@@ -139,6 +139,10 @@ def _signal_group(child: Child, sig: int) -> None:
         os.killpg(child.process.pid, sig)
 
 
+LEDGER_DRAIN_S = 60.0
+"""How long ``gridfleet run`` waits after the finish for the ledger writer to catch up."""
+
+
 class FleetProcesses:
     """Ingress, coordinator and N workers for one fleet file, supervised until the run ends.
 
@@ -159,10 +163,12 @@ class FleetProcesses:
         task_events: bool = False,
         run_id: str | None = None,
         standby: bool = False,
+        ledger: bool = True,
     ) -> None:
         self.config_path = config_path
         self.run_id = run_id
         self.standby = standby
+        self.ledger = ledger  # a `gridfleet ledger` child writes the run into the ledger
         self.task_events = task_events  # the fleet file's flower_events
         # The children read these as their settings (gridfleet.settings); URLs travel in the
         # environment, never on a command line, where `ps` would show their passwords.
@@ -205,6 +211,9 @@ class FleetProcesses:
             self.group.start(
                 f"ingress{suffix}", [*base, "ingress", "--metrics-port", _port(port, offset), *run]
             )
+        if self.ledger:
+            # with the run id it exits on its own once the run is finished and written
+            self.group.start("ledger", [*base, "ledger", *run])
 
     def _role(self, role: str) -> list[Child]:
         return [c for c in self.group.children if c.name.split("-")[0] == role]
@@ -231,6 +240,17 @@ class FleetProcesses:
                     told.add(child.name)
                     child_code = child.process.returncode if child.process else 1
                     role = child.name.split("-")[0]
+                    if role == "ledger":
+                        # the fleet trades on: the records wait on the broker for a writer
+                        why = child.last_error()
+                        log.error(
+                            "the ledger writer exited with %s%s; the run's records stay on the "
+                            "broker: `gridfleet ledger --run-id %s` writes them",
+                            child_code,
+                            f": {why}" if why else "",
+                            self.run_id,
+                        )
+                        continue
                     if role == "ingress" and child_code == 0:
                         continue  # the finish: the other ingress follows
                     if role == "coordinator" and child_code == 0:
@@ -255,9 +275,27 @@ class FleetProcesses:
                     self._report_failure(failed, failed.process.returncode if failed.process else 1)
                     code = 1
                     break
+            if code == 0:
+                self._drain_ledger()
         finally:
             self.group.stop()
         return code
+
+    def _drain_ledger(self, timeout: float = LEDGER_DRAIN_S) -> None:
+        """After the finish: give the ledger writer time to write the run's last records."""
+        for child in self._role("ledger"):
+            if child.process is None or child.process.poll() is not None:
+                continue
+            try:
+                child.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.error(
+                    "the ledger writer did not finish within %.0f s; the rest of run %s stays "
+                    "on the broker: `gridfleet ledger --run-id %s` writes it",
+                    timeout,
+                    self.run_id,
+                    self.run_id,
+                )
 
     def _wait_for(self, children: list[Child], timeout: float) -> int:
         deadline = time.monotonic() + timeout

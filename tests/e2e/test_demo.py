@@ -69,6 +69,14 @@ def test_headless_demo_report_agrees_with_the_exchange(tmp_path: Path) -> None:
     )
     assert (tmp_path / "run" / "report.html").stat().st_size > 10_000
     assert "report.html" in run.stdout
+    # the run is in the ledger beside the run folder, trade for trade with the exchange
+    from gridfleet.ledger import store
+
+    (ledgered,) = store.list_runs(store.open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}"))
+    assert ledgered.finished and ledgered.started_at is not None
+    assert ledgered.trades == report["trades"]
+    assert ledgered.energy_kwh == pytest.approx(report["energy_traded_kwh"])
+    assert f"ledger: {tmp_path / 'ledger.sqlite'}" in run.stdout
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

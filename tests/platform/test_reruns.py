@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from sqlalchemy import func, select
 
+from gridfleet.ledger import schema, store
 from gridfleet.runtime.redis_server import RedisServer
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.simulator.runner import SimConfig, Simulator
@@ -62,9 +64,10 @@ def one_run(
         time.sleep(1.0)  # the coordinator and the worker
         sim.resume()
         assert sim.wait(120), "the simulation did not finish"
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=90)
         report = sim.report()
         trades = sim.counts.trades
+        energy = sim.counts.energy_traded_kwh
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -78,6 +81,7 @@ def one_run(
         "run": run_id,
         "report": report,
         "trades": trades,
+        "energy": energy,
         "counters": counters,
     }
 
@@ -92,6 +96,7 @@ def test_two_runs_in_a_row_on_one_broker_both_trade_and_exit_0(tmp_path: Path) -
                 {
                     "exchange": {"url": exchange.url},
                     "broker": {"url": broker.url},
+                    "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
                     "aggregators": [
                         {"name": n, "assets": e["assets"]} for n, e in assignment.items()
                     ],
@@ -110,6 +115,23 @@ def test_two_runs_in_a_row_on_one_broker_both_trade_and_exit_0(tmp_path: Path) -
         # The run's counters are its own: no more rounds than its exchange sent.
         assert 0 < int(run["counters"]["rounds"]) <= summary["rounds"]
     assert first["run"] != second["run"]
+    # `gridfleet run` wrote both runs into the ledger before it exited: every trade the exchange
+    # matched, once (a trade between two of the fleet's assets is a row per side)
+    engine = store.open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    listed = {r.run_id: r for r in store.list_runs(engine)}
+    assert set(listed) == {first["run"], second["run"]}
+    t = schema.trades
+    for run in (first, second):
+        assert listed[run["run"]].finished
+        with engine.connect() as conn:
+            per_trade = conn.execute(
+                select(t.c.trade_id, func.max(t.c.energy_kwh))
+                .where(t.c.run_id == run["run"])
+                .group_by(t.c.trade_id)
+            ).all()
+        assert len(per_trade) == run["trades"]
+        assert sum(e for _, e in per_trade) == pytest.approx(run["energy"])
+        assert listed[run["run"]].rounds == int(run["counters"]["rounds"])
     # Before run ids, the second run stopped after ~3 s on the first run's finished flag.
     assert second["report"]["summary"]["on_time"] >= 0.8 * first["report"]["summary"]["on_time"]
 
@@ -126,6 +148,7 @@ def test_run_with_standby_trades_and_exits_0(tmp_path: Path) -> None:
                 {
                     "exchange": {"url": exchange.url},
                     "broker": {"url": broker.url},
+                    "ledger": {"url": f"sqlite:///{tmp_path / 'ledger.sqlite'}"},
                     "aggregators": [
                         {"name": n, "assets": e["assets"]} for n, e in assignment.items()
                     ],

@@ -1,0 +1,165 @@
+"""``gridfleet ledger``, ``gridfleet runs`` and ``gridfleet export``: the ledger's commands."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gridfleet.cli import (
+    BadInput,
+    Unreachable,
+    _load_config,
+    _stop_on_signals,
+    broker_option,
+    check_redis,
+    config_option,
+    from_settings,
+    log_option,
+)
+
+ledger_option = click.option(
+    "--ledger-url",
+    "ledger_db",
+    default=from_settings("ledger_url"),
+    help="The ledger's database: sqlite:///PATH or postgresql://... (default: the fleet file's "
+    "ledger, else sqlite:///runs/ledger.sqlite). [env: GRIDFLEET_LEDGER_URL]",
+)
+
+
+def ledger_url(url: str | None, config_path: str | None) -> str:
+    """The flag (or GRIDFLEET_LEDGER_URL), then the fleet file's ``ledger``, then SQLite."""
+    from gridfleet.config import ConfigError
+    from gridfleet.ledger.store import DEFAULT_LEDGER_URL
+
+    if url:
+        return url
+    if config_path:
+        config = _load_config(config_path)
+        if config.ledger is not None:
+            try:
+                return config.ledger.resolve()
+            except ConfigError as exc:
+                raise BadInput(str(exc)) from None
+    return DEFAULT_LEDGER_URL
+
+
+def open_engine(url: str) -> Any:
+    from gridfleet.ledger.store import LedgerError, open_ledger
+
+    try:
+        return open_ledger(url)
+    except LedgerError as exc:
+        raise Unreachable(str(exc)) from None
+
+
+@click.command()
+@config_option
+@broker_option
+@ledger_option
+@log_option
+@click.option("--run-id", default=None, help="Write this run only, then exit.")
+@click.option(
+    "--namespace",
+    default=None,
+    help="The fleet's namespace on the broker (default: the fleet file's, else gf).",
+)
+def ledger(
+    config_path: str | None,
+    broker_url: str | None,
+    ledger_db: str | None,
+    log_level: str,
+    run_id: str | None,
+    namespace: str | None,
+) -> None:
+    """Copy the fleet's runs from the broker into the ledger, as they happen."""
+    import redis
+
+    from gridfleet.config import ConfigError
+    from gridfleet.ledger.writer import LedgerWriter
+    from gridfleet.platform.keys import Keys
+    from gridfleet.runtime.logs import setup_logging
+
+    setup_logging(log_level)
+    config = _load_config(config_path) if config_path else None
+    if broker_url is None and config is not None:
+        try:
+            broker_url = config.broker.resolve()
+        except ConfigError as exc:
+            raise BadInput(f"{exc}; or pass --broker-url") from None
+    if broker_url is None:
+        raise BadInput("no broker: pass --broker-url, set GRIDFLEET_BROKER_URL or give -c FLEET")
+    check_redis(broker_url, "--broker-url (or GRIDFLEET_BROKER_URL)")
+    engine = open_engine(ledger_url(ledger_db, config_path))
+    ns = namespace or (config.namespace if config is not None else "gf")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    writer = LedgerWriter(
+        redis.Redis.from_url(broker_url), engine, Keys(ns), stop=stop, run_id=run_id
+    )
+    writer.run()
+
+
+@click.command()
+@config_option
+@ledger_option
+def runs(config_path: str | None, ledger_db: str | None) -> None:
+    """List the runs in the ledger, newest first: its id, then what it did."""
+    from datetime import UTC, datetime
+
+    from gridfleet.ledger.store import list_runs
+
+    engine = open_engine(ledger_url(ledger_db, config_path))
+    found = list_runs(engine)
+    if not found:
+        click.echo("no runs in the ledger yet", err=True)
+        return
+    for r in found:
+        started = (
+            datetime.fromtimestamp(r.started_at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            if r.started_at
+            else "-"
+        )
+        on_time = f"{100 * r.rounds_on_time / r.rounds:.1f} %" if r.rounds else "-"
+        click.echo(
+            f"{r.run_id}  started {started}  {'finished' if r.finished else 'running '}  "
+            f"{r.rounds} rounds ({on_time} on time)  {r.trades} trades "
+            f"({r.settlement_trades} settlement), {r.energy_kwh:.3f} kWh  "
+            f"{r.rejections} rejected"
+        )
+
+
+@click.command()
+@click.argument("run_id")
+@config_option
+@ledger_option
+@click.option(
+    "--trades",
+    "trades_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the run's trades here: CSV, or Parquet for a .parquet name (needs pyarrow).",
+)
+def export(run_id: str, config_path: str | None, ledger_db: str | None, trades_path: Path) -> None:
+    """Export a run's trades from the ledger, one row per asset and trade."""
+    from gridfleet.ledger.store import export_trades_csv, export_trades_parquet, run_exists
+
+    engine = open_engine(ledger_url(ledger_db, config_path))
+    if not run_exists(engine, run_id):
+        raise BadInput(f"no run {run_id!r} in the ledger; `gridfleet runs` lists them")
+    if trades_path.suffix.lower() == ".parquet":
+        try:
+            n = export_trades_parquet(engine, run_id, trades_path)
+        except ImportError:
+            raise BadInput("Parquet needs pyarrow: pip install pyarrow, or export .csv") from None
+    else:
+        try:
+            with trades_path.open("w", newline="") as out:
+                n = export_trades_csv(engine, run_id, out)
+        except OSError as exc:
+            raise BadInput(f"cannot write {trades_path}: {exc.strerror}") from None
+    click.echo(f"{n} trades of run {run_id} -> {trades_path}", err=True)
+    sys.stdout.flush()

@@ -1,0 +1,259 @@
+"""The ledger database: open it (SQLite by default, PostgreSQL by URL), bring its schema up to
+date with the migrations, write rows idempotently, and read runs and trades back.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Engine, case, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from gridfleet.ledger import schema
+from gridfleet.ledger.rows import Rows
+from gridfleet.runtime.redact import redact
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEDGER_URL = "sqlite:///runs/ledger.sqlite"
+"""Under the working directory, beside the demo's run folders."""
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# rows per INSERT statement: a 100 000-asset slot end is ~40 000 trade rows (SQLite takes at
+# most 32 766 bound parameters per statement, 12 columns a trade row)
+CHUNK_ROWS = 2000
+CONFLICT_KEYS = {t.name: [c.name for c in t.primary_key.columns] for t in schema.TABLES}
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or written; the message names the database (no password)."""
+
+
+def open_ledger(url: str | None = None) -> Engine:
+    """An engine for the ledger at ``url`` (default :data:`DEFAULT_LEDGER_URL`), its schema
+    migrated to the newest version. SQLite: the file's folder is created, and writers wait
+    for each other instead of failing (WAL, a busy timeout)."""
+    url = url or DEFAULT_LEDGER_URL
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise LedgerError(f"ledger URL {redact(url)!r} is not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise LedgerError(f"ledger URL {redact(url)!r}: use sqlite:///PATH or postgresql://...")
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed, pool_pre_ping=True)
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        migrate(engine)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise LedgerError(f"ledger {redact(url)}: {reason}") from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (Alembic, run in-process)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _insert(conn: Connection, table_name: str, rows: list[dict[str, Any]]) -> None:
+    table = schema.metadata.tables[table_name]
+    dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+    for i in range(0, len(rows), CHUNK_ROWS):
+        stmt = dialect.insert(table).values(rows[i : i + CHUNK_ROWS])
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=CONFLICT_KEYS[table_name]))
+
+
+def write(engine: Engine, run: Mapping[str, Any], rows: Rows) -> None:
+    """One transaction: the run's row (created once, its finish time kept up to date) and
+    ``rows``; a row already there (a record delivered again) is left as it is."""
+    with engine.begin() as conn:
+        _insert(conn, "runs", [dict(run)])
+        if run.get("started_at") is not None:  # a writer that came up before the run did
+            conn.execute(
+                schema.runs.update()
+                .where(schema.runs.c.run_id == run["run_id"], schema.runs.c.started_at.is_(None))
+                .values(started_at=run["started_at"], started_by=run.get("started_by"))
+            )
+        for table_name, table_rows in rows.by_table.items():
+            if table_rows:
+                _insert(conn, table_name, table_rows)
+        if rows.finished_at is not None:
+            conn.execute(
+                schema.runs.update()
+                .where(schema.runs.c.run_id == run["run_id"])
+                .values(finished_at=rows.finished_at)
+            )
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run's totals; ``trades`` counts each trade once, ``energy_kwh`` is theirs."""
+
+    run_id: str
+    started_at: float | None
+    finished: bool
+    rounds: int
+    rounds_on_time: int
+    trades: int
+    energy_kwh: float
+    settlement_trades: int
+    rejections: int
+
+
+def list_runs(engine: Engine) -> list[RunSummary]:
+    """Every run in the ledger, newest first, with its totals."""
+    r, t, rd, rj = schema.runs, schema.trades, schema.rounds, schema.rejections
+    # one row per trade (both sides of a trade inside the fleet are rows of their own)
+    per_trade = (
+        select(
+            t.c.run_id,
+            t.c.trade_id,
+            func.max(t.c.energy_kwh).label("kwh"),
+            func.max(case((t.c.market == "settlement", 1), else_=0)).label("settled"),
+        )
+        .group_by(t.c.run_id, t.c.trade_id)
+        .subquery()
+    )
+    trade_q = (
+        select(
+            per_trade.c.run_id,
+            func.count().label("n"),
+            func.coalesce(func.sum(per_trade.c.kwh), 0.0).label("kwh"),
+            func.sum(per_trade.c.settled).label("settled"),
+        )
+        .group_by(per_trade.c.run_id)
+        .subquery()
+    )
+    round_q = (
+        select(
+            rd.c.run_id,
+            func.count().label("n"),
+            func.sum(case((rd.c.on_time, 1), else_=0)).label("on_time"),
+        )
+        .group_by(rd.c.run_id)
+        .subquery()
+    )
+    rej_q = select(rj.c.run_id, func.count().label("n")).group_by(rj.c.run_id).subquery()
+    q = (
+        select(
+            r.c.run_id,
+            r.c.started_at,
+            r.c.finished_at,
+            round_q.c.n,
+            round_q.c.on_time,
+            trade_q.c.n,
+            trade_q.c.kwh,
+            trade_q.c.settled,
+            rej_q.c.n,
+        )
+        .outerjoin(trade_q, trade_q.c.run_id == r.c.run_id)
+        .outerjoin(round_q, round_q.c.run_id == r.c.run_id)
+        .outerjoin(rej_q, rej_q.c.run_id == r.c.run_id)
+        .order_by(r.c.run_id.desc())
+    )
+    with engine.connect() as conn:
+        return [
+            RunSummary(
+                run_id=row[0],
+                started_at=row[1],
+                finished=row[2] is not None,
+                rounds=int(row[3] or 0),
+                rounds_on_time=int(row[4] or 0),
+                trades=int(row[5] or 0),
+                energy_kwh=float(row[6] or 0.0),
+                settlement_trades=int(row[7] or 0),
+                rejections=int(row[8] or 0),
+            )
+            for row in conn.execute(q)
+        ]
+
+
+def run_exists(engine: Engine, run_id: str) -> bool:
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(schema.runs.c.run_id).where(schema.runs.c.run_id == run_id)).first()
+            is not None
+        )
+
+
+TRADE_COLUMNS = [
+    "trade_id",
+    "asset_id",
+    "aggregator",
+    "side",
+    "market",
+    "slot",
+    "time",
+    "energy_kwh",
+    "price_ct",
+    "fee_ct",
+    "order_id",
+]
+
+
+def trades_of(engine: Engine, run_id: str, batch: int = 10_000) -> Iterator[tuple[Any, ...]]:
+    """The run's trade rows (:data:`TRADE_COLUMNS`), in time order, streamed."""
+    t = schema.trades
+    q = (
+        select(*(t.c[name] for name in TRADE_COLUMNS))
+        .where(t.c.run_id == run_id)
+        .order_by(t.c.time, t.c.trade_id, t.c.asset_id)
+    )
+    with engine.connect() as conn:
+        result = conn.execution_options(yield_per=batch).execute(q)
+        for row in result:
+            yield tuple(row)
+
+
+def export_trades_csv(engine: Engine, run_id: str, out: TextIO) -> int:
+    """Write the run's trades as CSV (header first); the number of trades written."""
+    writer = csv.writer(out)
+    writer.writerow(TRADE_COLUMNS)
+    n = 0
+    for row in trades_of(engine, run_id):
+        writer.writerow(row)
+        n += 1
+    return n
+
+
+def export_trades_parquet(engine: Engine, run_id: str, path: Path) -> int:
+    """Write the run's trades as Parquet (needs pyarrow: ImportError without it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(trades_of(engine, run_id))
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(TRADE_COLUMNS)})
+    pq.write_table(table, path)
+    return len(rows)

@@ -1,0 +1,68 @@
+"""A fleet's run written into the ledger while it trades, on PostgreSQL: real Redis, the embedded
+exchange, ingress, coordinator, Celery worker processes and the ledger writer beside them. The
+ledger ends up with every trade the exchange matched, once, with the exchange's energy."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from gridfleet.ledger import schema, store
+from gridfleet.ledger.writer import LedgerWriter
+from gridfleet.platform.keys import Keys
+from gridfleet.runtime.postgres_server import PostgresServer
+from gridfleet.runtime.redis_server import RedisServer
+from tests.ledger.conftest import fresh_database
+from tests.platform.harness import running_fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def two_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
+    with RedisServer() as exchange, RedisServer() as broker:
+        yield exchange, broker
+
+
+def test_a_fleet_run_lands_in_the_ledger_trade_for_trade(
+    two_redis: tuple[RedisServer, RedisServer], postgres: PostgresServer
+) -> None:
+    exchange, broker = two_redis
+    engine = store.open_ledger(fresh_database(postgres))
+    with running_fleet(exchange.url, broker.url, slots=3, tick_interval=0.5) as (fleet, _):
+        run_id = fleet.ingress.run_id
+        writer = LedgerWriter(
+            redis.Redis.from_url(broker.url), engine, Keys(fleet.config.namespace), run_id=run_id
+        )
+        thread = threading.Thread(target=writer.run, daemon=True)
+        thread.start()
+        fleet.wait()
+        thread.join(60)
+        assert not thread.is_alive(), "the writer did not finish the run"
+        counts = fleet.sim.counts
+        entries = [
+            t
+            for raws in fleet.recorder.events.values()
+            for raw in raws
+            if (ev := orjson.loads(raw))["event"] == "trade"
+            for t in ev["trade_list"]
+        ]
+
+    t = schema.trades
+    with engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(t)).scalar_one()
+        per_trade = conn.execute(
+            select(t.c.trade_id, func.max(t.c.energy_kwh)).group_by(t.c.trade_id)
+        ).all()
+    assert counts.trades > 100
+    assert len(per_trade) == counts.trades  # every trade the exchange matched, once
+    assert sum(e for _, e in per_trade) == pytest.approx(counts.energy_traded_kwh)
+    assert rows == len(entries)  # a row per side the fleet was told about
+    (run,) = store.list_runs(engine)
+    assert run.run_id == run_id and run.finished and run.rounds > 0
+    assert writer.stats.bad_records == 0
