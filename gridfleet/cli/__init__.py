@@ -258,6 +258,7 @@ class LazyGroup(click.Group):
         "ledger": "gridfleet.cli.ledger:ledger",
         "runs": "gridfleet.cli.ledger:runs",
         "export": "gridfleet.cli.ledger:export",
+        "report": "gridfleet.cli.ledger:report",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -15,6 +15,7 @@ SUITES = {
     "shard": "one worker process's shard throughput (for sizing workers)",
     "pipeline": "exchange-measured latency and on-time rate, pipeline vs one process (slow)",
     "rest": "the same fleet over REST + websocket and over Redis, in one run (slow)",
+    "ledger": "ledger lag (published -> committed) on SQLite and PostgreSQL, trading (slow)",
 }
 
 
@@ -40,6 +41,7 @@ def bench(suite: str, args: tuple[str, ...]) -> None:
     shard       one worker process's shard throughput (for sizing workers)
     pipeline    exchange-measured latency and on-time rate, pipeline vs one process (slow)
     rest        the same fleet over REST + websocket and over Redis, in one run (slow)
+    ledger      ledger lag (published -> committed) on SQLite and PostgreSQL, trading (slow)
     """
     root = repo_root()
     for name in SUITES if suite == "all" else [suite]:

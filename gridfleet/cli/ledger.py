@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ def open_engine(url: str) -> Any:
 @log_option
 @click.option("--run-id", default=None, help="Write this run only, then exit.")
 @click.option(
+    "--stats-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="At the end, write the writer's totals and lag percentiles here (JSON).",
+)
+@click.option(
     "--namespace",
     default=None,
     help="The fleet's namespace on the broker (default: the fleet file's, else gf).",
@@ -73,6 +80,7 @@ def ledger(
     ledger_db: str | None,
     log_level: str,
     run_id: str | None,
+    stats_file: Path | None,
     namespace: str | None,
 ) -> None:
     """Copy the fleet's runs from the broker into the ledger, as they happen."""
@@ -100,7 +108,13 @@ def ledger(
     writer = LedgerWriter(
         redis.Redis.from_url(broker_url), engine, Keys(ns), stop=stop, run_id=run_id
     )
-    writer.run()
+    try:
+        writer.run()
+    finally:
+        if stats_file is not None:
+            import orjson
+
+            stats_file.write_bytes(orjson.dumps(writer.stats.as_dict(), option=orjson.OPT_INDENT_2))
 
 
 @click.command()
@@ -163,3 +177,50 @@ def export(run_id: str, config_path: str | None, ledger_db: str | None, trades_p
             raise BadInput(f"cannot write {trades_path}: {exc.strerror}") from None
     click.echo(f"{n} trades of run {run_id} -> {trades_path}", err=True)
     sys.stdout.flush()
+
+
+@click.command()
+@click.argument("run_id")
+@config_option
+@ledger_option
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for report.html and report.json (created).",
+)
+def report(run_id: str, config_path: str | None, ledger_db: str | None, out_dir: Path) -> None:
+    """Build a run's report (report.html, report.json) from the ledger.
+
+    A demo's run has the exchange's own measurements in the ledger too, and its report comes
+    out with the demo's figures; a run against another exchange has the fleet's view only.
+    """
+    from gridfleet.ledger.store import get_documents, records_of, run_exists
+    from gridfleet.report import write_report
+
+    engine = open_engine(ledger_url(ledger_db, config_path))
+    if not run_exists(engine, run_id):
+        raise BadInput(f"no run {run_id!r} in the ledger; `gridfleet runs` lists them")
+    docs = get_documents(engine, run_id)
+    records: list[Mapping[str, Any]] = list(records_of(engine, run_id))
+    meta = {**docs.get("report_meta", {}), "run_id": run_id, "source": "ledger"}
+    try:
+        html = write_report(
+            out_dir,
+            sim_report=docs.get("sim_report", {}),
+            records=records,
+            counters=docs.get("counters", {}),
+            meta=meta,
+            market_stats=docs.get("market_stats"),
+            slot_totals=docs.get("slot_totals"),
+        )
+    except OSError as exc:
+        raise BadInput(f"cannot write the report into {out_dir}: {exc.strerror}") from None
+    if "sim_report" not in docs:
+        click.echo(
+            "no exchange measurements for this run in the ledger: the report has the fleet's "
+            "view only",
+            err=True,
+        )
+    click.echo(f"report: {html}\n        {out_dir / 'report.json'}")

@@ -8,6 +8,7 @@ the live view shows; collects what the report needs; and stops everything it sta
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 import redis
 import yaml
+from sqlalchemy.exc import SQLAlchemyError
 
 from gridfleet.demo.live import TICKS_PER_SLOT, LiveFigures
 from gridfleet.platform.keys import Keys
@@ -34,6 +36,9 @@ from gridfleet.runtime.redis_server import RedisServer, free_port
 
 class DemoError(Exception):
     """The demo cannot go on (a process died, the fleet did not come up); the message says why."""
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -353,13 +358,36 @@ class DemoStack:
             orjson.dumps(data["sim_report"], option=orjson.OPT_INDENT_2)
         )
         self.recorder.stop()
-        return write_report(
+        html = write_report(
             self.run_dir,
             market_stats=self.recorder.market_stats,
             slot_totals=self.recorder.slot_totals,
             meta=meta,
             **data,
         )
+        self.keep_in_ledger(data["sim_report"], meta)
+        return html
+
+    def keep_in_ledger(self, sim_report: dict[str, Any], meta: dict[str, Any]) -> None:
+        """What the exchange measured, beside the run's records in the ledger, so that
+        ``gridfleet report RUN`` rebuilds this report later (a failure is one warning)."""
+        from gridfleet.ledger.store import LedgerError, open_ledger, put_documents
+
+        try:
+            engine = open_ledger(self.ledger_url)
+            put_documents(
+                engine,
+                self.run_id,
+                {
+                    "sim_report": sim_report,
+                    "market_stats": self.recorder.market_stats,
+                    "slot_totals": self.recorder.slot_totals,
+                    "report_meta": meta,
+                },
+            )
+            engine.dispose()
+        except (LedgerError, SQLAlchemyError) as exc:
+            log.warning("the exchange's figures were not kept in the ledger: %s", exc)
 
     def stop(self) -> None:
         """Stop every process and server this stack started (safe to call more than once)."""

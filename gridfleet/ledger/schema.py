@@ -99,4 +99,15 @@ finishes = Table(
     Column("aggregator", String(64), primary_key=True),
 )
 
-TABLES = (runs, rounds, trades, rejections, gaps, finishes)
+
+documents = Table(
+    "documents",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    # counters: the run's counters hash at its end; sim_report, market_stats, slot_totals,
+    # report_meta: what a demo (the embedded exchange) measured, for `gridfleet report`
+    Column("name", String(64), primary_key=True),
+    Column("body", Text, nullable=False, comment="JSON"),
+)
+
+TABLES = (runs, rounds, trades, rejections, gaps, finishes, documents)

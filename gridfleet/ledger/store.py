@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
 from sqlalchemy import Engine, case, create_engine, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
@@ -257,3 +258,85 @@ def export_trades_parquet(engine: Engine, run_id: str, path: Path) -> int:
     table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(TRADE_COLUMNS)})
     pq.write_table(table, path)
     return len(rows)
+
+
+# -- documents and reports ------------------------------------------------------------------
+
+
+def put_documents(engine: Engine, run_id: str, documents: Mapping[str, Any]) -> None:
+    """Store JSON documents of a run under their names, replacing older ones of that name."""
+    d = schema.documents
+    with engine.begin() as conn:
+        for name, body in documents.items():
+            text = orjson.dumps(body).decode()
+            dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+            stmt = dialect.insert(d).values(run_id=run_id, name=name, body=text)
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=["run_id", "name"], set_={"body": text})
+            )
+
+
+def get_documents(engine: Engine, run_id: str) -> dict[str, Any]:
+    d = schema.documents
+    with engine.connect() as conn:
+        rows = conn.execute(select(d.c.name, d.c.body).where(d.c.run_id == run_id)).all()
+    return {name: orjson.loads(body) for name, body in rows}
+
+
+def records_of(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+    """The run's records as the report reads them (``gridfleet.report.model``), rebuilt from
+    the ledger: rounds in round order, each aggregator's trades summed per slot (spot apart
+    from settlement), gaps and finishes."""
+    rd, t, g, f = schema.rounds, schema.trades, schema.gaps, schema.finishes
+    out: list[dict[str, Any]] = []
+    with engine.connect() as conn:
+        for row in conn.execute(
+            select(rd).where(rd.c.run_id == run_id).order_by(rd.c.slot, rd.c.tick, rd.c.round_id)
+        ).mappings():
+            rec = {k: v for k, v in row.items() if k not in ("run_id", "round_id")}
+            out.append({"kind": "round", "round": row["round_id"], **rec})
+        settled = case((t.c.market == "settlement", 1), else_=0)
+        spot = case((t.c.market == "settlement", 0), else_=1)
+        for row in conn.execute(
+            select(
+                t.c.aggregator,
+                t.c.slot,
+                func.sum(spot).label("trades"),
+                func.sum(t.c.energy_kwh * spot).label("energy_kwh"),
+                func.sum(t.c.price_ct * spot).label("price_ct"),
+                func.sum(t.c.fee_ct * spot).label("fees_ct"),
+                func.sum(settled).label("settlement_trades"),
+                func.sum(t.c.energy_kwh * settled).label("settlement_energy_kwh"),
+                func.sum(t.c.price_ct * settled).label("settlement_price_ct"),
+                func.sum(t.c.fee_ct * settled).label("settlement_fees_ct"),
+            )
+            .where(t.c.run_id == run_id)
+            .group_by(t.c.aggregator, t.c.slot)
+            .order_by(t.c.slot, t.c.aggregator)
+        ).mappings():
+            rec = {"kind": "trade", "slot": row["slot"], "aggregator": row["aggregator"]}
+            for key in ("trades", "settlement_trades"):
+                rec[key] = int(row[key] or 0)
+            for key in ("energy_kwh", "price_ct", "fees_ct"):
+                rec[key] = float(row[key] or 0.0)
+                if rec["settlement_trades"]:
+                    rec[f"settlement_{key}"] = float(row[f"settlement_{key}"] or 0.0)
+            if not rec["settlement_trades"]:
+                del rec["settlement_trades"]
+            out.append(rec)
+        for row in conn.execute(
+            select(g).where(g.c.run_id == run_id).order_by(g.c.entry_id)
+        ).mappings():
+            out.append(
+                {
+                    "kind": "gap",
+                    "cause": row["cause"],
+                    "rounds": row["rounds"],
+                    "seconds": row["seconds"],
+                    "first": row["first_round"],
+                    "last": row["last_round"],
+                }
+            )
+        for (aggregator,) in conn.execute(select(f.c.aggregator).where(f.c.run_id == run_id)):
+            out.append({"kind": "finish", "aggregator": aggregator})
+    return out

@@ -16,11 +16,12 @@ and its stream holds nothing unread or pending, it moves on to the next run.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -47,8 +48,26 @@ class WriterStats:
     entries: int = 0  # stream entries committed and acknowledged
     rows: int = 0
     bad_records: int = 0
-    last_lag_s: float = 0.0  # entry added -> committed, for the newest entry of the last batch
+    last_lag_s: float = 0.0  # entry added -> committed, for the oldest entry of the last batch
     max_lag_s: float = 0.0
+    lags_s: list[float] = field(default_factory=list)  # the same, per committed batch
+
+    def as_dict(self) -> dict[str, Any]:
+        """Totals and lag percentiles (nearest rank), for ``gridfleet ledger --stats-file``."""
+        lags = sorted(self.lags_s)
+
+        def rank(p: float) -> float | None:
+            if not lags:
+                return None
+            return round(lags[min(len(lags) - 1, max(0, math.ceil(p / 100 * len(lags)) - 1))], 4)
+
+        return {
+            "entries": self.entries,
+            "rows": self.rows,
+            "bad_records": self.bad_records,
+            "batches": len(lags),
+            "lag_s": {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": rank(100)},
+        }
 
 
 def default_consumer() -> str:
@@ -121,6 +140,10 @@ class LedgerWriter:
                     self._commit(stream, run_row, entries)
                     continue
                 if self._over(keys, run_id, stream):
+                    # the run's own counters, as the report reads them (the hash expires)
+                    raw: Any = self.broker.hgetall(keys.counters)
+                    counters = {k.decode(): v.decode() for k, v in raw.items()}
+                    store.put_documents(self.engine, run_id, {"counters": counters})
                     log.info(
                         "ledger: run %s written (%d entries, %d rows so far)",
                         run_id,
@@ -197,9 +220,10 @@ class LedgerWriter:
         store.write(self.engine, run_row, rows)
         self.broker.xack(stream, GROUP, *[eid for eid, _ in entries])
         now = time.time()
-        newest_ms = int(entries[-1][0].split("-", 1)[0])
-        self.stats.last_lag_s = max(0.0, now - newest_ms / 1000)
+        oldest_ms = min(int(eid.split("-", 1)[0]) for eid, _ in entries)
+        self.stats.last_lag_s = max(0.0, now - oldest_ms / 1000)
         self.stats.max_lag_s = max(self.stats.max_lag_s, self.stats.last_lag_s)
+        self.stats.lags_s.append(self.stats.last_lag_s)
         self.stats.entries += len(entries)
         self.stats.rows += len(rows)
         for eid, reason in rows.bad:

@@ -77,6 +77,35 @@ def test_headless_demo_report_agrees_with_the_exchange(tmp_path: Path) -> None:
     assert ledgered.trades == report["trades"]
     assert ledgered.energy_kwh == pytest.approx(report["energy_traded_kwh"])
     assert f"ledger: {tmp_path / 'ledger.sqlite'}" in run.stdout
+    # and `gridfleet report RUN` rebuilds the demo's report from the ledger alone
+    rebuilt_dir = tmp_path / "rebuilt"
+    again = subprocess.run(
+        [sys.executable, "-m", "gridfleet.cli", "report", ledgered.run_id, "--out",
+         str(rebuilt_dir), "--ledger-url", f"sqlite:///{tmp_path / 'ledger.sqlite'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    rebuilt = orjson.loads((rebuilt_dir / "report.json").read_bytes())
+    same = (
+        "assets", "aggregators", "ticks", "batches_expected", "batches_on_time", "batches_late",
+        "batches_missing", "batches_idle", "on_time_ratio", "latency_ms", "trades",
+        "energy_traded_kwh", "commands_sent", "commands_rejected", "hedged_shards", "fee_revenue_ct",
+    )  # fmt: skip
+    assert {k: rebuilt[k] for k in same} == {k: report[k] for k in same}
+    assert rebuilt["client"]["counters"] == report["client"]["counters"]
+    assert rebuilt["client"]["rounds"] == report["client"]["rounds"]
+    for table, keys in (
+        ("per_slot", ("slot", "on_time", "commands", "fleet_trades", "trades", "fee_revenue_ct")),
+        ("per_aggregator", ("uuid", "on_time", "trades", "finished")),
+    ):
+        pick = [{k: row[k] for k in keys} for row in report[table]]
+        assert [{k: row[k] for k in keys} for row in rebuilt[table]] == pick, table
+    for table in ("per_slot", "per_aggregator"):
+        for mine, theirs in zip(rebuilt[table], report[table], strict=True):
+            assert mine[
+                "fleet_energy_kwh" if table == "per_slot" else "energy_kwh"
+            ] == pytest.approx(theirs["fleet_energy_kwh" if table == "per_slot" else "energy_kwh"])
+    assert (rebuilt_dir / "report.html").stat().st_size > 10_000
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
