@@ -24,7 +24,7 @@ import orjson
 import yaml
 from sqlalchemy import func, select
 
-from bench._util import write_results
+from bench._util import RESULTS, write_results
 from bench.bench_pipeline import AGGREGATORS, cpu_by_component
 from gridfleet.ledger import schema, store
 from gridfleet.platform.runs import new_run_id
@@ -166,6 +166,9 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=3)
     ap.add_argument("--tick-interval", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gridfleet-bench-ledger"))
+    ap.add_argument(
+        "--merge", action="store_true", help="replace only these cases in the existing results"
+    )
     args = ap.parse_args()
     favour_reader_threads()
     rows = []
@@ -192,6 +195,13 @@ def main() -> None:
     finally:
         if postgres is not None:
             postgres.stop()
+    if args.merge and (RESULTS / "ledger.json").exists():
+        done = {(r["assets"], r["db"]) for r in rows}
+        kept = orjson.loads((RESULTS / "ledger.json").read_bytes())["rows"]
+        rows = sorted(
+            [r for r in kept if (r["assets"], r["db"]) not in done] + rows,
+            key=lambda r: (r["assets"], r["db"]),
+        )
     path = write_results(
         "ledger",
         {"tick_interval_s": args.tick_interval, "cpus": os.cpu_count(), "rows": rows},

@@ -96,6 +96,7 @@ class LedgerWriter:
         self.only_run = run_id  # follow this run only (tests, `gridfleet ledger --run`)
         self.stats = WriterStats()
         self._bad_kinds: set[str] = set()
+        self._seen_current: set[str] = set()  # runs seen as the fleet's current run
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -233,8 +234,14 @@ class LedgerWriter:
                 log.error("ledger: record %s skipped: %s", eid, reason)
 
     def _over(self, keys: Keys, run_id: str, stream: str) -> bool:
-        """The run is over (finished, or another run is current) and nothing of it is left."""
-        if not (is_finished(self.broker, keys) or current_run(self.broker, self.keys) != run_id):
+        """The run is over (finished, or another run became current after it) and nothing of
+        it is left. A run that has not started yet is not over: a writer started beside the
+        fleet (`gridfleet run`) may come up before the ingress has joined the run."""
+        current = current_run(self.broker, self.keys)
+        if current == run_id:
+            self._seen_current.add(run_id)
+        moved_on = current != run_id and run_id in self._seen_current
+        if not (is_finished(self.broker, keys) or moved_on):
             return False
         pending: Any = self.broker.xpending(stream, GROUP)
         if pending and pending.get("pending"):

@@ -132,3 +132,23 @@ def test_kill_9_of_the_writer_mid_run_loses_nothing_and_counts_nothing_twice(
             os.killpg(first.pid, signal.SIGKILL)
     assert count(engine, schema.trades) == 4 * total  # every trade, once
     assert r.xpending(run_keys.events, GROUP)["pending"] == 0
+
+
+def test_a_writer_started_before_its_run_waits_for_it(redis_url: str, tmp_path: Path) -> None:
+    """`gridfleet run` starts the writer beside the ingress: the run may not exist yet."""
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys(f"lt{uuid.uuid4().hex[:8]}")
+    run_id = "20261207T000000Z-beefed"
+    engine = store.open_ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    writer = LedgerWriter(r, engine, keys, run_id=run_id)
+    thread = threading.Thread(target=writer.run, daemon=True)
+    thread.start()
+    time.sleep(1.5)  # several empty reads while nobody has joined the run
+    assert thread.is_alive(), "the writer gave up on a run that had not started"
+    join_run(r, keys, run_id)
+    run_keys = keys.for_run(run_id)
+    publish(r, run_keys, [trade_record(n) for n in range(50)])
+    finish(r, run_keys)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert count(engine, schema.trades) == 200
