@@ -229,11 +229,13 @@ class FleetProcesses:
         ingresses = self._role("ingress")
         told: set[str] = set()
         code = 0
+        finished = False
         try:
             while not self.stop_event.wait(0.5):
                 dead = [c for c in self.group.dead() if c.name not in told]
                 if not any(c.alive for c in ingresses):
                     code = self._outcome(ingresses)
+                    finished = code == 0
                     break
                 failed: Child | None = None
                 for child in dead:
@@ -257,7 +259,8 @@ class FleetProcesses:
                         # At the exchange's finish the coordinator may leave before the
                         # ingress: the run's outcome is the ingress's.
                         code = self._wait_for(ingresses, timeout=15.0)
-                        return code
+                        finished = code == 0
+                        break
                     if role in ("ingress", "coordinator") and any(
                         c.alive for c in self._role(role)
                     ):
@@ -271,11 +274,13 @@ class FleetProcesses:
                         continue
                     failed = child
                     break
+                if finished:
+                    break
                 if failed is not None:
                     self._report_failure(failed, failed.process.returncode if failed.process else 1)
                     code = 1
                     break
-            if code == 0:
+            if finished:  # the exchange's finish, not a stop: the writer ends on its own
                 self._drain_ledger()
         finally:
             self.group.stop()
