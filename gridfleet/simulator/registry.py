@@ -1,7 +1,7 @@
 """Aggregators, registered participants and who selected which device.
 
 Answers CREATE/SELECT/UNSELECT/DELETE and registrations exactly as the captures show
-(``../shared/protocol/examples/0[1-4]_*``); the door the messages came through is not its concern.
+(``tests/fixtures/protocol/examples/0[1-4]_*``); the door the messages came through is not its concern.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The exchange's REST door: the hosted gsy-e aggregator API (REST + websockets, JWT auth).
 
-The contract is ``../shared/protocol/rest.md`` (§3 endpoints, §4 websockets, §8 conformance).
+The contract is ``tests/fixtures/protocol/rest.md`` (§3 endpoints, §4 websockets, §8 conformance).
 This door sits beside :mod:`redis_door` on the seam of :mod:`door`: the same engine, grid and
 market serve both, so an aggregator created here trades with one created over Redis.
 

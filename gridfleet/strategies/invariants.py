@@ -1,6 +1,6 @@
 """What every order a strategy emits must satisfy, as a checker usable by tests and the platform.
 
-These are the exchange's own rejection rules (see ``../shared/protocol/README.md``): energy at or
+These are the exchange's own rejection rules (see ``tests/fixtures/protocol/README.md``): energy at or
 below 2e-5 kWh, a negative price, a bid on a PV or an offer on a load in the spot market, a bid above
 the load's requirement, an offer above the available energy. Built-in strategies never produce
 such an order (they skip the asset instead); :func:`order_violations` proves it in the property
