@@ -78,26 +78,32 @@ class SettlementSlot:
     sold: np.ndarray
     deviation: np.ndarray  # signed kWh; nan: no measurement
     unsettled: np.ndarray  # kWh still to settle (>= 0)
-    # orders, one row each: asset, side, open energy, rate, alive, order number, time_slot as shown
+    # orders, one row each: asset, side, open energy, rate, alive, order number
     o_asset: list[int] = field(default_factory=list)
     o_bid: list[bool] = field(default_factory=list)
     o_energy: list[float] = field(default_factory=list)
     o_rate: list[float] = field(default_factory=list)
     o_alive: list[bool] = field(default_factory=list)
     o_seq: list[int] = field(default_factory=list)
+    # (asset, is bid) -> its rows, live or not: an asset's orders without a scan of all of them
+    rows_of: dict[tuple[int, bool], list[int]] = field(default_factory=dict)
 
     @property
     def time_slot(self) -> str:
         return self.start.strftime("%Y-%m-%dT%H:%M:%S")
 
     def live_rows(self, a: int, is_bid: bool) -> list[int]:
-        return [
-            r
-            for r, (oa, ob, alive) in enumerate(
-                zip(self.o_asset, self.o_bid, self.o_alive, strict=True)
-            )
-            if alive and oa == a and ob == is_bid
-        ]
+        """The asset's live bid (or offer) rows, oldest first."""
+        return [r for r in self.rows_of.get((a, is_bid), ()) if self.o_alive[r]]
+
+    def add(self, a: int, is_bid: bool, energy: float, rate: float, seq: int) -> None:
+        self.rows_of.setdefault((a, is_bid), []).append(len(self.o_asset))
+        self.o_asset.append(a)
+        self.o_bid.append(is_bid)
+        self.o_energy.append(energy)
+        self.o_rate.append(rate)
+        self.o_alive.append(True)
+        self.o_seq.append(seq)
 
     def signed(self, a: int) -> float | None:
         """gsy-e's ``get_signed_unsettled_deviation_kWh``: None when there is no measurement,
@@ -283,12 +289,7 @@ class SettlementMarkets:
                 slot.o_alive[r] = False
         self._seq += 1
         self.orders += 1
-        slot.o_asset.append(a)
-        slot.o_bid.append(is_bid)
-        slot.o_energy.append(energy)
-        slot.o_rate.append(price / energy)
-        slot.o_alive.append(True)
-        slot.o_seq.append(self._seq)
+        slot.add(a, is_bid, energy, price / energy, self._seq)
         # gsy-e shows a bid's settled slot with seconds and an offer's as it was named
         shown = slot.time_slot if is_bid else label
         return f"{ORDER_ID_PREFIX}{self._seq:012x}", price / energy, shown
