@@ -57,6 +57,16 @@ def open_engine(url: str) -> Any:
         raise Unreachable(str(exc)) from None
 
 
+def open_run(run_id: str, ledger_db: str | None, config_path: str | None) -> Any:
+    """The ledger's engine, once it is known to hold run ``run_id`` (else exit 2)."""
+    from gridfleet.ledger.store import run_exists
+
+    engine = open_engine(ledger_url(ledger_db, config_path))
+    if not run_exists(engine, run_id):
+        raise BadInput(f"no run {run_id!r} in the ledger; `gridfleet runs` lists them")
+    return engine
+
+
 @click.command()
 @config_option
 @broker_option
@@ -159,11 +169,9 @@ def runs(config_path: str | None, ledger_db: str | None) -> None:
 )
 def export(run_id: str, config_path: str | None, ledger_db: str | None, trades_path: Path) -> None:
     """Export a run's trades from the ledger, one row per asset and trade."""
-    from gridfleet.ledger.store import export_trades_csv, export_trades_parquet, run_exists
+    from gridfleet.ledger.store import export_trades_csv, export_trades_parquet
 
-    engine = open_engine(ledger_url(ledger_db, config_path))
-    if not run_exists(engine, run_id):
-        raise BadInput(f"no run {run_id!r} in the ledger; `gridfleet runs` lists them")
+    engine = open_run(run_id, ledger_db, config_path)
     if trades_path.suffix.lower() == ".parquet":
         try:
             n = export_trades_parquet(engine, run_id, trades_path)
@@ -196,12 +204,10 @@ def report(run_id: str, config_path: str | None, ledger_db: str | None, out_dir:
     A demo's run has the exchange's own measurements in the ledger too, and its report comes
     out with the demo's figures; a run against another exchange has the fleet's view only.
     """
-    from gridfleet.ledger.store import get_documents, records_of, run_exists
+    from gridfleet.ledger.store import get_documents, records_of
     from gridfleet.report import write_report
 
-    engine = open_engine(ledger_url(ledger_db, config_path))
-    if not run_exists(engine, run_id):
-        raise BadInput(f"no run {run_id!r} in the ledger; `gridfleet runs` lists them")
+    engine = open_run(run_id, ledger_db, config_path)
     docs = get_documents(engine, run_id)
     records: list[Mapping[str, Any]] = list(records_of(engine, run_id))
     meta = {**docs.get("report_meta", {}), "run_id": run_id, "source": "ledger"}

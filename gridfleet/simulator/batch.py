@@ -191,6 +191,29 @@ def _device_plan(
     return plan
 
 
+def _placed(is_bid: bool, rendered: str, uuid: str, tid: Any, market_type: str) -> Response:
+    """gsy-e's ``ready`` answer to a placed bid or offer (its keys in gsy-e's order)."""
+    if is_bid:
+        return {
+            "command": "bid",
+            "status": "ready",
+            "bid": rendered,
+            "area_uuid": uuid,
+            "transaction_id": tid,
+            "market_type": market_type,
+            "message": "",
+        }
+    return {
+        "command": "offer",
+        "status": "ready",
+        "offer": rendered,
+        "transaction_id": tid,
+        "area_uuid": uuid,
+        "market_type": market_type,
+        "message": "",
+    }
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -708,25 +731,7 @@ class BatchHandler:
         if replace:
             st.delete_orders(a, is_bid)
         rendered = st.add_order(a, is_bid, float(energy), price, self.sim_time)
-        if is_bid:
-            return {
-                "command": "bid",
-                "status": "ready",
-                "bid": rendered,
-                "area_uuid": uuid,
-                "transaction_id": tid,
-                "market_type": SPOT,
-                "message": "",
-            }
-        return {
-            "command": "offer",
-            "status": "ready",
-            "offer": rendered,
-            "transaction_id": tid,
-            "area_uuid": uuid,
-            "market_type": SPOT,
-            "message": "",
-        }
+        return _placed(is_bid, rendered, uuid, tid, SPOT)
 
     def settlement_order(
         self, a: int, uuid: str, cmd: dict[str, Any], tid: Any, is_bid: bool, label: str
@@ -758,25 +763,7 @@ class BatchHandler:
         rendered = st.order_json(
             a, is_bid, oid, energy, rate, price, self.sim_time, time_slot=shown
         )
-        if is_bid:
-            return {
-                "command": "bid",
-                "status": "ready",
-                "bid": rendered,
-                "area_uuid": uuid,
-                "transaction_id": tid,
-                "market_type": SETTLEMENT_MARKET,
-                "message": "",
-            }
-        return {
-            "command": "offer",
-            "status": "ready",
-            "offer": rendered,
-            "transaction_id": tid,
-            "area_uuid": uuid,
-            "market_type": SETTLEMENT_MARKET,
-            "message": "",
-        }
+        return _placed(is_bid, rendered, uuid, tid, SETTLEMENT_MARKET)
 
     def _settlement_label(self, cmd: dict[str, Any]) -> str | None:
         """The open settlement market a list/delete command names in ``time_slot``, if any."""
