@@ -55,12 +55,7 @@ def run_case(
         ledger_url = f"sqlite:///{case_dir / 'ledger.sqlite'}"
     elif db == "postgresql":
         assert postgres is not None
-        import psycopg
-
-        name = f"bench_{assets}_{int(time.time())}"
-        with psycopg.connect(postgres.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        ledger_url = postgres.url.rsplit("/", 1)[0] + f"/{name}"
+        ledger_url = postgres.new_database(f"bench_{assets}")
     fleet_file = case_dir / "fleet.yaml"
     fleet_file.write_text(
         yaml.safe_dump(

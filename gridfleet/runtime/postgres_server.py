@@ -60,6 +60,17 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
 
+    def new_database(self, prefix: str = "db") -> str:
+        """A new, empty database on this server; its URL."""
+        import uuid
+
+        import psycopg
+
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def _run(self, *args: str) -> None:
         subprocess.run(
             [*self._as, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

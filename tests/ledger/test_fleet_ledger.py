@@ -17,7 +17,6 @@ from gridfleet.ledger.writer import LedgerWriter
 from gridfleet.platform.keys import Keys
 from gridfleet.runtime.postgres_server import PostgresServer
 from gridfleet.runtime.redis_server import RedisServer
-from tests.ledger.conftest import fresh_database
 from tests.platform.harness import running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +32,7 @@ def test_a_fleet_run_lands_in_the_ledger_trade_for_trade(
     two_redis: tuple[RedisServer, RedisServer], postgres: PostgresServer
 ) -> None:
     exchange, broker = two_redis
-    engine = store.open_ledger(fresh_database(postgres))
+    engine = store.open_ledger(postgres.new_database("ledger"))
     with running_fleet(exchange.url, broker.url, slots=3, tick_interval=0.5) as (fleet, _):
         run_id = fleet.ingress.run_id
         writer = LedgerWriter(
