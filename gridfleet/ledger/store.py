@@ -27,6 +27,8 @@ DEFAULT_LEDGER_URL = "sqlite:///runs/ledger.sqlite"
 """Under the working directory, beside the demo's run folders."""
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+COPY_MIN_ROWS = 500
+"""From this many rows in one table, PostgreSQL gets them by COPY (see :func:`_copy_insert`)."""
 CONFLICT_KEYS = {t.name: [c.name for c in t.primary_key.columns] for t in schema.TABLES}
 
 
@@ -83,14 +85,46 @@ def migrate(engine: Engine) -> None:
 
 
 def _insert(conn: Connection, table_name: str, rows: list[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING for ``rows``, as one executemany: SQLAlchemy batches
-    it into multi-row statements itself ("insertmanyvalues"), with the statement compiled once.
-    (Compiling a ``.values([...])`` of 2 000 rows per chunk was 14x slower: 7.4 s against
-    0.5 s for 40 000 trade rows on PostgreSQL.)"""
+    """``rows`` into ``table_name``; a row whose key is already there is left as it is."""
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+        _copy_insert(conn, table_name, rows)
+        return
+    # One executemany: SQLAlchemy batches it into multi-row statements itself
+    # ("insertmanyvalues"), compiled once. (Compiling a ``.values([...])`` of 2 000 rows per
+    # chunk was 14x slower: 7.4 s against 0.5 s for 40 000 trade rows on PostgreSQL.)
     table = schema.metadata.tables[table_name]
     dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
     stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=CONFLICT_KEYS[table_name])
     conn.execute(stmt, rows)
+
+
+def _copy_insert(conn: Connection, table_name: str, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL, many rows: COPY into a temporary staging table (emptied at commit), then one
+    INSERT ... SELECT ... ON CONFLICT DO NOTHING. 54 000 trade rows: 0.40 s, against 0.94 s
+    for the executemany (``bench/results/ledger_write.json``)."""
+    columns = [c.name for c in schema.metadata.tables[table_name].columns]
+    names = ", ".join(columns)
+    stage = f"stage_{table_name}"
+    made: set[str] = conn.connection.info.setdefault("gridfleet_stages", set())
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if stage not in made:
+            # per database session; ON COMMIT DELETE ROWS keeps it empty between transactions
+            cur.execute(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage}"
+                f" (LIKE {table_name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            made.add(stage)
+        with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        # (rows staged twice in one transaction would be inserted twice: harmless, the
+        # second time conflicts on every key)
+        cur.execute(
+            f"INSERT INTO {table_name} ({names}) SELECT {names} FROM {stage} ON CONFLICT DO NOTHING"
+        )
+    finally:
+        cur.close()
 
 
 def write(engine: Engine, run: Mapping[str, Any], rows: Rows) -> None:

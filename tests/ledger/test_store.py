@@ -82,6 +82,29 @@ def test_records_written_twice_are_kept_once(ledger_url: str) -> None:
     assert float(table[0]["price_ct"]) == 5.0 and table[0]["order_id"] == "o-t1-x"
 
 
+def test_bulk_batches_overlapping_and_repeated_keep_each_trade_once(ledger_url: str) -> None:
+    """Big batches take PostgreSQL's COPY path (SQLite's executemany): a batch delivered again,
+    one overlapping the last, and a trade twice within one batch are each kept once, values
+    untouched."""
+    engine = store.open_ledger(ledger_url)
+    n = 3 * store.COPY_MIN_ROWS
+
+    def batch(first: int, last: int) -> list[tuple[str, dict[str, object]]]:
+        items = [trade(f"t{i}", f"a{i % 7}", "buy", 0.001 * i) for i in range(first, last)]
+        return [("9-0", {"kind": "trade", "aggregator": "a", "slot": None, "items": items})]
+
+    store.write(engine, RUN, to_rows("r1", batch(0, n), now=1.0))
+    store.write(engine, RUN, to_rows("r1", batch(0, n), now=2.0))  # redelivered whole
+    store.write(engine, RUN, to_rows("r1", batch(n // 2, 2 * n), now=3.0))  # half old, half new
+    twice = batch(2 * n, 3 * n)
+    store.write(engine, RUN, to_rows("r1", twice + twice, now=4.0))  # duplicates in one batch
+    (run,) = store.list_runs(engine)
+    assert run.trades == 3 * n
+    assert run.energy_kwh == pytest.approx(sum(0.001 * i for i in range(3 * n)))
+    rows = list(store.trades_of(engine, "r1"))
+    assert len(rows) == 3 * n and len({r[0] for r in rows}) == 3 * n
+
+
 def test_parquet_export(ledger_url: str, tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
