@@ -13,18 +13,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# an item of a trade record's ``items``: what gridfleet.platform.records writes
-TRADE_ITEM_FIELDS = (
-    "trade_id",
-    "asset_id",
-    "side",
-    "energy_kwh",
-    "price_ct",
-    "fee_ct",
-    "order_id",
-    "market",
-    "time",
-)
+from gridfleet.platform.records import OUTCOME_FIELDS, TRADE_ITEM_FIELDS
+
+STATUSES = frozenset({"sent", "empty", "unusable", "unsent", "missing"})
 
 
 class BadRecord(ValueError):
@@ -60,23 +51,35 @@ def _int(record: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def _str(record: Mapping[str, Any], key: str, optional: bool = False) -> str | None:
+def _opt_num(record: Mapping[str, Any], key: str) -> float | None:
+    return None if record.get(key) is None else _num(record, key)
+
+
+def _str(record: Mapping[str, Any], key: str) -> str:
     value = record.get(key)
-    if value is None and optional:
-        return None
     if not isinstance(value, str) or not value:
         raise BadRecord(f"{key} must be a non-empty string, got {value!r}")
     return value
+
+
+def _opt_str(record: Mapping[str, Any], key: str) -> str | None:
+    return None if record.get(key) is None else _str(record, key)
 
 
 def to_rows(run_id: str, entries: Iterable[tuple[str, Mapping[str, Any]]], now: float) -> Rows:
     """Rows for ``(stream entry id, record)`` pairs of run ``run_id``."""
     out = Rows()
     for entry_id, record in entries:
+        one = Rows()  # a record is taken whole or not at all
         try:
-            _one(out, run_id, entry_id, record, now)
+            _one(one, run_id, entry_id, record, now)
         except BadRecord as exc:
             out.bad.append((entry_id, str(exc)))
+            continue
+        for table, rows in one.by_table.items():
+            out.by_table[table].extend(rows)
+        if one.finished_at is not None:
+            out.finished_at = one.finished_at
     return out
 
 
@@ -84,7 +87,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
     kind = record.get("kind")
     if kind == "trade":
         aggregator = _str(record, "aggregator")
-        slot = _str(record, "slot", optional=True)
+        slot = _opt_str(record, "slot")
         items = record.get("items")
         if not isinstance(items, list):
             raise BadRecord("a trade record needs its items (gridfleet older than the ledger?)")
@@ -104,19 +107,25 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
                     "side": t["side"],
                     "market": t["market"],
                     "slot": slot,
-                    "time": _str(t, "time", optional=True),
+                    "time": _opt_str(t, "time"),
                     "energy_kwh": _num(t, "energy_kwh"),
                     "price_ct": _num(t, "price_ct"),
                     "fee_ct": _num(t, "fee_ct"),
-                    "order_id": _str(t, "order_id", optional=True),
+                    "order_id": _opt_str(t, "order_id"),
                 },
             )
     elif kind == "round":
+        round_id = _str(record, "round")
+        outcomes = record.get("outcomes", [])
+        if not isinstance(outcomes, list):
+            raise BadRecord(f"outcomes must be a list, got {outcomes!r}")
+        for item in outcomes:
+            out.add("aggregator_rounds", _outcome_row(run_id, round_id, item))
         out.add(
             "rounds",
             {
                 "run_id": run_id,
-                "round_id": _str(record, "round"),
+                "round_id": round_id,
                 "slot": _str(record, "slot"),
                 "tick": _int(record, "tick"),
                 "aggregators": _int(record, "aggregators"),
@@ -128,6 +137,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
                 "latency_ms": _num(record, "latency_ms"),
                 "budget_ms": _num(record, "budget_ms"),
                 "on_time": bool(record.get("on_time")),
+                "received_at": _opt_num(record, "received_at"),
             },
         )
     elif kind == "rejection":
@@ -148,7 +158,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
                     "entry_id": entry_id,
                     "seq": seq,
                     "aggregator": aggregator,
-                    "transaction_id": _str(record, "transaction_id", optional=True),
+                    "transaction_id": _opt_str(record, "transaction_id"),
                     "asset_id": asset,
                     "command": command,
                     "reason": reason,
@@ -164,8 +174,8 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
                 "cause": _str(record, "cause"),
                 "rounds": _int(record, "rounds"),
                 "seconds": _num(record, "seconds") if seconds is not None else None,
-                "first_round": _str(record, "first", optional=True),
-                "last_round": _str(record, "last", optional=True),
+                "first_round": _opt_str(record, "first"),
+                "last_round": _opt_str(record, "last"),
             },
         )
     elif kind == "finish":
@@ -173,3 +183,26 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
         out.finished_at = now
     else:
         raise BadRecord(f"unknown record kind {kind!r}")
+
+
+def _outcome_row(run_id: str, round_id: str, item: object) -> dict[str, Any]:
+    if not isinstance(item, list) or len(item) != len(OUTCOME_FIELDS):
+        raise BadRecord(f"round outcome {item!r} is not {list(OUTCOME_FIELDS)}")
+    o = dict(zip(OUTCOME_FIELDS, item, strict=True))
+    if o["status"] not in STATUSES:
+        raise BadRecord(f"round outcome {item!r}: status not one of {sorted(STATUSES)}")
+    if o["on_time"] is not None and not isinstance(o["on_time"], bool):
+        raise BadRecord(f"round outcome {item!r}: on_time must be true, false or null")
+    return {
+        "run_id": run_id,
+        "round_id": round_id,
+        "aggregator": _str(o, "aggregator"),
+        "status": o["status"],
+        "event_ms": _opt_num(o, "event_ms"),
+        "batch_ms": _opt_num(o, "batch_ms"),
+        "on_time": o["on_time"],
+        "commands": _int(o, "commands"),
+        "refused": _int(o, "refused"),
+        "strategy_errors": _int(o, "strategy_errors"),
+        "transaction_id": _opt_str(o, "transaction_id"),
+    }

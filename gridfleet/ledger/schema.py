@@ -47,6 +47,28 @@ rounds = Table(
     Column("latency_ms", Float, nullable=False, comment="first event -> last batch published"),
     Column("budget_ms", Float, nullable=False, comment="the round's deadline from its first event"),
     Column("on_time", Boolean, nullable=False),
+    Column("received_at", Float, nullable=True, comment="unix seconds of the first event"),
+)
+
+aggregator_rounds = Table(
+    "aggregator_rounds",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("round_id", String(128), primary_key=True),
+    Column("aggregator", String(64), primary_key=True, comment="aggregator uuid"),
+    Column(
+        "status",
+        String(16),
+        nullable=False,
+        comment="sent, empty (nothing to send), unusable (its event), unsent, missing (no event)",
+    ),
+    Column("event_ms", Float, nullable=True, comment="its event, after the round's first event"),
+    Column("batch_ms", Float, nullable=True, comment="its batch out, after the first event"),
+    Column("on_time", Boolean, nullable=True, comment="batch out by the round's deadline"),
+    Column("commands", Integer, nullable=False, comment="commands in its batch"),
+    Column("refused", Integer, nullable=False, comment="refused by outbound validation"),
+    Column("strategy_errors", Integer, nullable=False),
+    Column("transaction_id", String(128), nullable=True, comment="its batch's; see rejections"),
 )
 
 trades = Table(
@@ -110,4 +132,4 @@ documents = Table(
     Column("body", Text, nullable=False, comment="JSON"),
 )
 
-TABLES = (runs, rounds, trades, rejections, gaps, finishes, documents)
+TABLES = (runs, rounds, aggregator_rounds, trades, rejections, gaps, finishes, documents)

@@ -55,6 +55,7 @@ class PendingRound:
     last_at: float = 0.0  # monotonic, latest event added
     widest_gap: float = 0.0  # longest quiet gap between two of its events (diagnostics)
     events: dict[str, RoundEvent] = field(default_factory=dict)  # aggregator -> event
+    arrived: dict[str, float] = field(default_factory=dict)  # aggregator -> wall clock, first event
     market_event: bool = False
     seq: int = 0  # 0 for the round itself, 1.. for follow-ups of late aggregators
 
@@ -150,11 +151,10 @@ class RoundCollector:
             self.stats.late_events += 1
             seq = follow_ups + 1
         now = time.monotonic() if now is None else now
+        wall = time.time() if wall is None else wall
         pending = self.pending.get(key)
         if pending is None:
-            pending = self.pending[key] = PendingRound(
-                key, now, time.time() if wall is None else wall, seq=seq
-            )
+            pending = self.pending[key] = PendingRound(key, now, wall, seq=seq)
         if pending.last_at:
             pending.widest_gap = max(pending.widest_gap, now - pending.last_at)
         pending.last_at = now
@@ -167,6 +167,7 @@ class RoundCollector:
                 pending.events[aggregator] = event  # same tree; the market one says "new slot"
             return out
         pending.events[aggregator] = event
+        pending.arrived[aggregator] = wall
         return out
 
     def plausible(self, slot: str) -> bool:

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -81,6 +82,13 @@ class _Waves:
     errors: int = 0
     published_at: float | None = None  # wall clock of the latest wave sent
     fenced: bool = False  # a part was refused: the round is another coordinator's
+    # per aggregator, for the round's outcomes (see Coordinator._outcomes)
+    counts: Counter[str] = field(default_factory=Counter)  # commands
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)  # strategy errors
+    waiting: set[str] = field(default_factory=set)  # split over shards: decided in the last wave
+    decided_at: dict[str, float] = field(default_factory=dict)  # wall clock its batch went out
+    transaction: dict[str, str] = field(default_factory=dict)  # the batch's transaction id
 
 
 class Coordinator:
@@ -290,7 +298,7 @@ class Coordinator:
             on_time=waves.published_at <= manifest.deadline,
             shard_seconds=waves.shard_seconds,
         )
-        self._record(outcome, manifest)
+        self._record(outcome, manifest, self._outcomes(waves, manifest))
         return outcome
 
     def _publish_wave(
@@ -304,6 +312,7 @@ class Coordinator:
         )
         waves.shards.update(order)
         ready: dict[str, list[bytes]] = {}
+        decided: set[str] = set()  # aggregators whose batch this wave settles
         for raw_out in outputs:
             if raw_out is None:
                 continue
@@ -313,13 +322,20 @@ class Coordinator:
             waves.errors += len(out["errors"])
             waves.unusable.update(out.get("unusable", {}))
             waves.shard_seconds.append(out["duration_s"])
+            waves.refused.update(r["aggregator"] for r in out["refusals"])
+            waves.failed.update(r["aggregator"] for r in out["errors"])
             split = set(out.get("split", ()))
+            counts = out.get("counts", {})
+            waves.counts.update(counts)
+            waves.waiting |= split
+            decided.update(a for a in counts if a not in waves.waiting)
             for agg, frag in out["fragments"].items():
                 if agg in split or agg in waves.held:
                     waves.held.setdefault(agg, []).append(frag)
                 else:
                     ready.setdefault(agg, []).append(frag)
         if last:
+            decided |= waves.waiting
             for agg, frags in waves.held.items():
                 ready.setdefault(agg, []).extend(frags)
         for agg in waves.unusable:  # skipped this tick (the worker logged why)
@@ -348,7 +364,9 @@ class Coordinator:
         ]
         if bodies:
             self.link.send_batches(bodies)
-        waves.published_at = time.time()
+        waves.published_at = now = time.time()
+        waves.decided_at.update(dict.fromkeys(decided, now))
+        waves.transaction.update((b.aggregator_uuid, b.transaction_id) for b in bodies)
 
     def _wait_any(self, done_key: str, done: set[int], until: float) -> None:
         """Until a worker reports a shard done (and take any others reported with it)."""
@@ -378,9 +396,48 @@ class Coordinator:
         run_shard(self.broker, self.keys, round_id, shard, worker="coordinator-hedge")
         log.warning("round %s: shard %d hedged by the coordinator (%s)", round_id, shard, why)
 
-    def _record(self, o: RoundOutcome, manifest: Manifest) -> None:
-        """The round's record on the event stream (the report reads it); its counts go to the
-        observers."""
+    @staticmethod
+    def _outcomes(waves: _Waves, manifest: Manifest) -> list[list[object]]:
+        """The round for each aggregator, as :data:`~gridfleet.platform.records.OUTCOME_FIELDS`:
+        its event's and its batch's time (ms after the round's first event), what it sent,
+        and how it ended: ``sent``, ``empty`` (nothing to send), ``unusable`` (its event was
+        not), ``unsent`` (another coordinator took the round over), ``missing`` (no event)."""
+        t0 = manifest.received_at
+        arrived = dict(zip(manifest.aggregators, manifest.arrived_at, strict=False))
+
+        def ms(t: float | None) -> float | None:
+            return None if t is None else round((t - t0) * 1e3, 1)
+
+        out: list[list[object]] = []
+        for agg in manifest.aggregators:
+            at = waves.decided_at.get(agg)
+            if agg in waves.unusable:
+                status, at = "unusable", None
+            elif at is None:
+                status = "unsent"
+            else:
+                status = "sent" if agg in waves.transaction else "empty"
+            out.append(
+                [
+                    agg,
+                    ms(arrived.get(agg, t0)),
+                    ms(at),
+                    waves.counts[agg],
+                    waves.refused[agg],
+                    waves.failed[agg],
+                    status,
+                    None if at is None else at <= manifest.deadline,
+                    waves.transaction.get(agg),
+                ]
+            )
+        out += [
+            [a, None, None, 0, 0, 0, "missing", None, None] for a in manifest.skipped_aggregators
+        ]
+        return out
+
+    def _record(self, o: RoundOutcome, manifest: Manifest, outcomes: list[list[object]]) -> None:
+        """The round's record on the event stream (the report and the ledger read it); its
+        counts go to the observers."""
         record = {
             "kind": "round",
             "round": o.round_id.split(":", 1)[-1],
@@ -396,6 +453,8 @@ class Coordinator:
             "budget_ms": round(o.budget_s * 1e3, 2),
             "on_time": o.on_time,
             "shard_ms_max": round(max(o.shard_seconds, default=0.0) * 1e3, 2),
+            "received_at": manifest.received_at,
+            "outcomes": outcomes,
         }
         self.broker.xadd(
             self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True

@@ -58,6 +58,7 @@ class Refusal:
 class ShardOutput:
     fragments: dict[str, bytes] = field(default_factory=dict)  # aggregator uuid -> JSON members
     commands: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # aggregator uuid -> commands
     refusals: list[Refusal] = field(default_factory=list)  # failed validation
     errors: list[Refusal] = field(default_factory=list)  # strategies that raised
     state: dict[str, State] = field(default_factory=dict)  # uuid -> new state (changed only)
@@ -230,7 +231,9 @@ def evaluate_shard(
 
     by_agg: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for uuid, cmds in per_asset.items():
-        by_agg.setdefault(owner[uuid], {})[uuid] = cmds
+        agg = owner[uuid]
+        by_agg.setdefault(agg, {})[uuid] = cmds
+        out.counts[agg] = out.counts.get(agg, 0) + len(cmds)
         out.commands += len(cmds)
     out.fragments = {agg: orjson.dumps(cmds)[1:-1] for agg, cmds in by_agg.items()}
     for refusal in out.refusals:

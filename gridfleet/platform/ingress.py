@@ -437,15 +437,17 @@ class Ingress:
             else sorted(set(self.fleet.aggregator_uuid.values()) - pending.events.keys())
         )
         budget = self.clock.budget(self.config.tick_budget_s)
+        aggregators = sorted(pending.events)
         return Manifest(
             round_id=self._round_id(pending),
             ctx=ctx,
             spec_version=self.spec_version,
             shards=shards,
-            aggregators=sorted(pending.events),
+            aggregators=aggregators,
             received_at=pending.first_wall,
             deadline=pending.first_wall + budget,
             skipped_aggregators=missing,
+            arrived_at=[pending.arrived.get(a, pending.first_wall) for a in aggregators],
         )
 
     def _dispatch(self, pending: PendingRound) -> None:

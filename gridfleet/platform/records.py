@@ -20,6 +20,32 @@ log = logging.getLogger(__name__)
 STREAM_MAXLEN = 100_000
 """Records kept on the event stream (approximately: Redis trims in whole nodes)."""
 
+TRADE_ITEM_FIELDS = (
+    "trade_id",
+    "asset_id",
+    "side",
+    "energy_kwh",
+    "price_ct",
+    "fee_ct",
+    "order_id",
+    "market",
+    "time",
+)
+"""An item of a trade record's ``items``, in this order."""
+
+OUTCOME_FIELDS = (
+    "aggregator",
+    "event_ms",
+    "batch_ms",
+    "commands",
+    "refused",
+    "strategy_errors",
+    "status",
+    "on_time",
+    "transaction_id",
+)
+"""An item of a round record's ``outcomes`` (one per aggregator), in this order."""
+
 
 def own_order_id(trade: Trade) -> str | None:
     """The id of the fleet's own order in a trade: the bid if its asset bought (the exchange
@@ -36,7 +62,7 @@ def trade_record(
 ) -> dict[str, Any]:
     """One aggregator's trade event: spot trades, energy, price and fees summed, the same for
     its settlement trades (those whose own order id is in ``settlement_ids``), and each trade
-    as an item for the ledger (:data:`gridfleet.ledger.rows.TRADE_ITEM_FIELDS`)."""
+    as an item (:data:`TRADE_ITEM_FIELDS`)."""
     spot: list[Trade] = []
     settled: list[Trade] = []
     items: list[list[Any]] = []

@@ -194,6 +194,7 @@ class Manifest:
     received_at: float  # wall clock, first event of the round
     deadline: float  # wall clock by which batches must be published
     skipped_aggregators: list[str] = field(default_factory=list)
+    arrived_at: list[float] = field(default_factory=list)  # wall clock, per ``aggregators``
 
     def pack(self) -> bytes:
         return packb(
@@ -206,6 +207,7 @@ class Manifest:
                 "received_at": self.received_at,
                 "deadline": self.deadline,
                 "skipped_aggregators": self.skipped_aggregators,
+                "arrived_at": self.arrived_at,
             }
         )
 
@@ -389,6 +391,8 @@ def run_shard(
         # aggregators only partly in this shard: their batch waits for their other parts
         "split": sorted({p.aggregator for p in shard_in.parts if p.start or p.stop is not None}),
         "commands": output.commands,
+        # every aggregator of the shard, none left out: its batch is decided with this shard
+        "counts": {**dict.fromkeys(shard_in.aggregators, 0), **output.counts},
         "refusals": [x.as_dict() for x in output.refusals],
         "errors": [x.as_dict() for x in output.errors],
         "unusable": flat.unusable,

@@ -65,3 +65,32 @@ def test_a_fleet_run_lands_in_the_ledger_trade_for_trade(
     (run,) = store.list_runs(engine)
     assert run.run_id == run_id and run.finished and run.rounds > 0
     assert writer.stats.bad_records == 0
+
+    # Each round, each aggregator: its event, its batch, what it sent.
+    rd, ar = schema.rounds, schema.aggregator_rounds
+    with engine.connect() as conn:
+        rounds = {r.round_id: r for r in conn.execute(select(rd))}
+        parts = conn.execute(select(ar)).all()
+    by_round: dict[str, list[object]] = {}
+    for part in parts:
+        by_round.setdefault(part.round_id, []).append(part)
+    assert by_round.keys() == rounds.keys()
+    fleet_size = {len(v) for v in by_round.values()}
+    assert len(fleet_size) == 1, "every round names every aggregator of the fleet, once"
+    for round_id, ps in by_round.items():
+        r = rounds[round_id]
+        assert r.received_at is not None
+        assert sum(p.commands for p in ps) == r.commands
+        assert sum(p.refused for p in ps) == r.refused
+        sent = [p for p in ps if p.status == "sent"]
+        assert all(p.commands > 0 and p.transaction_id for p in sent)
+        assert all(p.commands == 0 for p in ps if p.status == "empty")
+        assert all(
+            0 <= p.event_ms <= p.batch_ms and p.on_time == (p.batch_ms <= r.budget_ms)
+            for p in ps
+            if p.status in ("sent", "empty")
+        )
+        if r.on_time:
+            assert all(p.on_time for p in ps if p.status in ("sent", "empty"))
+    sent_ids = {p.transaction_id for p in parts if p.status == "sent"}
+    assert len(sent_ids) == counts.batches_received  # each batch the exchange took, by its id

@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from gridfleet.ledger import schema, store
 from gridfleet.ledger.rows import to_rows
@@ -39,7 +39,10 @@ def trade(tid: str, asset: str, side: str, kwh: float, market: str = "spot") -> 
 RECORDS = [
     ("1-0", {"kind": "round", "round": "2024-06-01T00:15/0", "slot": "2024-06-01T00:15", "tick": 0,
              "aggregators": 2, "shards": 1, "hedged": 0, "commands": 8, "refused": 1,
-             "strategy_errors": 0, "latency_ms": 12.5, "budget_ms": 900.0, "on_time": True}),
+             "strategy_errors": 0, "latency_ms": 12.5, "budget_ms": 900.0, "on_time": True,
+             "received_at": 1717200900.25,
+             "outcomes": [["a", 0.0, 12.5, 8, 1, 0, "sent", True, "tx"],
+                          ["b", None, None, 0, 0, 0, "missing", None, None]]}),
     ("2-0", {"kind": "trade", "aggregator": "a", "slot": "2024-06-01T00:15",
              "items": [trade("t1", "x", "buy", 0.5), trade("t2", "y", "sell", 0.25, "settlement")]}),
     ("2-1", {"kind": "trade", "aggregator": "b", "slot": "2024-06-01T00:15",
@@ -80,6 +83,31 @@ def test_records_written_twice_are_kept_once(ledger_url: str) -> None:
         ("t2", "y", "sell", "settlement"),
     ]
     assert float(table[0]["price_ct"]) == 5.0 and table[0]["order_id"] == "o-t1-x"
+
+
+def test_each_aggregators_round_is_a_row_joined_to_its_rejections(ledger_url: str) -> None:
+    engine = store.open_ledger(ledger_url)
+    store.write(engine, RUN, to_rows("r1", RECORDS, now=1.0))
+    store.write(engine, RUN, to_rows("r1", RECORDS, now=2.0))  # delivered again
+    ar, rj = schema.aggregator_rounds, schema.rejections
+    with engine.connect() as conn:
+        parts = conn.execute(select(ar).order_by(ar.c.aggregator)).mappings().all()
+        joined = conn.execute(
+            select(ar.c.aggregator, rj.c.reason).join(
+                rj, (rj.c.run_id == ar.c.run_id) & (rj.c.transaction_id == ar.c.transaction_id)
+            )
+        ).all()
+        (received,) = conn.execute(select(schema.rounds.c.received_at)).scalars()
+    assert [dict(p) for p in parts] == [
+        {"run_id": "r1", "round_id": "2024-06-01T00:15/0", "aggregator": "a", "status": "sent",
+         "event_ms": 0.0, "batch_ms": 12.5, "on_time": True, "commands": 8, "refused": 1,
+         "strategy_errors": 0, "transaction_id": "tx"},
+        {"run_id": "r1", "round_id": "2024-06-01T00:15/0", "aggregator": "b", "status": "missing",
+         "event_ms": None, "batch_ms": None, "on_time": None, "commands": 0, "refused": 0,
+         "strategy_errors": 0, "transaction_id": None},
+    ]  # fmt: skip
+    assert received == 1717200900.25
+    assert sorted(joined) == [("a", "energy above the requirement"), ("a", "no")]
 
 
 def test_bulk_batches_overlapping_and_repeated_keep_each_trade_once(ledger_url: str) -> None:
@@ -134,6 +162,22 @@ def test_bad_records_are_named_and_skipped_not_guessed() -> None:
             ("4-0", {"kind": "round", "round": "r"}),
             ("5-0", {"kind": "what"}),
             ("6-0", {}),
+            # the first item is good, the second not: neither is kept
+            (
+                "7-0",
+                {
+                    "kind": "trade",
+                    "aggregator": "a",
+                    "slot": None,
+                    "items": [trade("t7", "x", "buy", 1.0), trade("t8", "x", "buy", 1.0)[:3]],
+                },
+            ),
+            ("8-0", {**RECORDS[0][1], "outcomes": [["a", 0.0, 1.0, 1, 0, 0, "late", True, None]]}),
+            ("9-0", {**RECORDS[0][1], "outcomes": [["a", 0.0, 1.0, 1, 0, 0, "sent", 1, None]]}),
+            (
+                "10-0",
+                {**RECORDS[0][1], "outcomes": [["a", 0.0, 1.0, "1", 0, 0, "sent", True, None]]},
+            ),
         ],
         now=1.0,
     )
@@ -143,6 +187,9 @@ def test_bad_records_are_named_and_skipped_not_guessed() -> None:
     assert "energy_kwh must be a finite number" in reasons["3-0"]
     assert "slot must be a non-empty string" in reasons["4-0"]
     assert "unknown record kind 'what'" in reasons["5-0"]
+    assert "is not" in reasons["7-0"]
+    assert "status not one of" in reasons["8-0"] and "on_time must be" in reasons["9-0"]
+    assert "commands must be an integer" in reasons["10-0"]
 
 
 @pytest.mark.parametrize(
