@@ -84,6 +84,13 @@ def open_run(run_id: str, ledger_db: str | None, config_path: str | None) -> Any
     default=None,
     help="The fleet's namespace on the broker (default: the fleet file's, else gf).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve the writer's Prometheus /metrics and /healthz on this port (0: off; 9100 in "
+    "deploy/k8s).",
+)
 def ledger(
     config_path: str | None,
     broker_url: str | None,
@@ -92,6 +99,7 @@ def ledger(
     run_id: str | None,
     stats_file: Path | None,
     namespace: str | None,
+    metrics_port: int,
 ) -> None:
     """Copy the fleet's runs from the broker into the ledger, as they happen."""
     import redis
@@ -118,6 +126,15 @@ def ledger(
     writer = LedgerWriter(
         redis.Redis.from_url(broker_url), engine, Keys(ns), stop=stop, run_id=run_id
     )
+    if metrics_port:
+        from gridfleet.ledger.metrics import serve
+
+        try:
+            serve(writer, metrics_port)
+        except OSError as exc:
+            raise BadInput(
+                f"--metrics-port {metrics_port}: cannot listen on it ({exc.strerror or exc})"
+            ) from None
     try:
         writer.run()
     finally:

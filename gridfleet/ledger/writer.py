@@ -97,6 +97,8 @@ class LedgerWriter:
         self.stats = WriterStats()
         self._bad_kinds: set[str] = set()
         self._seen_current: set[str] = set()  # runs seen as the fleet's current run
+        # time.monotonic() of the loop's last iteration (`run` and `follow`): /healthz reads it
+        self.last_beat = time.monotonic()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -104,6 +106,7 @@ class LedgerWriter:
         """Until stopped: follow the current run, then the next one."""
         done: set[str] = set()
         while not self.stop_event.is_set():
+            self.last_beat = time.monotonic()
             try:
                 run_id = self.only_run or current_run(self.broker, self.keys)
             except redis.RedisError as exc:
@@ -125,6 +128,7 @@ class LedgerWriter:
         cursor = "0"  # own pending entries first: what a killed writer read but did not commit
         log.info("ledger: writing run %s", run_id)
         while not self.stop_event.is_set():
+            self.last_beat = time.monotonic()
             try:
                 if run_row is None:
                     self._ensure_group(stream)

@@ -1,14 +1,17 @@
 """Properties of the rendered Kubernetes manifests (deploy/k8s), for every variant.
 
-Variants: dev, prod, prod + components/keda-queue-scaling, prod + components/external-redis,
-rendered by `kubectl kustomize` (see deploy/k8s/validate.py).
+Variants: dev, prod (which includes components/external-database), prod +
+components/keda-queue-scaling, prod + components/external-redis, rendered by `kubectl kustomize`
+(see deploy/k8s/validate.py).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 import subprocess
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -34,7 +37,7 @@ from tests.deploy.k8s_helpers import (
 
 VARIANTS = list(validate.VARIANTS)
 PROD_VARIANTS = [v for v in VARIANTS if v.startswith("prod")]
-GRIDFLEET_COMPONENTS = ("ingress", "coordinator", "worker", "flower")
+GRIDFLEET_COMPONENTS = ("ingress", "coordinator", "worker", "flower", "ledger")
 GRIDFLEET_UID = 10001
 
 Rendered = dict[str, list[dict[str, Any]]]
@@ -253,7 +256,10 @@ def test_secret_values_never_appear_inline(rendered: Rendered, variant: str) -> 
     secret = find_generated(objects, "Secret", "gridfleet-secrets")
     assert not secret.get("stringData")
     decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    assert set(decoded) == {"redis-password", "broker-url", "exchange-url", "flower-basic-auth"}
+    expected = {"redis-password", "broker-url", "exchange-url", "flower-basic-auth"}
+    if variant in PROD_VARIANTS:  # the ledger's PostgreSQL (components/external-database)
+        expected.add("ledger-url")
+    assert set(decoded) == expected
     for key, value in decoded.items():
         assert "CHANGE_ME" in value, f"{key}: CI renders secrets.env.example placeholders only"
     for workload, container in _workload_containers(rendered, variant):
@@ -421,6 +427,13 @@ def test_egress_is_limited_to_dns_redis_and_the_exchange(rendered: Rendered, var
             assert len(blocks) == len(other), f"{component}: egress beyond the exchange: {other}"
             assert blocks, f"{component} must reach the exchange"
             assert all(not cidr.endswith("/0") for cidr in blocks), "the exchange only, not 0/0"
+        elif component == "ledger" and variant in PROD_VARIANTS:
+            # its PostgreSQL (components/external-database), and a managed Redis if there is one
+            ports = {("TCP", 5432)}
+            if variant.endswith("external-redis"):
+                ports.add(("TCP", 6379))
+            assert other and all("ipBlock" in p["peer"] for p in other), other
+            assert set().union(*(p["ports"] for p in other)) == ports, other
         elif variant.endswith("external-redis") and component in GRIDFLEET_COMPONENTS:
             # the managed Redis is an ipBlock on 6379
             assert all("ipBlock" in p["peer"] for p in other), other
@@ -571,7 +584,7 @@ def test_fleet_file_is_mounted_where_gridfleet_config_points(
     assert fleet["exchange"] == {"url_env": "GRIDFLEET_EXCHANGE_URL"}
     assert fleet["broker"] == {"url_env": "GRIDFLEET_BROKER_URL"}
     assert fleet["aggregators"] and fleet["shard_size"] > 0 and fleet["flower_events"] is False
-    for name in ("ingress", "coordinator", "worker"):
+    for name in ("ingress", "coordinator", "worker", "gridfleet-ledger"):
         deployment = get(objects, "Deployment", name)
         (container,) = containers(deployment)
         path = env_map(container)["GRIDFLEET_CONFIG"]["value"]
@@ -609,6 +622,121 @@ def test_services_select_existing_pods(rendered: Rendered) -> None:
             names = {p["name"] for p in container["ports"]}
             for port in service["spec"]["ports"]:
                 assert port["targetPort"] in names
+
+
+# --- the ledger writer ---------------------------------------------------------------------
+
+LEDGER = "gridfleet-ledger"
+LEDGER_DIR = "/var/lib/gridfleet"
+# a URL with a password in it: scheme://user:password@host
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/@:]*:[^\s/@]+@", re.IGNORECASE)
+
+
+def _ledger(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployment = get(objects, "Deployment", LEDGER)
+    (container,) = containers(deployment)
+    return deployment, container
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_ledger_writer_runs_beside_the_fleet(rendered: Rendered, variant: str) -> None:
+    objects = rendered[variant]
+    deployment, container = _ledger(objects)
+    assert _component(deployment) == "ledger"
+    assert deployment["spec"]["replicas"] == 1
+    args = container["args"]
+    assert args[0] == "ledger" and "--run-id" not in args, "follows run after run"
+    assert args[args.index("-c") + 1] == env_map(container)["GRIDFLEET_CONFIG"]["value"]
+    broker = env_map(container)["GRIDFLEET_BROKER_URL"]["valueFrom"]["secretKeyRef"]
+    assert broker["key"] == "broker-url"
+    # /healthz on the port it serves metrics on
+    metrics_port = int(args[args.index("--metrics-port") + 1])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        http = container[probe_name]["httpGet"]
+        assert http["path"] == "/healthz", probe_name
+        assert ports[http["port"]] == metrics_port, probe_name
+    stale = _python_constant("gridfleet/ledger/metrics.py", r"(?m)^STALE_AFTER_S\s*=\s*([\d.]+)")
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= float(stale or 30)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(metrics_port)
+    scrape = get(objects, "NetworkPolicy", "metrics-ingress-from-monitoring")
+    assert selector_matches(scrape["spec"]["podSelector"], pod_labels(deployment))
+    assert metrics_port in {p["port"] for rule in scrape["spec"]["ingress"] for p in rule["ports"]}
+    # non-root, like every gridfleet process
+    pod_sc = pod_spec(deployment)["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == GRIDFLEET_UID
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_dev_keeps_the_ledger_in_sqlite_on_a_volume(rendered: Rendered) -> None:
+    objects = rendered["dev"]
+    deployment, container = _ledger(objects)
+    url = env_map(container)["GRIDFLEET_LEDGER_URL"]["value"]
+    assert url == f"sqlite:///{LEDGER_DIR}/ledger.sqlite"
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == LEDGER_DIR)
+    assert not mount.get("readOnly")
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"])
+    claim = get(objects, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["metadata"]["name"] == LEDGER
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pod_spec(deployment)["securityContext"]["fsGroup"] == GRIDFLEET_UID, "writable"
+    # one SQLite file, one writer: the old pod lets go of the volume before the new one starts
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("variant", PROD_VARIANTS)
+def test_prod_keeps_the_ledger_in_an_external_postgresql(rendered: Rendered, variant: str) -> None:
+    objects = rendered[variant]
+    deployment, container = _ledger(objects)
+    assert not by_kind(objects, "PersistentVolumeClaim"), "no SQLite volume"
+    assert not any("persistentVolumeClaim" in v for v in pod_spec(deployment)["volumes"])
+    assert all(m["mountPath"] != LEDGER_DIR for m in container["volumeMounts"])
+    entry = env_map(container)["GRIDFLEET_LEDGER_URL"]
+    assert "value" not in entry, "the URL carries a password: only from the Secret"
+    ref = entry["valueFrom"]["secretKeyRef"]
+    assert ref["key"] == "ledger-url"
+    assert ref["name"] == find_generated(objects, "Secret", "gridfleet-secrets")["metadata"]["name"]
+    # still one writer; a rolling update briefly runs two, which the consumer group allows
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    # the writer, and only the writer, reaches the database on 5432
+    peers = _egress_peers(objects, pod_labels(deployment))
+    database = [p for p in peers if ("TCP", 5432) in p["ports"]]
+    assert database and all("ipBlock" in p["peer"] for p in database), database
+    cidrs = [ipaddress.ip_network(p["peer"]["ipBlock"]["cidr"]) for p in database]
+    assert all(cidr.prefixlen > 0 for cidr in cidrs), "the database only, not 0/0"
+    for workload in workloads(objects):
+        if _component(workload) != "ledger":
+            others = _egress_peers(objects, pod_labels(workload))
+            assert not [p for p in others if ("TCP", 5432) in p["ports"]], workload["metadata"]
+    # the example URL: PostgreSQL, a placeholder password, an address the policy allows
+    example = (K8S_DIR / "overlays" / "prod" / "secrets.env.example").read_text()
+    (line,) = [x for x in example.splitlines() if x.startswith("ledger-url=")]
+    parts = urllib.parse.urlsplit(line.split("=", 1)[1])
+    assert parts.scheme == "postgresql" and parts.password == "CHANGE_ME" and parts.port == 5432
+    assert any(ipaddress.ip_address(parts.hostname or "") in cidr for cidr in cidrs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_manifest_holds_a_password_or_a_database_url(rendered: Rendered, variant: str) -> None:
+    text = yaml.safe_dump_all([o for o in rendered[variant] if o["kind"] != "Secret"])
+    assert not URL_WITH_PASSWORD.search(text)
+    assert "postgresql://" not in text and "postgres://" not in text
+    for workload, container in _workload_containers(rendered, variant):
+        for name, entry in env_map(container).items():
+            if name == "GRIDFLEET_LEDGER_URL" and "value" in entry:
+                assert entry["value"].startswith("sqlite:///"), workload["metadata"]["name"]
+
+
+def test_tracked_manifests_hold_no_database_url() -> None:
+    """What is in git, parsed (comments may show the URL's shape with USER:PASSWORD)."""
+    for path in K8S_DIR.rglob("*.yaml"):
+        text = yaml.safe_dump_all(list(yaml.safe_load_all(path.read_text())))
+        assert not URL_WITH_PASSWORD.search(text), path
+        assert "postgresql://" not in text, path
 
 
 # --- consistency with the code (read as text: the manifests must not import the app) --------
