@@ -95,6 +95,7 @@ class DemoStack:
         self.keys = Keys("gf").for_run(self.run_id)  # the run's counters and records
         self.live = LiveFigures(rounds_total=max(0, opts.slots - 1) * TICKS_PER_SLOT)
         self._stream_id = "0-0"
+        self._seen_rids: set[str] = set()  # records the fleet wrote again after a broker restart
         self.started = time.time()
         # --transport rest: a user made up for this run; the password only goes to the env
         self.rest_user = f"demo-{secrets.token_hex(4)}"
@@ -302,8 +303,15 @@ class DemoStack:
                 for entry_id, fields in entries:
                     self._stream_id = entry_id.decode()
                     data = fields.get(b"data")
-                    if data:
-                        live.records.append(orjson.loads(data))
+                    if not data:
+                        continue
+                    record = orjson.loads(data)
+                    rid = record.get("rid")
+                    if rid is not None:  # written again after a broker restart: seen already
+                        if rid in self._seen_rids:
+                            continue
+                        self._seen_rids.add(rid)
+                    live.records.append(record)
             raw_counters: Any = self.broker.hgetall(self.keys.counters)
             counters = {k.decode(): v.decode() for k, v in raw_counters.items()}
             live.trades = int(counters.get("trades", 0))

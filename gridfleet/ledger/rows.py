@@ -142,6 +142,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
         )
     elif kind == "rejection":
         aggregator = _str(record, "aggregator")
+        record_id = _opt_str(record, "rid") or entry_id
         items = record.get("items")
         if not isinstance(items, list):
             raise BadRecord("a rejection record needs its items")
@@ -155,7 +156,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
                 "rejections",
                 {
                     "run_id": run_id,
-                    "entry_id": entry_id,
+                    "record_id": record_id,
                     "seq": seq,
                     "aggregator": aggregator,
                     "transaction_id": _opt_str(record, "transaction_id"),
@@ -170,7 +171,7 @@ def _one(out: Rows, run_id: str, entry_id: str, record: Mapping[str, Any], now: 
             "gaps",
             {
                 "run_id": run_id,
-                "entry_id": entry_id,
+                "record_id": _opt_str(record, "rid") or entry_id,
                 "cause": _str(record, "cause"),
                 "rounds": _int(record, "rounds"),
                 "seconds": _num(record, "seconds") if seconds is not None else None,

@@ -21,6 +21,8 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+RECORD_ID = "the record's own id (its stream entry's, for records without one)"
+
 runs = Table(
     "runs",
     metadata,
@@ -93,7 +95,7 @@ rejections = Table(
     "rejections",
     metadata,
     Column("run_id", String(64), primary_key=True),
-    Column("entry_id", String(32), primary_key=True, comment="the broker stream entry"),
+    Column("record_id", String(64), primary_key=True, comment=RECORD_ID),
     Column("seq", Integer, primary_key=True, comment="position in the batch's answers"),
     Column("aggregator", String(64), nullable=False),
     Column("transaction_id", String(128), nullable=True, comment="the batch's"),
@@ -106,7 +108,7 @@ gaps = Table(
     "gaps",
     metadata,
     Column("run_id", String(64), primary_key=True),
-    Column("entry_id", String(32), primary_key=True),
+    Column("record_id", String(64), primary_key=True, comment=RECORD_ID),
     Column("cause", String(32), nullable=False, comment="exchange or broker"),
     Column("rounds", Integer, nullable=False, comment="rounds missed"),
     Column("seconds", Float, nullable=True),

@@ -359,7 +359,7 @@ def records_of(engine: Engine, run_id: str) -> list[dict[str, Any]]:
                 del rec["settlement_trades"]
             out.append(rec)
         for row in conn.execute(
-            select(g).where(g.c.run_id == run_id).order_by(g.c.entry_id)
+            select(g).where(g.c.run_id == run_id).order_by(g.c.first_round, g.c.record_id)
         ).mappings():
             out.append(
                 {

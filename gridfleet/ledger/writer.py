@@ -20,6 +20,7 @@ import math
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,16 +42,19 @@ BATCH = 5000  # stream entries per read (a 100 000-asset slot end is ~1 000 trad
 BLOCK_MS = 500
 CLAIM_IDLE_MS = 30_000  # an entry pending this long with another consumer is taken over
 RETRY_S = 1.0
+LAGS_KEPT = 100_000  # batches whose lag the percentiles are over
 
 
 @dataclass
 class WriterStats:
     entries: int = 0  # stream entries committed and acknowledged
+    batches: int = 0
     rows: int = 0
     bad_records: int = 0
     last_lag_s: float = 0.0  # entry added -> committed, for the oldest entry of the last batch
     max_lag_s: float = 0.0
-    lags_s: list[float] = field(default_factory=list)  # the same, per committed batch
+    # the same, per committed batch: the last LAGS_KEPT (a writer runs for months)
+    lags_s: deque[float] = field(default_factory=lambda: deque(maxlen=LAGS_KEPT))
 
     def as_dict(self) -> dict[str, Any]:
         """Totals and lag percentiles (nearest rank), for ``gridfleet ledger --stats-file``."""
@@ -65,7 +69,7 @@ class WriterStats:
             "entries": self.entries,
             "rows": self.rows,
             "bad_records": self.bad_records,
-            "batches": len(lags),
+            "batches": self.batches,
             "lag_s": {"p50": rank(50), "p95": rank(95), "p99": rank(99), "max": rank(100)},
         }
 
@@ -159,6 +163,7 @@ class LedgerWriter:
             except redis.RedisError as exc:
                 self._wait(f"broker unreachable ({exc}); nothing unacknowledged is lost")
                 cursor = "0"
+                run_row = None  # a restarted broker may have lost the group: make it again
             except SQLAlchemyError as exc:
                 self._wait(
                     f"ledger database write failed ({exc.__class__.__name__}); entries stay "
@@ -229,6 +234,7 @@ class LedgerWriter:
         self.stats.last_lag_s = max(0.0, now - oldest_ms / 1000)
         self.stats.max_lag_s = max(self.stats.max_lag_s, self.stats.last_lag_s)
         self.stats.lags_s.append(self.stats.last_lag_s)
+        self.stats.batches += 1
         self.stats.entries += len(entries)
         self.stats.rows += len(rows)
         for eid, reason in rows.bad:
@@ -244,7 +250,9 @@ class LedgerWriter:
         current = current_run(self.broker, self.keys)
         if current == run_id:
             self._seen_current.add(run_id)
-        moved_on = current != run_id and run_id in self._seen_current
+        # another run became current; none at all is a broker that lost its keys (a restart
+        # without persistence): the fleet writes them again, and the run goes on
+        moved_on = current is not None and current != run_id and run_id in self._seen_current
         if not (is_finished(self.broker, keys) or moved_on):
             return False
         pending: Any = self.broker.xpending(stream, GROUP)

@@ -56,6 +56,7 @@ from gridfleet.platform.observers import (
     RoundSkip,
     Tally,
 )
+from gridfleet.platform.records import EventStream
 from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.rounds import round_tag
 from gridfleet.platform.runs import current_run, is_finished, wait_for_run
@@ -138,6 +139,7 @@ class Coordinator:
         self._subscribed: set[str] = set()
         self.asset_names: dict[str, str] = {}
         self.aggregator_names: dict[str, str] = {}
+        self.events = EventStream(self.broker, self.keys.events, self.observers, "coordinator")
         self.responses = ResponseRecorder(
             self.broker, self.keys, self.asset_names, self.aggregator_names, self.observers
         )
@@ -170,6 +172,7 @@ class Coordinator:
         self.keys = self.keys.for_run(run_id)
         self.counters.key = self.keys.counters
         self.responses.keys = self.keys
+        self.events.stream = self.keys.events
         log.info("coordinator serving run %s", run_id)
 
     def _undelivered(self, aggregator: str, transaction_id: str) -> None:
@@ -221,6 +224,7 @@ class Coordinator:
                     continue
                 item = self.broker.blpop([self.keys.rounds], timeout=0.5)
                 self.observers.flush()
+                self.events.flush()  # round records a broker outage held back
                 if item is None:
                     if self._run_over():
                         break
@@ -456,9 +460,8 @@ class Coordinator:
             "received_at": manifest.received_at,
             "outcomes": outcomes,
         }
-        self.broker.xadd(
-            self.keys.events, {"data": orjson.dumps(record)}, maxlen=100_000, approximate=True
-        )
+        self.events.add(record)
+        self.events.flush()
         self.observers.round_published(o)
         log.info(
             "round %s: %d batches, %d commands, %d refused, %d hedged, %.0f ms of %.0f ms",

@@ -178,7 +178,7 @@ class Ingress:
         self.run_id, started = join_run(self.broker, self.keys, self.wanted_run)
         self.keys = self.keys.for_run(self.run_id)
         self.counters.key = self.keys.counters
-        self.records.stream = self.keys.events
+        self.records.events.stream = self.keys.events
         self.records.settlement_orders = self.keys.settlement_orders
         log.info("%s run %s", "started" if started else "joined", self.run_id)
         self._order = {

@@ -139,7 +139,8 @@ class Observer:
         """Trade events reported ``trades`` settlement-market trades of ``energy_kwh``."""
 
     def records_lost(self, n: int) -> None:
-        """``n`` trade/finish records could not be written (broker unreachable)."""
+        """``n`` event records were dropped: the broker was away longer than the records kept
+        for it (:data:`gridfleet.platform.records.MAX_UNWRITTEN`)."""
 
     def broker_outage(self) -> None:
         """The broker became unreachable (once per outage)."""

@@ -1,11 +1,17 @@
-"""Trade, finish and gap records: what the exchange told the fleet, on the broker's event stream.
+"""The run's event stream on the broker, and the trade, finish and gap records ingress puts on it.
 
-The report reads them (``Keys.events``) beside the coordinator's round records.
+Round records (the coordinator's) and rejection records (the batch answers') go on the same
+stream; the report and the ledger writer read it. Every record is appended through an
+:class:`EventStream`, which keeps what the broker did not take.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
+import uuid
+from collections import deque
 from collections.abc import Collection
 from typing import Any
 
@@ -45,6 +51,110 @@ OUTCOME_FIELDS = (
     "transaction_id",
 )
 """An item of a round record's ``outcomes`` (one per aggregator), in this order."""
+
+
+REWRITE_WINDOW_S = 5.0
+"""After the broker restarted, a producer writes its records of this many seconds again: longer
+than the broker's append-file fsync interval (``appendfsync everysec``), so what a crash took
+is back; the ledger keeps each record once (records carry an id of their own, ``rid``)."""
+
+MAX_UNWRITTEN = 500_000
+"""Records kept while the broker is away (an hour of a 1 000-aggregator fleet's trade records);
+beyond it the oldest are dropped, and counted as lost."""
+
+
+class EventStream:
+    """Appends records to a stream, one round trip per :meth:`flush`; nothing the broker did not
+    take is dropped.
+
+    Each record gets an id (``rid``, unique to this producer and process). A flush that fails
+    (the broker away) keeps its records for the next one. Each flush also asks for the
+    broker's run id: when it changed, the broker restarted and may have lost its last second
+    of appends, so the records of the last :data:`REWRITE_WINDOW_S` are written again. Not
+    thread-safe: one per producer thread.
+    """
+
+    def __init__(self, broker: redis.Redis, stream: str, observers: Observer, name: str) -> None:
+        self.broker = broker
+        self.stream = stream  # where added records go (a new run: a new stream)
+        self.observers = observers
+        self._prefix = f"{name}-{uuid.uuid4().hex[:12]}-"
+        self._seq = itertools.count()
+        self._unwritten: list[tuple[str, bytes]] = []  # (stream, encoded record)
+        self._recent: deque[tuple[float, str, bytes]] = deque()  # (monotonic, stream, record)
+        self._server: str | None = None  # the broker's run id at the last flush
+        self._failing = False
+
+    def add(self, record: dict[str, Any]) -> None:
+        record["rid"] = f"{self._prefix}{next(self._seq)}"
+        self._unwritten.append((self.stream, orjson.dumps(record)))
+
+    def flush(self) -> bool:
+        """Write what was added (and, after a broker restart, the recent records again);
+        False if the broker is away (the records are kept)."""
+        if not self._unwritten:
+            return True
+        batch = self._unwritten
+        pipe = self.broker.pipeline(transaction=False)
+        pipe.info("server")
+        for stream, data in batch:
+            pipe.xadd(stream, {"data": data}, maxlen=STREAM_MAXLEN, approximate=True)
+        try:
+            # a command's error does not fail the others: each append is judged on its own
+            info, *added = pipe.execute(raise_on_error=False)
+            server = info.get("run_id") if isinstance(info, dict) else None
+            if server is not None and self._server is not None and server != self._server:
+                self._rewrite_recent()
+        except redis.RedisError as exc:  # the broker is away: nothing is known to be written
+            self._keep(exc)
+            return False
+        self._server = server or self._server  # a broker that refuses INFO: no restart check
+        errors = [r for r in added if isinstance(r, Exception)]
+        self._unwritten = [b for b, r in zip(batch, added, strict=True) if isinstance(r, Exception)]
+        now = time.monotonic()
+        self._recent.extend(
+            (now, stream, data)
+            for (stream, data), r in zip(batch, added, strict=True)
+            if not isinstance(r, Exception)
+        )
+        while self._recent and self._recent[0][0] < now - REWRITE_WINDOW_S:
+            self._recent.popleft()
+        if errors:  # e.g. the broker's memory is full: kept for the next flush
+            self._keep(errors[0])
+            return False
+        if self._failing:
+            log.warning("event stream: the kept records are written")
+            self._failing = False
+        return True
+
+    def discard(self) -> None:
+        """Drop what was added and not written (a standby: the active process writes)."""
+        self._unwritten.clear()
+
+    def _rewrite_recent(self) -> None:
+        log.warning(
+            "event stream: the broker restarted; its last %.0f s of records (%d) written again",
+            REWRITE_WINDOW_S,
+            len(self._recent),
+        )
+        pipe = self.broker.pipeline(transaction=False)
+        for _, stream, data in self._recent:
+            pipe.xadd(stream, {"data": data}, maxlen=STREAM_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def _keep(self, exc: Exception) -> None:
+        over = len(self._unwritten) - MAX_UNWRITTEN
+        if over > 0:
+            del self._unwritten[:over]
+            self.observers.records_lost(over)
+            log.error("event stream: %d records dropped: the broker is away too long", over)
+        if not self._failing:
+            log.error(
+                "event stream: broker unreachable (%s); %d records kept until it is back",
+                exc,
+                len(self._unwritten),
+            )
+            self._failing = True
 
 
 def own_order_id(trade: Trade) -> str | None:
@@ -115,10 +225,9 @@ class RecordWriter:
         settlement_orders: str | None = None,
     ) -> None:
         self.broker = broker
-        self.stream = stream
+        self.events = EventStream(broker, stream, observers, "ingress")
         self.observers = observers
         self.settlement_orders = settlement_orders  # the hash of settlement order ids, if any
-        self._records: list[dict[str, Any]] = []
         self._trades: list[tuple[str, TradeEvent | TradeEventLite, str | None]] = []
 
     def trade(self, aggregator: str, event: TradeEvent | TradeEventLite, slot: str | None) -> None:
@@ -126,15 +235,15 @@ class RecordWriter:
         self._trades.append((aggregator, event, slot))
 
     def finish(self, aggregator: str) -> None:
-        self._records.append({"kind": "finish", "aggregator": aggregator})
+        self.events.add({"kind": "finish", "aggregator": aggregator})
 
     def add(self, record: dict[str, Any]) -> None:
         """Any other record (a gap's, see ``Gap.as_record``)."""
-        self._records.append(record)
+        self.events.add(record)
 
     def discard(self) -> None:
         """Drop what was taken (a standby ingress: the active one writes the records)."""
-        self._records.clear()
+        self.events.discard()
         self._trades.clear()
 
     def _settlement_ids(self) -> set[str]:
@@ -165,7 +274,7 @@ class RecordWriter:
         settlement_ids = self._settlement_ids()
         for aggregator, event, slot in self._trades:
             record = trade_record(aggregator, event, slot, settlement_ids)
-            self._records.append(record)
+            self.events.add(record)
             self.observers.trades_recorded(record["trades"], record["energy_kwh"])
             if record.get("settlement_trades"):
                 self.observers.settlement_trades_recorded(
@@ -174,23 +283,12 @@ class RecordWriter:
         self._trades.clear()
 
     def flush(self) -> None:
-        """Write the records taken since the last flush, in one round trip.
+        """Write the records taken since the last flush, in one round trip (see
+        :class:`EventStream`: kept if the broker is away).
 
         Called after the loop has sent what was due: at a slot change a thousand aggregators'
         trade events arrive right before the next round's events, and one write each would
         hold that round up.
         """
         self._sum_trades()
-        records, self._records = self._records, []
-        if not records:
-            return
-        pipe = self.broker.pipeline(transaction=False)
-        for record in records:
-            pipe.xadd(
-                self.stream, {"data": orjson.dumps(record)}, maxlen=STREAM_MAXLEN, approximate=True
-            )
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            self.observers.records_lost(len(records))
-            log.error("%d trade/finish records lost: broker unreachable (%s)", len(records), exc)
+        self.events.flush()

@@ -21,7 +21,7 @@ from gridfleet.exchange.messages import BatchResponse, CommandResponse, Protocol
 from gridfleet.platform.codec import packb
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.observers import Observer
-from gridfleet.platform.records import STREAM_MAXLEN
+from gridfleet.platform.records import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class ResponseRecorder:
         self.asset_names = asset_names
         self.aggregator_names = aggregator_names
         self.observers = observers
+        self.events = EventStream(broker, keys.events, observers, "answers")
 
     def record(self, raw: bytes) -> int:
         """Record one batch response; returns how many commands it rejected."""
@@ -140,13 +141,10 @@ class ResponseRecorder:
                 "transaction_id": resp.transaction_id,
                 "items": items,
             }
-            pipe.xadd(
-                self.keys.events,
-                {"data": orjson.dumps(record)},
-                maxlen=STREAM_MAXLEN,
-                approximate=True,
-            )
+            self.events.stream = self.keys.events  # the run's (the keys change with the run)
+            self.events.add(record)
         pipe.execute()
+        self.events.flush()
         if rejected:
             self.observers.commands_rejected(rejected)
         return rejected

@@ -73,7 +73,9 @@ class RedisServer:
 
     port: int = 0
     password: str | None = None
-    # Persistence off: this Redis carries ephemeral tick data, and a restart test wants a clean boot.
+    # Persistence off by default: tick data is ephemeral, and a restart test wants a clean boot.
+    # On: an append-only file fsynced every second, as the Kubernetes broker runs (see crash()).
+    appendonly: bool = False
     extra_args: list[str] = field(default_factory=list)
     tls: TlsFiles | None = None  # TLS only (no plain port); clients need no certificate
     binary: str | None = None  # the redis-server to run; None: find_redis_server()
@@ -100,7 +102,8 @@ class RedisServer:
             raise RuntimeError("this RedisServer is already running")
         if not self.port:
             self.port = free_port()
-        self._workdir = tempfile.TemporaryDirectory(prefix="gridfleet-redis-")
+        if self._workdir is None:  # kept over a crash(): the append-only file is in it
+            self._workdir = tempfile.TemporaryDirectory(prefix="gridfleet-redis-")
         args = [
             self.binary or find_redis_server(),
             *self._listen_args(),
@@ -109,7 +112,9 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
             "--dir",
             self._workdir.name,
             "--daemonize",
@@ -191,6 +196,19 @@ class RedisServer:
     def restart(self, down_for: float = 0.0) -> None:
         """Stop and start again on the same port (data is lost, as after a real crash)."""
         self.stop()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
+
+    def crash(self, down_for: float = 0.0) -> None:
+        """kill -9, then start again on the same port from what the server had persisted (with
+        ``appendonly``: its append-only file, up to about a second behind)."""
+        assert self.process is not None, "not running"
+        self.process.kill()
+        self.process.wait(timeout=5)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
         if down_for:
             time.sleep(down_for)
         self.start()
