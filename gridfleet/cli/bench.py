@@ -16,6 +16,7 @@ SUITES = {
     "pipeline": "exchange-measured latency and on-time rate, pipeline vs one process (slow)",
     "rest": "the same fleet over REST + websocket and over Redis, in one run (slow)",
     "ledger": "ledger lag (published -> committed) on SQLite and PostgreSQL, trading (slow)",
+    "ledger_write": "the ledger's write path alone: one 100 000-asset slot end, COPY vs INSERT",
 }
 
 
@@ -42,6 +43,7 @@ def bench(suite: str, args: tuple[str, ...]) -> None:
     pipeline    exchange-measured latency and on-time rate, pipeline vs one process (slow)
     rest        the same fleet over REST + websocket and over Redis, in one run (slow)
     ledger      ledger lag (published -> committed) on SQLite and PostgreSQL, trading (slow)
+    ledger_write  the ledger's write path alone: one 100 000-asset slot end, COPY vs INSERT
     """
     root = repo_root()
     for name in SUITES if suite == "all" else [suite]:
