@@ -181,26 +181,50 @@ def runs(config_path: str | None, ledger_db: str | None) -> None:
     "--trades",
     "trades_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Write the run's trades here: CSV, or Parquet for a .parquet name (needs pyarrow).",
+    help="Write the run's trades here, one row per asset and trade.",
 )
-def export(run_id: str, config_path: str | None, ledger_db: str | None, trades_path: Path) -> None:
-    """Export a run's trades from the ledger, one row per asset and trade."""
-    from gridfleet.ledger.store import export_trades_csv, export_trades_parquet
+@click.option(
+    "--rounds",
+    "rounds_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write each aggregator's part of each round here (event and batch time, on time, "
+    "commands, status, transaction id).",
+)
+@click.option(
+    "--rejections",
+    "rejections_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the commands the exchange rejected here, with its reasons.",
+)
+def export(
+    run_id: str,
+    config_path: str | None,
+    ledger_db: str | None,
+    trades_path: Path | None,
+    rounds_path: Path | None,
+    rejections_path: Path | None,
+) -> None:
+    """Export a run from the ledger: CSV, or Parquet for a .parquet name (needs pyarrow)."""
+    from gridfleet.ledger.store import EXPORTS, export_csv, export_parquet
 
+    wanted = {"trades": trades_path, "rounds": rounds_path, "rejections": rejections_path}
+    if not any(wanted.values()):
+        raise BadInput("say what to export: --trades F, --rounds F and/or --rejections F")
     engine = open_run(run_id, ledger_db, config_path)
-    if trades_path.suffix.lower() == ".parquet":
+    for what, path in wanted.items():
+        if path is None:
+            continue
         try:
-            n = export_trades_parquet(engine, run_id, trades_path)
+            if path.suffix.lower() == ".parquet":
+                n = export_parquet(engine, run_id, what, path)
+            else:
+                with path.open("w", newline="") as out:
+                    n = export_csv(engine, run_id, what, out)
         except ImportError:
             raise BadInput("Parquet needs pyarrow: pip install pyarrow, or export .csv") from None
-    else:
-        try:
-            with trades_path.open("w", newline="") as out:
-                n = export_trades_csv(engine, run_id, out)
         except OSError as exc:
-            raise BadInput(f"cannot write {trades_path}: {exc.strerror}") from None
-    click.echo(f"{n} trades of run {run_id} -> {trades_path}", err=True)
+            raise BadInput(f"cannot write {path}: {exc.strerror}") from None
+        click.echo(f"{n} {EXPORTS[what].noun} of run {run_id} -> {path}", err=True)
     sys.stdout.flush()
 
 

@@ -258,13 +258,45 @@ TRADE_COLUMNS = [
 ]
 
 
-def trades_of(engine: Engine, run_id: str, batch: int = 10_000) -> Iterator[tuple[Any, ...]]:
-    """The run's trade rows (:data:`TRADE_COLUMNS`), in time order, streamed."""
-    t = schema.trades
+@dataclass(frozen=True)
+class Export:
+    """What ``gridfleet export`` can write of a run: a table's columns, in a stable order."""
+
+    table: str
+    columns: list[str]
+    order: list[str]
+    noun: str  # what one row is, for the CLI's summary line
+
+
+EXPORTS = {
+    "trades": Export("trades", TRADE_COLUMNS, ["time", "trade_id", "asset_id"], "trades"),
+    "rounds": Export(
+        "aggregator_rounds",
+        [c.name for c in schema.aggregator_rounds.columns if c.name != "run_id"],
+        ["round_id", "aggregator"],
+        "aggregator rounds",
+    ),
+    "rejections": Export(
+        "rejections",
+        [c.name for c in schema.rejections.columns if c.name != "run_id"],
+        ["record_id", "seq"],
+        "rejected commands",
+    ),
+}
+"""By the CLI's name: ``--trades``, ``--rounds`` (each aggregator's part of each round),
+``--rejections``."""
+
+
+def rows_of(
+    engine: Engine, run_id: str, what: str = "trades", batch: int = 10_000
+) -> Iterator[tuple[Any, ...]]:
+    """The run's rows of export ``what`` (:data:`EXPORTS`), in order, streamed."""
+    export = EXPORTS[what]
+    t = schema.metadata.tables[export.table]
     q = (
-        select(*(t.c[name] for name in TRADE_COLUMNS))
+        select(*(t.c[name] for name in export.columns))
         .where(t.c.run_id == run_id)
-        .order_by(t.c.time, t.c.trade_id, t.c.asset_id)
+        .order_by(*(t.c[name] for name in export.order))
     )
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=batch).execute(q)
@@ -272,25 +304,27 @@ def trades_of(engine: Engine, run_id: str, batch: int = 10_000) -> Iterator[tupl
             yield tuple(row)
 
 
-def export_trades_csv(engine: Engine, run_id: str, out: TextIO) -> int:
-    """Write the run's trades as CSV (header first); the number of trades written."""
+def export_csv(engine: Engine, run_id: str, what: str, out: TextIO) -> int:
+    """Write the run's rows of ``what`` as CSV (header first); the number of rows."""
     writer = csv.writer(out)
-    writer.writerow(TRADE_COLUMNS)
+    writer.writerow(EXPORTS[what].columns)
     n = 0
-    for row in trades_of(engine, run_id):
+    for row in rows_of(engine, run_id, what):
         writer.writerow(row)
         n += 1
     return n
 
 
-def export_trades_parquet(engine: Engine, run_id: str, path: Path) -> int:
-    """Write the run's trades as Parquet (needs pyarrow: ImportError without it)."""
+def export_parquet(engine: Engine, run_id: str, what: str, path: Path) -> int:
+    """Write the run's rows of ``what`` as Parquet (needs pyarrow: ImportError without it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = list(trades_of(engine, run_id))
-    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(TRADE_COLUMNS)})
-    pq.write_table(table, path)
+    columns = EXPORTS[what].columns
+    rows = list(rows_of(engine, run_id, what))
+    pq.write_table(
+        pa.table({name: [row[i] for row in rows] for i, name in enumerate(columns)}), path
+    )
     return len(rows)
 
 

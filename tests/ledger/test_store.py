@@ -75,7 +75,7 @@ def test_records_written_twice_are_kept_once(ledger_url: str) -> None:
     assert (run.trades, run.settlement_trades, run.rejections) == (2, 1, 2)
     assert run.energy_kwh == pytest.approx(0.75)
     out = io.StringIO()
-    assert store.export_trades_csv(engine, "r1", out) == 3
+    assert store.export_csv(engine, "r1", "trades", out) == 3
     table = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert [(r["trade_id"], r["asset_id"], r["side"], r["market"]) for r in table] == [
         ("t1", "x", "buy", "spot"),
@@ -129,7 +129,7 @@ def test_bulk_batches_overlapping_and_repeated_keep_each_trade_once(ledger_url: 
     (run,) = store.list_runs(engine)
     assert run.trades == 3 * n
     assert run.energy_kwh == pytest.approx(sum(0.001 * i for i in range(3 * n)))
-    rows = list(store.trades_of(engine, "r1"))
+    rows = list(store.rows_of(engine, "r1"))
     assert len(rows) == 3 * n and len({r[0] for r in rows}) == 3 * n
 
 
@@ -138,7 +138,7 @@ def test_parquet_export(ledger_url: str, tmp_path: Path) -> None:
 
     engine = store.open_ledger(ledger_url)
     store.write(engine, RUN, to_rows("r1", RECORDS, now=1.0))
-    assert store.export_trades_parquet(engine, "r1", tmp_path / "t.parquet") == 3
+    assert store.export_parquet(engine, "r1", "trades", tmp_path / "t.parquet") == 3
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.column_names == store.TRADE_COLUMNS
     assert sorted(table.column("energy_kwh").to_pylist()) == [0.25, 0.5, 0.5]
