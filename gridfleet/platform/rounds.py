@@ -48,6 +48,7 @@ from gridfleet.exchange.messages import (
     decode,
     slot_tick_index,
 )
+from gridfleet.platform.tree_cut import Reference
 from gridfleet.strategies.bounds import MAX_RATE_CT_PER_KWH
 from gridfleet.strategies.context import AssetBatch, AssetKind, MarketView, TickContext
 
@@ -559,6 +560,11 @@ class FlatParts:
     slot_fees: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+CUT_MIN_BYTES = 256 * 1024
+"""Trees from this size on are cut from the shard's first one (:mod:`gridfleet.platform.tree_cut`):
+full trees (every aggregator gets the whole grid); pruned ones are small and all different."""
+
+
 def flatten_parts(
     parts: list[TreePart],
     own_markets: Mapping[str, frozenset[str]],
@@ -582,31 +588,40 @@ def flatten_parts(
     unusable: dict[str, str] = {}
     keep: list[np.ndarray] = []
     sliced = False
+    ref: Reference | None = None  # the shard's first whole full tree (see tree_cut)
+    ref_error: str | None = None  # what made it unusable: every tree cut from it shares that
     for part in parts:
-        try:
-            tree = decode(part.tree, GridTree)
-        except ProtocolError as exc:
-            unusable[part.aggregator] = f"grid_tree: {exc}"
-            continue
+        own = own_markets.get(part.aggregator, frozenset())
+        tree: GridTree | None = None
+        if ref is not None and mm_way is not None:
+            tree = ref.cut(part.tree, own, mm_way.markets)
+            if tree is not None and ref_error is not None:
+                unusable[part.aggregator] = ref_error
+                continue
+        is_ref = False
+        if tree is None:
+            try:
+                tree = decode(part.tree, GridTree)
+            except ProtocolError as exc:
+                unusable[part.aggregator] = f"grid_tree: {exc}"
+                continue
+            if ref is None and len(part.tree) >= CUT_MIN_BYTES and len(parts) > 1:
+                ref = Reference.of(part.tree, tree)
+                is_ref = ref is not None
         if mm_way is None:
             mm_way = MarketMakerWay.find(tree)
         first = len(rows.uuid)
         mine: list[MarketView] = []
         seen: dict[str, float] | None = {} if record else None
         why = flatten_own(
-            tree,
-            part.aggregator,
-            rows,
-            mine,
-            own_markets.get(part.aggregator, frozenset()),
-            mm_way,
-            remembered.get(part.aggregator),
-            seen,
+            tree, part.aggregator, rows, mine, own, mm_way, remembered.get(part.aggregator), seen
         )
         if seen:
             seen_fees[part.aggregator] = seen
         if why is not None:
             unusable[part.aggregator] = f"grid_tree: {why}"
+            if is_ref:  # a market's fee: every tree with the same markets has it
+                ref_error = unusable[part.aggregator]
             continue
         last = len(rows.uuid)
         if part.start or part.stop is not None:
