@@ -28,6 +28,7 @@ import numpy as np
 import redis
 
 from gridfleet.exchange.outbound import ExchangeProfile
+from gridfleet.platform.bulk_redis import hmget_many
 from gridfleet.platform.codec import (
     ctx_from_dict,
     ctx_to_dict,
@@ -348,11 +349,14 @@ def run_shard(
     asset_uuids = batch.uuid
     market_uuids = [m.uuid for m in markets]
     uuids = asset_uuids + market_uuids
-    pipe = r.pipeline(transaction=False)
-    pipe.hmget(keys.state, uuids) if uuids else pipe.echo("")
-    pipe.hmget(keys.rejections, asset_uuids) if asset_uuids else pipe.echo("")
-    pipe.hmget(keys.market_answers, market_uuids) if market_uuids else pipe.echo("")
-    raw_state, raw_rejected, raw_answers = pipe.execute()
+    raw_state, raw_rejected, raw_answers = hmget_many(
+        r,
+        [
+            (keys.state, uuids),
+            (keys.rejections, asset_uuids),
+            (keys.market_answers, market_uuids),
+        ],
+    )
     stored = _read_state(raw_state, uuids, round_id) if uuids else {}
 
     # What strategies see: stored state plus what the exchange said since (not persisted as is).
