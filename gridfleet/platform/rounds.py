@@ -233,6 +233,15 @@ class MarketMakerWay:
     def find(cls, tree: dict[str, GridNode]) -> MarketMakerWay:
         return cls(_way(tree))
 
+    @classmethod
+    def in_reference(cls, ref: Reference) -> MarketMakerWay:
+        """:meth:`find` from a cut reference's node list (pre-order: the same first Market
+        Maker), without walking the tree again."""
+        for uid, node in ref.nodes.items():
+            if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
+                return cls(ref.place[uid][1])
+        return cls(None)
+
     def down_fees(self, tree: dict[str, GridNode]) -> dict[str, float]:
         """:func:`market_maker_down_fees` of ``tree``, walking only the way."""
         if self.markets is None:
@@ -609,7 +618,11 @@ def flatten_parts(
                 ref = Reference.of(part.tree, tree)
                 is_ref = ref is not None
         if mm_way is None:
-            mm_way = MarketMakerWay.find(tree)
+            mm_way = (
+                MarketMakerWay.in_reference(ref)
+                if is_ref and ref is not None
+                else MarketMakerWay.find(tree)
+            )
         first = len(rows.uuid)
         mine: list[MarketView] = []
         seen: dict[str, float] | None = {} if record else None

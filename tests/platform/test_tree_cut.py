@@ -160,3 +160,12 @@ def test_every_tree_of_a_round_is_cut_from_the_first(gsy_e_style: bool) -> None:
                 if isinstance(node.children, dict):
                     stack.append(node.children)
         assert {leaf.uid for leaf in leaves} <= set(walked) and len(walked) < len(ref.place) / 2
+
+
+def test_without_a_market_maker_both_ways_price_alike() -> None:
+    trees = {
+        n: t.replace(b'"Market Maker"', b'"Grid Operator"')
+        for n, t in full_trees(200, 3, 4, False).items()
+    }
+    parts = [TreePart(n, t) for n, t in trees.items()]
+    assert_same(flat(parts, cut=True, own_markets={}), flat(parts, cut=False, own_markets={}))
