@@ -1,8 +1,9 @@
 """The same fleet in one process: no Celery, no shards in Redis.
 
-This is the baseline the pipeline is measured against (``bench/bench_pipeline.py``) and the
-reference its commands are checked against in tests: the same collector, the same round builder
-and the same shard evaluation, over the whole fleet at once.
+This is the baseline the pipeline is measured against (``bench/bench_pipeline.py``): the same
+collector, the same tree flattening and the same shard evaluation, over the whole fleet at once.
+:func:`replay_rounds`, the reference the pipeline's commands are checked against in tests,
+decodes every event whole instead (an independent path to the same answers).
 
 The fees of a slot's orders are remembered in memory from the slot's market event
 (``rounds.SlotFees``); a loop that starts mid-slot has none for that slot and prices its ticks
@@ -25,11 +26,26 @@ from gridfleet.exchange.link import (
     new_transaction_id,
     open_link,
 )
-from gridfleet.exchange.messages import MarketEvent, ProtocolError, TickEvent, decode_event
+from gridfleet.exchange.messages import (
+    MarketEvent,
+    MarketEventHead,
+    ProtocolError,
+    TickEvent,
+    TickEventHead,
+    decode_event,
+    decode_event_for_ingress,
+)
 from gridfleet.platform.collector import PendingRound, RoundCollector
 from gridfleet.platform.evaluate import merge_fragments
 from gridfleet.platform.fleet import Fleet, connect_fleet, plan_fleet
-from gridfleet.platform.rounds import RoundError, RoundInput, SlotFees, build_round, round_tag
+from gridfleet.platform.rounds import (
+    RoundError,
+    RoundInput,
+    SlotFees,
+    build_round,
+    build_round_from_heads,
+    round_tag,
+)
 from gridfleet.platform.shard import Runtime
 from gridfleet.strategies.context import State
 
@@ -37,8 +53,15 @@ log = logging.getLogger(__name__)
 
 
 def full_events(pending: PendingRound) -> list[tuple[str, MarketEvent | TickEvent]]:
-    """The round's events; this loop decodes them whole (it has no workers to do it)."""
+    """The round's events, decoded whole (the replay reference)."""
     return [(a, e) for a, e in pending.events.items() if isinstance(e, MarketEvent | TickEvent)]
+
+
+def head_events(pending: PendingRound) -> list[tuple[str, MarketEventHead | TickEventHead]]:
+    """The round's events with their trees raw (the loop flattens them as a shard does)."""
+    return [
+        (a, e) for a, e in pending.events.items() if isinstance(e, MarketEventHead | TickEventHead)
+    ]
 
 
 def evaluate_round(
@@ -116,13 +139,13 @@ class LocalLoop:
                     break
             for agg, raw, t_mono, t_wall in items:
                 try:
-                    collector.add(agg, decode_event(raw), t_mono, t_wall)
+                    collector.add(agg, decode_event_for_ingress(raw), t_mono, t_wall)
                 except ProtocolError as exc:
                     log.error("aggregator %s: unusable event skipped: %s", agg, exc)
             for pending in collector.ready():
                 try:
-                    rnd = build_round(
-                        full_events(pending), fleet.own_markets, memory=self.slot_fees
+                    rnd = build_round_from_heads(
+                        head_events(pending), fleet.own_markets, memory=self.slot_fees
                     )
                 except RoundError as exc:
                     log.warning("round %s skipped: %s", pending.id, exc)

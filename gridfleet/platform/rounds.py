@@ -545,6 +545,36 @@ def build_round(
     return out
 
 
+def build_round_from_heads(
+    events: list[tuple[str, MarketEventHead | TickEventHead]],
+    own_markets: Mapping[str, frozenset[str]] | None = None,
+    slot_length_s: int = 900,
+    memory: SlotFees | None = None,
+) -> RoundInput:
+    """:func:`build_round` from events whose trees are still raw (ingress's model): the trees
+    go through :func:`flatten_parts`, as a worker's shard does, so full trees are cut from the
+    round's first (:mod:`gridfleet.platform.tree_cut`) instead of each decoded whole."""
+    key, ctx = round_context(list(events), slot_length_s)
+    record = memory is not None and ctx.is_market_event
+    remembered = memory.of(key.market_slot) if memory is not None and not record else {}
+    parts = [TreePart(a, bytes(e.grid_tree)) for a, e in events if e.has_tree]
+    flat = flatten_parts(parts, own_markets or {}, remembered, record)
+    for aggregator, why in flat.unusable.items():
+        # No worker reports it on this path (the one-process loop): say it here.
+        log.error("round %s: event of aggregator %s skipped: %s", key.id, aggregator, why)
+    if record and memory is not None:
+        memory.remember(key.market_slot, flat.slot_fees)
+    return RoundInput(
+        key=key,
+        ctx=ctx,
+        assets=flat.assets,
+        markets=flat.markets,
+        aggregators=[a for a, _ in events],
+        unusable=flat.unusable,
+        slot_fees=flat.slot_fees,
+    )
+
+
 @dataclass(slots=True)
 class TreePart:
     """One aggregator's raw ``grid_tree`` in a shard, and which of its assets the shard takes.

@@ -15,9 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gridfleet.exchange.messages import GridTree, decode
+from gridfleet.exchange.messages import GridTree, decode, decode_event, decode_event_for_ingress
 from gridfleet.platform import rounds
-from gridfleet.platform.rounds import FlatParts, TreePart, flatten_parts
+from gridfleet.platform.rounds import (
+    FlatParts,
+    SlotFees,
+    TreePart,
+    build_round,
+    build_round_from_heads,
+    flatten_parts,
+)
 from gridfleet.platform.tree_cut import Reference, own_leaves
 from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
@@ -169,3 +176,49 @@ def test_without_a_market_maker_both_ways_price_alike() -> None:
     }
     parts = [TreePart(n, t) for n, t in trees.items()]
     assert_same(flat(parts, cut=True, own_markets={}), flat(parts, cut=False, own_markets={}))
+
+
+@pytest.mark.parametrize("mode", ["full", "pruned"])
+def test_the_one_process_loop_builds_rounds_as_the_whole_decode_does(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``build_round_from_heads`` (the single-process loop: raw trees, flattened as a shard)
+    equals ``build_round`` (every event decoded whole) over a market event and a tick of its
+    slot, fees remembered in between (trees cut from the first however small)."""
+    monkeypatch.setattr(rounds, "CUT_MIN_BYTES", 0)
+    g = generate_grid(300, houses_size=10, seed=5)
+    fleet = assign_aggregators(g, 4)
+    state = ExchangeState(g, timedelta(minutes=15), datetime(2024, 6, 1, 12))
+    state.open_slot(1)
+    ev = EventBuilder(g, mode)  # type: ignore[arg-type]
+    ev.refresh_heads(state)
+    raws: dict[str, list[bytes]] = {}
+    for name, spec in fleet.items():
+        own = [g.asset_name.index(n) for n in spec["assets"]]
+        ev.template(name, own)
+        ev.refresh_own_leaves(state, own)
+        raws[name] = [
+            ev.envelope(kind, state.market_slot, tick, ev.tree(name), 10.0, 30.0)
+            for kind, tick in (("market", 0), ("tick", 1))
+        ]
+    own_markets = {name: frozenset(list(json.loads(ev.tree(name)))[:1]) for name in fleet}
+    memories = (SlotFees(), SlotFees())
+    for i in range(2):
+        whole = build_round(
+            [(a, decode_event(r[i])) for a, r in raws.items()], own_markets, memory=memories[0]
+        )  # type: ignore[misc]
+        heads = build_round_from_heads(
+            [(a, decode_event_for_ingress(r[i])) for a, r in raws.items()],  # type: ignore[misc]
+            own_markets,
+            memory=memories[1],
+        )
+        assert (whole.key, whole.ctx, whole.aggregators) == (
+            heads.key,
+            heads.ctx,
+            heads.aggregators,
+        )
+        assert_same(
+            FlatParts(whole.assets, whole.markets, whole.unusable, whole.slot_fees),
+            FlatParts(heads.assets, heads.markets, heads.unusable, heads.slot_fees),
+        )
+        assert len(whole.assets) == 300
