@@ -13,14 +13,17 @@ returning dicts.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Collection, Sequence
-from typing import Any
+from itertools import chain, compress, repeat
+from operator import itemgetter
+from typing import Any, cast
 
 import numpy as np
 import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
-from gridfleet.simulator.numfmt import hex12, reprs, round8
+from gridfleet.simulator.numfmt import hex12b, reprs_b, reprs_f64, round8
 from gridfleet.simulator.settlement import SETTLEMENT_MARKET, OrderRefused, parse_time_slot
 from gridfleet.simulator.state import (
     MIN_ENERGY_KWH,
@@ -46,39 +49,61 @@ _Device = tuple[str, int, int, list[Any], int]
 _Head = tuple[bytes, str, Any, list[_Device]]
 # a fast-path order: (asset, is bid, energy, price, replace_existing, bad time_slot)
 _Candidate = tuple[int, bool, Any, Any, bool, bool]
+# a fast-path batch: (first candidate, end candidate, every device fast, commands answered)
+_Span = tuple[int, int, bool, int]
+
+_NOT_A_DICT: dict[str, Any] = {}  # stands in for a command that is not an object: fails every check
+_K = 16  # pieces of one fast-path answer (see BatchHandler._place)
+_Q = '\\"'  # a quote inside the order's rendering, itself a JSON string
+_E_K = f"{_Q}, {_Q}energy{_Q}: ".encode()
+_R_K = f", {_Q}energy_rate{_Q}: ".encode()
+_P_K = f", {_Q}price{_Q}: ".encode()
+_O_K = f", {_Q}original_price{_Q}: ".encode()
+_OID = f"{_Q}id{_Q}: {_Q}{SPOT_ORDER_ID_PREFIX}"
+# the opening of a ready answer, by side (index: is bid)
+_OPEN = np.array(
+    [
+        f'{{"command":"offer","status":"ready","offer":"{{{_Q}type{_Q}: {_Q}Offer{_Q}, {_OID}'.encode(),
+        f'{{"command":"bid","status":"ready","bid":"{{{_Q}type{_Q}: {_Q}Bid{_Q}, {_OID}'.encode(),
+    ],
+    dtype=object,
+)
+_BID_END = b',"market_type":"Spot Market","message":""}'
+_TRAIL = np.array([b"", b"]"], dtype=object)  # closes a device's list after its last answer
+
+
+class _Cands:
+    """The fast-path candidates of a chunk as columns, in command order."""
+
+    def __init__(self) -> None:
+        self.m = 0
+        self.idx = np.zeros(0, dtype=np.int64)  # asset
+        self.is_b = np.zeros(0, dtype=bool)
+        self.en = np.zeros(0)
+        self.pr = np.zeros(0)
+        self.rep = np.zeros(0, dtype=bool)  # replace_existing
+        self.late = np.zeros(0, dtype=bool)  # names the closing slot in time_slot
+        self.prices: list[Any] = []  # the price objects as sent (int or float)
+        self.int_price = False  # an int among them
+        self.first = np.zeros(0, dtype=bool)  # first command of its device
+        self.last = np.zeros(0, dtype=bool)  # last command of its device
+        self.dev = np.zeros(0, dtype=np.int64)  # device (position in the chunk's devices)
+        self.q = np.zeros(0, dtype=np.int64)  # position in its device's command list
+        self.batch = np.zeros(0, dtype=np.int64)  # its batch (position in the items)
+        self.pos = np.zeros(0, dtype=np.int64)  # its device's position in the batch's plan
 
 
 class _Checked:
-    """The candidates as columns and which of them passed the checks."""
+    """The candidates and which of them passed the checks."""
 
-    def __init__(self, m: int) -> None:
-        self.m = m
-        self.good = np.zeros(m, dtype=bool)
-        self.idx = self.is_b = self.en = self.pr = self.rep = self.good
-        self.sides: tuple[bool, ...] = ()  # is bid, per candidate
-        self.prices: tuple[Any, ...] = ()  # the price objects as sent (int or float)
-        self._set_acc()
-
-    def set_columns(
-        self,
-        good: np.ndarray,
-        idx: np.ndarray,
-        is_b: np.ndarray,
-        en: np.ndarray,
-        pr: np.ndarray,
-        rep: np.ndarray,
-        sides: tuple[bool, ...],
-        prices: tuple[Any, ...],
-    ) -> None:
-        self.good, self.idx, self.is_b, self.en, self.pr, self.rep = good, idx, is_b, en, pr, rep
-        self.sides, self.prices = sides, prices
-        self._set_acc()
-
-    def _set_acc(self) -> None:
-        self.acc = np.flatnonzero(self.good)
+    def __init__(self, cands: _Cands, good: np.ndarray) -> None:
+        self.cands = cands
+        self.m = cands.m
+        self.good = good
+        self.acc = np.flatnonzero(good)
         self.n_acc = len(self.acc)
         # accepted orders before candidate j: rows are numbered in command order
-        self.acc_before: list[int] = np.concatenate(([0], np.cumsum(self.good))).tolist()
+        self.acc_before: list[int] = np.concatenate(([0], np.cumsum(good))).tolist()
 
 
 class _General:
@@ -87,19 +112,9 @@ class _General:
     def __init__(self) -> None:
         # per batch: its whole answer (general-path batch, or no answer), None: assembled later
         self.results: list[tuple[bytes | None, int] | Exception | None] = []
-        self.answers: dict[tuple[int, int], str] = {}  # (batch, device) -> its responses' JSON
+        self.answers: dict[tuple[int, int], bytes] = {}  # (batch, device) -> its responses' JSON
         self.shift: list[tuple[int, int]] = []  # (accepted orders before, extra rows from there)
         self.extra = 0  # rows the general path added in all
-
-
-def _tid_per_candidate(heads: list[_Head], m: int, acc: np.ndarray) -> list[str]:
-    """The JSON transaction id of the batch each accepted candidate came from."""
-    per = [""] * m
-    for _, tid_js, _, plan in heads:
-        for _, _, _, cmds, start in plan:
-            if start >= 0:
-                per[start : start + len(cmds)] = [tid_js] * len(cmds)
-    return [per[j] for j in acc.tolist()]
 
 
 def _envelope_head(tid: Any, aggregator: Any) -> tuple[bytes, str]:
@@ -128,8 +143,11 @@ def _device_plan(
     closing: bool,
 ) -> list[_Device]:
     """One batch's devices (``mine``: the sender's, in order): the shape checks of
-    :meth:`BatchHandler.order` per command (the hot loop), each fast device's orders appended
-    to ``cand``; a device whose commands do not all fit takes the general path (start -1)."""
+    :meth:`BatchHandler.order` per command, each fast device's orders appended to ``cand``; a
+    device whose commands do not all fit takes the general path (start -1).
+
+    The definition, one command at a time, of what :func:`_bulk_plan` does for a whole chunk
+    (tests/simulator/test_batch_bulk.py holds them to the same result)."""
     issuperset = ORDER_KEYS.issuperset
     plan: list[_Device] = []
     for uuid, (kind, a) in mine:
@@ -191,6 +209,111 @@ def _device_plan(
     return plan
 
 
+def _numbers(values: list[Any]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The values as float64, which of them the fast path cannot take (anything but a finite
+    float or an int within 2**53), and whether an int is among them."""
+    types = set(map(type, values))
+    if types == {float}:
+        arr = np.array(values, dtype=np.float64)
+        return arr, ~np.isfinite(arr), False
+    good = [
+        (type(v) is float and v - v == 0.0) or (type(v) is int and -_INT_MAX < v < _INT_MAX)
+        for v in values
+    ]
+    arr = np.array([v if g else 0.0 for v, g in zip(values, good, strict=True)], dtype=np.float64)
+    return arr, ~np.array(good, dtype=bool), int in types
+
+
+def _bulk_plan(
+    vals: list[Any],
+    kinds: list[int],
+    assets: list[int],
+    kind_of: np.ndarray,
+    slot_now: str,
+    closing: bool,
+) -> tuple[list[Any], np.ndarray, np.ndarray, _Cands]:
+    """:func:`_device_plan` for the devices of a whole chunk at once (their command lists
+    ``vals``, kinds and indices, in order): the shape checks as a few C-level passes
+    (``map`` over the commands) and numpy over every command.
+
+    Returns the command lists (a lone command wrapped in a list, as the general path does),
+    the number of commands per device, each device's first candidate (-1: general path) and the
+    candidates, numbered in command order over the fast devices."""
+    n = len(vals)
+    if n and set(map(type, vals)) != {list}:
+        vals = [v if type(v) is list else (v if isinstance(v, list) else [v]) for v in vals]
+    lens = np.fromiter(map(len, vals), dtype=np.int64, count=n)
+    starts = np.full(n, -1, dtype=np.int64)
+    cands = _Cands()
+    if n == 0:
+        return vals, lens, starts, cands
+    kd = np.fromiter(kinds, dtype=np.int64, count=n)
+    ad = np.fromiter(assets, dtype=np.int64, count=n)
+    ok = (kd == ASSET) & (lens >= 1) & (lens <= 2)
+    okd = np.flatnonzero(ok)
+    flat: list[Any] = list(chain.from_iterable(compress(vals, ok.tolist())))
+    m = len(flat)
+    if m == 0:
+        return vals, lens, starts, cands
+    cl = lens[okd]
+    dev = np.repeat(okd, cl)  # device of each command
+    seg = np.zeros(len(okd), dtype=np.int64)  # each device's first command
+    np.cumsum(cl[:-1], out=seg[1:])
+    if set(map(type, flat)) != {dict}:
+        bad = np.fromiter((type(c) is not dict for c in flat), dtype=bool, count=m)
+        flat = [c if type(c) is dict else _NOT_A_DICT for c in flat]
+    else:
+        bad = np.zeros(m, dtype=bool)
+    bad |= ~np.fromiter(map(ORDER_KEYS.issuperset, flat), dtype=bool, count=m)
+    get = dict.get
+    ty = list(map(get, flat, repeat("type")))
+    is_b = np.fromiter(map(operator.eq, ty, repeat("bid")), dtype=bool, count=m)
+    is_o = np.fromiter(map(operator.eq, ty, repeat("offer")), dtype=bool, count=m)
+    k = kind_of[ad[dev]]
+    bad |= ~(is_b | is_o) | (is_b & (k == PV)) | (is_o & (k == LOAD))
+    two = seg[cl == 2]
+    bad[two + 1] |= is_b[two] == is_b[two + 1]  # two bids or two offers
+    pr_obj = list(map(get, flat, repeat("price")))
+    en, en_bad, _ = _numbers(list(map(get, flat, repeat("energy"))))
+    pr, pr_bad, pr_int = _numbers(pr_obj)
+    bad |= en_bad | pr_bad
+    ts = list(map(get, flat, repeat("time_slot")))
+    late = np.zeros(m, dtype=bool)
+    if ts.count(None) != m:
+        for j, s in enumerate(ts):
+            if s is not None:
+                if isinstance(s, str) and s[:16] == slot_now:
+                    late[j] = closing
+                else:
+                    bad[j] = True  # another market (settlement) or none: the general path says
+    rep = np.fromiter(
+        map(
+            operator.is_not,
+            map(get, flat, repeat("replace_existing"), repeat(True)),
+            repeat(False),
+        ),
+        dtype=bool,
+        count=m,
+    )
+    dev_bad = np.logical_or.reduceat(bad, seg)
+    fast = okd[~dev_bad]
+    fl = lens[fast]
+    starts[fast] = np.cumsum(fl) - fl
+    keep = np.repeat(~dev_bad, cl)
+    q = np.arange(m, dtype=np.int64) - np.repeat(seg, cl)
+    cands.m = int(keep.sum())
+    cands.dev = dev[keep]
+    cands.idx = ad[cands.dev]
+    cands.is_b, cands.en, cands.pr = is_b[keep], en[keep], pr[keep]
+    cands.rep, cands.late = rep[keep], late[keep]
+    cands.prices = pr_obj if cands.m == m else list(compress(pr_obj, keep.tolist()))
+    cands.int_price = pr_int and any(type(p) is int for p in cands.prices)
+    cands.q = q[keep]
+    cands.first = cands.q == 0
+    cands.last = cands.q == lens[cands.dev] - 1
+    return vals, lens, starts, cands
+
+
 def _placed(is_bid: bool, rendered: str, uuid: str, tid: Any, market_type: str) -> Response:
     """gsy-e's ``ready`` answer to a placed bid or offer (its keys in gsy-e's order)."""
     if is_bid:
@@ -232,11 +355,16 @@ class BatchHandler:
         # False: every command takes the general path (:meth:`command`); the reference for the
         # fast path and the "before" figure of the benchmark.
         self.fast = True
-        # per asset, the constant ends of its ready answers (see :meth:`_ready`)
-        self._bid_tail: dict[int, str] = {}
-        self._off_tail: dict[int, str] = {}
-        self._off_end: dict[int, str] = {}
-        self._ujs: dict[str, str] = {}  # device uuid -> as JSON
+        # per asset, the constant pieces of its ready answers (see :meth:`_place`)
+        n = state.grid.n_assets
+        self._made = np.zeros(n, dtype=bool)
+        self._lead = np.empty(n, dtype=object)  # "<uuid>":[
+        self._clead = np.empty(n, dtype=object)  # ,"<uuid>":[
+        self._tail_b = np.empty(n, dtype=object)  # the buyer, up to the transaction id
+        self._tail_o = np.empty(n, dtype=object)  # the seller, up to the transaction id
+        self._end_o = np.empty(n, dtype=object)  # an offer's answer after the transaction id
+        self._ujs: dict[str, bytes] = {}  # device uuid -> as JSON
+        self._make_pieces(np.arange(n))
 
     # ------------------------------------------------------------------ whole batches
 
@@ -263,47 +391,54 @@ class BatchHandler:
 
         Fast path: a device whose commands have the common shape (a bid and/or an offer with
         energy, price and optionally ``replace_existing`` / ``time_slot``) has its orders
-        checked with numpy together with every other such device of ``items``; the accepted
-        orders are written to the order columns in bulk and answered from a template with
-        their numbers rendered in bulk. Every other device takes the general path
-        (:meth:`command`), devices in order. Devices of different assets share no state, so
-        only the order ids (rows, in command order) tie them; a batch naming an asset that an
-        earlier batch of ``items`` named starts a new round of this, so it sees that batch's
-        effect.
+        checked with numpy together with every other such device of ``items`` (the shape
+        checks too: :func:`_bulk_plan`); the accepted orders are written to the order columns
+        in bulk and answered from byte templates with their numbers rendered in bulk. Every
+        other device takes the general path (:meth:`command`), devices in order. Devices of
+        different assets share no state, so only the order ids (rows, in command order) tie
+        them; a batch naming an asset that an earlier batch of ``items`` named starts a new
+        round of this, so it sees that batch's effect.
         """
-        heads, cand, cut = self._plan(items)
-        checked = self._check(cand)
+        heads, spans, cands, cut = self._plan(items)
+        checked = self._check(cands)
         row0 = self.state.n_rows
-        general = self._run_general(items, heads, checked, row0)
-        lead, trail = self._brackets(heads, len(cand))
-        texts = self._place(heads, checked, general, row0, lead, trail)
-        if checked.n_acc < checked.m:
-            texts = self._rejections(heads, checked, texts, lead, trail)
-        out = self._assemble(heads, general, texts)
+        general = self._run_general(items, heads, spans, checked, row0)
+        pieces = self._place(heads, checked, general, row0)
+        out = self._assemble(heads, spans, general, pieces)
         if cut < len(items):
             out.extend(self.respond_many(items[cut:]))
         return out
 
-    def _plan(self, items: Sequence[BatchItem]) -> tuple[list[_Head], list[_Candidate], int]:
-        """Decode the batches: per batch its head and device plan, the fast-path candidates,
-        and where to cut ``items`` (the first batch naming an asset an earlier one named)."""
+    def _plan(self, items: Sequence[BatchItem]) -> tuple[list[_Head], list[_Span], _Cands, int]:
+        """Decode the batches: per batch its head and device plan (and, fast-path batches, its
+        span of candidates), the fast-path candidates, and where to cut ``items`` (the first
+        batch naming an asset an earlier one named)."""
         st = self.state
         devices = self.devices
-        kinds = st.grid.kind_list
-        slot_now, closing = st.market_slot, self.closing
         heads: list[_Head] = []
-        cand: list[_Candidate] = []
         seen: set[int] = set()
         cut = len(items)
+        # the devices of every fast-path batch, in order; per such batch its devices' range
+        d_keys: list[str] = []
+        d_vals: list[Any] = []
+        d_kinds: list[int] = []
+        d_idx: list[int] = []
+        ranges: list[tuple[int, int, int]] = []  # (batch, first device, end device)
+        kind0, index1 = itemgetter(0), itemgetter(1)
         for bi, (batch, selected, aggregator) in enumerate(items):
             commands = batch.get("batch_commands")
             if not isinstance(commands, dict):
                 heads.append((b"", "", None, []))
                 continue
-            mine = [
-                (uuid, devices[uuid]) for uuid in commands if uuid in selected and uuid in devices
-            ]
-            assets = {d[1] for _, d in mine if d[0] == ASSET}
+            keys = list(filter(selected.__contains__, commands))
+            found = list(map(devices.get, keys))
+            if None in found:  # unknown devices: silently dropped, like gsy-e
+                keys = [u for u, d in zip(keys, found, strict=True) if d is not None]
+                found = [d for d in found if d is not None]
+            devs = cast(list[tuple[int, int]], found)
+            kinds = list(map(kind0, devs))
+            idxs = list(map(index1, devs))
+            assets = {i for kd, i in devs if kd == ASSET} if MARKET in kinds else set(idxs)
             if not seen.isdisjoint(assets):
                 cut = bi
                 break
@@ -312,37 +447,70 @@ class BatchHandler:
             if not self.fast or not head:
                 heads.append((b"", "", batch, []))
                 continue
-            plan = _device_plan(mine, commands, kinds, cand, slot_now, closing)
-            heads.append((head, tid_js, batch, plan))
-        return heads, cand, cut
+            heads.append((head, tid_js, batch, []))
+            ranges.append((bi, len(d_keys), len(d_keys) + len(keys)))
+            d_keys += keys
+            d_vals += map(commands.__getitem__, keys)
+            d_kinds += kinds
+            d_idx += idxs
+        vals, lens, starts, cands = _bulk_plan(
+            d_vals, d_kinds, d_idx, st.grid.kind, st.market_slot, self.closing
+        )
+        spans: list[_Span] = [(0, 0, False, 0)] * len(heads)
+        if ranges:
+            starts_l = starts.tolist()
+            n_dev = len(d_keys)
+            r = np.array(ranges, dtype=np.int64)
+            dev_batch = np.repeat(np.arange(len(ranges)), r[:, 2] - r[:, 1])
+            n_cmds = np.bincount(dev_batch, weights=lens, minlength=len(ranges)).tolist()
+            n_gen = np.bincount(dev_batch[starts < 0], minlength=len(ranges)).tolist()
+            # fast candidates before each batch's first device
+            fast_len = np.where(starts >= 0, lens, 0)
+            before = np.concatenate(([0], np.cumsum(fast_len))).tolist()
+            for ri, (bi, lo, hi) in enumerate(ranges):
+                head, tid_js, batch, _ = heads[bi]
+                plan = list(
+                    zip(
+                        d_keys[lo:hi],
+                        d_kinds[lo:hi],
+                        d_idx[lo:hi],
+                        vals[lo:hi],
+                        starts_l[lo:hi],
+                        strict=True,
+                    )
+                )
+                heads[bi] = (head, tid_js, batch, plan)
+                spans[bi] = (before[lo], before[hi], n_gen[ri] == 0, int(n_cmds[ri]))
+            first_dev = np.repeat(r[:, 1], r[:, 2] - r[:, 1])
+            cands.batch = r[:, 0][dev_batch][cands.dev]
+            cands.pos = (np.arange(n_dev) - first_dev)[cands.dev]
+        return heads, spans, cands, cut
 
-    def _check(self, cand: list[_Candidate]) -> _Checked:
+    def _check(self, cands: _Cands) -> _Checked:
         """The checks of :meth:`order` after the shape ones, for all candidates at once."""
         st = self.state
-        m = len(cand)
-        checked = _Checked(m)
-        if m:
-            fa, fbid, fe, fp, frep, fbad = zip(*cand, strict=True)
-            idx = np.array(fa, dtype=np.intp)
-            is_b = np.array(fbid, dtype=bool)
-            en = np.array(fe, dtype=np.float64)
-            pr = np.array(fp, dtype=np.float64)
-            rep = np.array(frep, dtype=bool)
-            kind_arr = st.grid.kind[idx]
-            bought, sold, demand = st.bought[idx], st.sold[idx], st.demand[idx]
-            room_b = np.where(kind_arr == LOAD, demand - bought, st.buy_limit[idx] - bought)
-            room_b = np.where(rep, room_b, room_b - st.active_bid[idx])
-            room_o = np.where(kind_arr == PV, demand - sold, st.sell_limit[idx] - sold)
-            room_o = np.where(rep, room_o, room_o - st.active_offer[idx])
-            fits = np.where(
-                is_b, ~(en > room_b + REPORT_ROUNDING_KWH), ~(en > room_o + OFFER_TOLERANCE_KWH)
-            )
-            good = fits & ~((en <= MIN_ENERGY_KWH) | (pr < 0)) & ~np.array(fbad, dtype=bool)
-            checked.set_columns(good, idx, is_b, en, pr, rep, fbid, fp)
-        return checked
+        if not cands.m:
+            return _Checked(cands, np.zeros(0, dtype=bool))
+        idx, is_b, en, pr, rep = cands.idx, cands.is_b, cands.en, cands.pr, cands.rep
+        kind_arr = st.grid.kind[idx]
+        bought, sold, demand = st.bought[idx], st.sold[idx], st.demand[idx]
+        room_b = np.where(kind_arr == LOAD, demand - bought, st.buy_limit[idx] - bought)
+        room_b = np.where(rep, room_b, room_b - st.active_bid[idx])
+        room_o = np.where(kind_arr == PV, demand - sold, st.sell_limit[idx] - sold)
+        room_o = np.where(rep, room_o, room_o - st.active_offer[idx])
+        fits = np.where(
+            is_b, ~(en > room_b + REPORT_ROUNDING_KWH), ~(en > room_o + OFFER_TOLERANCE_KWH)
+        )
+        good = fits & ~((en <= MIN_ENERGY_KWH) | (pr < 0)) & ~cands.late
+        return _Checked(cands, good)
 
     def _run_general(
-        self, items: Sequence[BatchItem], heads: list[_Head], checked: _Checked, row0: int
+        self,
+        items: Sequence[BatchItem],
+        heads: list[_Head],
+        spans: list[_Span],
+        checked: _Checked,
+        row0: int,
     ) -> _General:
         """Answer every general-path batch and device, in order, each at the row its commands
         would have started at; remember where its rows shift the fast path's."""
@@ -364,6 +532,11 @@ class BatchHandler:
                     gen.shift.append((acc_before[fast_before], extra))
                 continue
             gen.results.append(None)
+            lo, hi, all_fast, _ = spans[bi]
+            if all_fast:
+                if hi > lo:
+                    fast_before = hi
+                continue
             tid = batch.get("transaction_id")
             for pi, (uuid, kind, a, cmds, start) in enumerate(plan):
                 if start >= 0:
@@ -371,8 +544,8 @@ class BatchHandler:
                     continue
                 st.reserve(row0 + acc_before[fast_before] + extra)
                 n0 = st.n_rows
-                gen.answers[bi, pi] = ",".join(
-                    orjson.dumps(self.command(kind, a, uuid, c, tid)).decode() for c in cmds
+                gen.answers[bi, pi] = b",".join(
+                    orjson.dumps(self.command(kind, a, uuid, c, tid)) for c in cmds
                 )
                 if st.n_rows != n0:
                     extra += st.n_rows - n0
@@ -380,101 +553,126 @@ class BatchHandler:
         gen.extra = extra
         return gen
 
-    def _uuid_js(self, uuid: str) -> str:
+    def _uuid_js(self, uuid: str) -> bytes:
         """The device uuid as JSON (cached)."""
         ujs = self._ujs.get(uuid)
         if ujs is None:
-            ujs = self._ujs[uuid] = orjson.dumps(uuid).decode()
+            ujs = self._ujs[uuid] = orjson.dumps(uuid)
         return ujs
 
-    def _brackets(self, heads: list[_Head], m: int) -> tuple[list[str], list[str]]:
-        """Per candidate: what opens its device's list (``"<uuid>":[``) and what closes it."""
-        lead = [""] * m
-        trail = [""] * m
-        for _, _, _, plan in heads:
-            for uuid, _, _, cmds, start in plan:
-                if start >= 0:
-                    lead[start] = f"{self._uuid_js(uuid)}:["
-                    trail[start + len(cmds) - 1] = "]"
-        return lead, trail
+    def _make_pieces(self, idx: np.ndarray) -> None:
+        """The constant pieces of the ready answers of these assets, where not made yet
+        (every asset's, when the handler is made: ~1 s of CPU per million assets)."""
+        st = self.state
+        need = idx[~self._made[idx]]
+        if not len(need):
+            return
+        q = _Q
+        for a in np.unique(need).tolist():
+            esc = orjson.dumps(st.party(a)).decode()[1:-1]
+            ujs = orjson.dumps(st.grid.asset_uuid[a]).decode()
+            self._lead[a] = f"{ujs}:[".encode()
+            self._clead[a] = f",{ujs}:[".encode()
+            self._tail_b[a] = f'{q}buyer{q}: {esc}}}","area_uuid":{ujs},"transaction_id":'.encode()
+            self._tail_o[a] = f'{q}seller{q}: {esc}}}","transaction_id":'.encode()
+            self._end_o[a] = (
+                f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'.encode()
+            )
+        self._made[need] = True
 
     def _place(
-        self,
-        heads: list[_Head],
-        checked: _Checked,
-        gen: _General,
-        row0: int,
-        lead: list[str],
-        trail: list[str],
-    ) -> list[str]:
-        """Write the accepted orders (rows, columns, chains, sums) in bulk; their ``ready``
-        answers from templates, by candidate ("" where rejected)."""
+        self, heads: list[_Head], checked: _Checked, gen: _General, row0: int
+    ) -> list[bytes]:
+        """Write the accepted orders (rows, columns, chains, sums) in bulk and render every
+        candidate's answer: ``_K`` byte pieces per candidate, in one flat list (candidate j's
+        at ``j * _K``), from per-asset templates and numbers rendered in bulk. A candidate's
+        pieces open with the comma before it (none for the first answer of a batch) and its
+        device's ``"<uuid>":[``, and close its device's list after its last command; a
+        rejected candidate's middle is its error answer."""
         st = self.state
+        c = checked.cands
         m, n_acc, acc = checked.m, checked.n_acc, checked.acc
-        texts: list[str] = []
+        if not m:
+            st.reserve(row0 + gen.extra)
+            return []
+        seq = np.zeros(m, dtype=np.int64)
+        rate = np.zeros(m)
         if n_acc:
             rows = row0 + np.arange(n_acc, dtype=np.int64)
             for k0, ex in gen.shift:
                 rows[k0:] = row0 + np.arange(k0, n_acc, dtype=np.int64) + ex
             st.reserve(int(rows[-1]) + 1)
-            pr, en, idx, is_b = checked.pr, checked.en, checked.idx, checked.is_b
-            p_acc, e_acc = pr[acc], en[acc]
+            e_acc = c.en[acc]
             with np.errstate(all="ignore"):
-                rate = p_acc / e_acc
-            st.write_orders(rows, idx[acc], is_b[acc], e_acc, rate, checked.rep[acc])
-            acc_l = acc.tolist()
-            p_obj = [checked.prices[j] for j in acc_l]
-            p8: list[Any] = round8(p_acc).tolist()
-            if any(type(x) is int for x in p_obj):
-                p8 = [x if type(x) is int else r for x, r in zip(p_obj, p8, strict=True)]
-            texts = self._ready(
-                hex12(rows + st.seq_base + 1),
-                idx[acc].tolist(),
-                is_b[acc].tolist(),
-                reprs(e_acc.tolist()),
-                reprs(round8(rate).tolist()),
-                reprs(p8),
-                reprs(p_obj),
-                _tid_per_candidate(heads, m, acc),
-                lead if n_acc == m else [lead[j] for j in acc_l],
-                trail if n_acc == m else [trail[j] for j in acc_l],
-            )
-            if n_acc < m:
-                full: list[str] = [""] * m
-                for j, text in zip(acc_l, texts, strict=True):
-                    full[j] = text
-                texts = full
+                rate[acc] = c.pr[acc] / e_acc
+            st.write_orders(rows, c.idx[acc], c.is_b[acc], e_acc, rate[acc], c.rep[acc])
+            seq[acc] = rows + st.seq_base + 1
         st.reserve(row0 + n_acc + gen.extra)
-        return texts
+        idx, is_b = c.idx, c.is_b
+        # the first answer of a batch: its first device is fast (no comma before it)
+        first_item = np.zeros(m, dtype=bool)
+        for _, _, _, plan in heads:
+            if plan and plan[0][4] >= 0:
+                first_item[plan[0][4]] = True
+        sep = self._clead[idx]
+        sep[first_item] = self._lead[idx[first_item]]
+        sep[~c.first] = b","
+        tails = np.where(is_b, self._tail_b[idx], self._tail_o[idx])
+        ends = self._end_o[idx]
+        ends[is_b] = _BID_END
+        tid_of = np.array([h[1].encode() for h in heads], dtype=object)
+        batch_of = c.batch
+        mid = (
+            f", {_Q}creation_time{_Q}: {_Q}{self.sim_time}{_Q}, "
+            f"{_Q}time_slot{_Q}: {_Q}{st.time_slot}{_Q}, "
+        ).encode()
+        row = [b"", b"", b"", _E_K, b"", _R_K, b"", _P_K, b"", _O_K, b"", mid, b"", b"", b"", b""]
+        flat = row * m
+        flat[0::_K] = sep.tolist()
+        flat[1::_K] = _OPEN[is_b.astype(np.intp)].tolist()
+        flat[2::_K] = hex12b(seq)
+        flat[4::_K] = reprs_f64(c.en)
+        flat[6::_K] = reprs_f64(round8(rate))
+        p8 = round8(c.pr)
+        if c.int_price:
+            p8_obj = [
+                x if type(x) is int else r for x, r in zip(c.prices, p8.tolist(), strict=True)
+            ]
+            flat[8::_K] = reprs_b(p8_obj)
+            flat[10::_K] = reprs_b(c.prices)
+        else:
+            flat[8::_K] = reprs_f64(p8)
+            flat[10::_K] = reprs_f64(c.pr)
+        flat[12::_K] = tails.tolist()
+        flat[13::_K] = tid_of[batch_of].tolist()
+        flat[14::_K] = ends.tolist()
+        flat[15::_K] = _TRAIL[c.last.astype(np.intp)].tolist()
+        if n_acc < m:
+            self._rejections(heads, checked, flat)
+        return flat
 
-    def _rejections(
-        self,
-        heads: list[_Head],
-        checked: _Checked,
-        texts: list[str],
-        lead: list[str],
-        trail: list[str],
-    ) -> list[str]:
-        """Fill in the rejected candidates' errors (naming the command's arguments)."""
-        if not texts:
-            texts = [""] * checked.m
-        sides = checked.sides
-        for _, _, batch, plan in heads:
-            for uuid, _, a, cmds, start in plan:
-                for q in range(len(cmds) if start >= 0 else 0):
-                    j = start + q
-                    if not texts[j]:
-                        verb = "bid" if sides[j] else "offer"
-                        tid = batch.get("transaction_id")
-                        err = orjson.dumps(self._order_error(a, uuid, cmds[q], tid, verb))
-                        texts[j] = f"{lead[j]}{err.decode()}{trail[j]}"
-        return texts
+    def _rejections(self, heads: list[_Head], checked: _Checked, flat: list[bytes]) -> None:
+        """Put the rejected candidates' errors (naming the command's arguments) in their
+        answers' place."""
+        c = checked.cands
+        blank = [b""] * (_K - 3)
+        for j in np.flatnonzero(~checked.good).tolist():
+            _, _, batch, plan = heads[int(c.batch[j])]
+            q = int(c.q[j])
+            uuid, _, a, cmds, _ = plan[int(c.pos[j])]
+            verb = "bid" if c.is_b[j] else "offer"
+            err = orjson.dumps(
+                self._order_error(a, uuid, cmds[q], batch.get("transaction_id"), verb)
+            )
+            flat[j * _K + 1 : j * _K + _K - 1] = [err, *blank]
 
     def _assemble(
-        self, heads: list[_Head], gen: _General, texts: list[str]
+        self, heads: list[_Head], spans: list[_Span], gen: _General, flat: list[bytes]
     ) -> list[tuple[bytes | None, int] | Exception]:
-        """The answers, in the batches' order: fast runs by slice, general devices between."""
+        """The answers, in the batches' order: a fast batch is one join over its candidates'
+        pieces; general devices' answers go between fast devices' pieces."""
         out: list[tuple[bytes | None, int] | Exception] = []
+        k = _K
         for bi, (head, _, _, plan) in enumerate(heads):
             done = gen.results[bi]
             if done is not None:
@@ -483,71 +681,25 @@ class BatchHandler:
             if not plan:
                 out.append((None, 0))
                 continue
-            n_cmds = 0
-            parts: list[str] = []
-            lo = hi = -1  # a run of fast devices' candidates, answered by one slice
+            lo, hi, all_fast, n_cmds = spans[bi]
+            if all_fast:
+                out.append((b"".join([head, *flat[lo * k : hi * k], b"}}"]), n_cmds))
+                continue
+            parts = [head]
             for pi, (uuid, _, _, cmds, start) in enumerate(plan):
-                n_cmds += len(cmds)
-                if start >= 0 and start == hi:
-                    hi = start + len(cmds)
-                    continue
-                if hi > lo:
-                    parts.extend(texts[lo:hi])
-                lo = hi = -1
                 if start >= 0:
-                    lo, hi = start, start + len(cmds)
-                    continue
-                parts.append(f"{self._uuid_js(uuid)}:[{gen.answers[bi, pi]}]")
-            if hi > lo:
-                parts.extend(texts[lo:hi])
-            out.append((head + ",".join(parts).encode() + b"}}", n_cmds))
+                    parts += flat[start * k : (start + len(cmds)) * k]
+                else:
+                    parts += (
+                        b"," if pi else b"",
+                        self._uuid_js(uuid),
+                        b":[",
+                        gen.answers[bi, pi],
+                        b"]",
+                    )
+            parts.append(b"}}")
+            out.append((b"".join(parts), n_cmds))
         return out
-
-    def _ready(
-        self,
-        ids: list[str],
-        assets: list[int],
-        is_bid: list[bool],
-        e_s: list[str],
-        r8_s: list[str],
-        p8_s: list[str],
-        p_s: list[str],
-        tids: list[str],
-        lead: list[str],
-        trail: list[str],
-    ) -> list[str]:
-        """``ready`` answers of placed orders, as orjson writes :meth:`order`'s dicts (the
-        order's rendering, ``ExchangeState.order_json``, is a JSON string inside them), each
-        between its ``lead`` and ``trail``."""
-        st = self.state
-        bid_tail, off_tail, off_end = self._bid_tail, self._off_tail, self._off_end
-        q = '\\"'
-        for a in assets:
-            if a not in bid_tail:
-                esc = orjson.dumps(st.party(a)).decode()[1:-1]
-                ujs = orjson.dumps(st.grid.asset_uuid[a]).decode()
-                bid_tail[a] = f'{q}buyer{q}: {esc}}}","area_uuid":{ujs},"transaction_id":'
-                off_tail[a] = f'{q}seller{q}: {esc}}}","transaction_id":'
-                off_end[a] = f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'
-        mid = (
-            f", {q}creation_time{q}: {q}{self.sim_time}{q}, {q}time_slot{q}: {q}{st.time_slot}{q}, "
-        )
-        oid = f"{q}id{q}: {q}{SPOT_ORDER_ID_PREFIX}"
-        bid0 = f'{{"command":"bid","status":"ready","bid":"{{{q}type{q}: {q}Bid{q}, {oid}'
-        off0 = f'{{"command":"offer","status":"ready","offer":"{{{q}type{q}: {q}Offer{q}, {oid}'
-        bid_end = ',"market_type":"Spot Market","message":""}'
-        e_k = f"{q}, {q}energy{q}: "
-        r_k = f", {q}energy_rate{q}: "
-        p_k = f", {q}price{q}: "
-        o_k = f", {q}original_price{q}: "
-        return [
-            f"{ld}{bid0}{i}{e_k}{e}{r_k}{r}{p_k}{p8}{o_k}{p}{mid}{bid_tail[a]}{t}{bid_end}{tr}"
-            if b
-            else f"{ld}{off0}{i}{e_k}{e}{r_k}{r}{p_k}{p8}{o_k}{p}{mid}{off_tail[a]}{t}{off_end[a]}{tr}"
-            for i, a, b, e, r, p8, p, t, ld, tr in zip(
-                ids, assets, is_bid, e_s, r8_s, p8_s, p_s, tids, lead, trail, strict=True
-            )
-        ]
 
     def _respond_general(
         self, batch: dict[str, Any], selected: Collection[str], aggregator: Any

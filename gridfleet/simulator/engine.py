@@ -33,7 +33,7 @@ import orjson
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
-from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_rows
+from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_lists
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.reporting import Counts
@@ -233,26 +233,22 @@ class Engine:
         self.counts.trades += len(report)
         self.counts.energy_traded_kwh += float(sum(report.energy.tolist()))
         when = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00")
-        rows: dict[str, list[str]] = {}
+        rows: dict[str, list[bytes]] = {}
         for part in (report, settled):
             if part is None or not len(part):
                 continue
-            for agg, trade_list in trade_rows(
-                part,
-                self.grid,
-                self.selection.owner_arr,
-                when,
-                self._trade_seq,
-                self.events.name_js,
+            for agg, trade_list in trade_lists(
+                part, self.selection.owner_arr, when, self._trade_seq, self.events.trade_pieces
             ).items():
-                rows.setdefault(agg, []).extend(trade_list)
+                rows.setdefault(agg, []).append(trade_list)
             self._trade_seq += len(part)
         if settled is not None and len(settled):
             self.counts.settlement_trades += len(settled)
             self.counts.settlement_energy_kwh += float(sum(settled.energy.tolist()))
         fit, mmr = self._rates()
         out = self.outlet.outbox()
-        for agg, trade_list in rows.items():
+        for agg, lists in rows.items():
+            trade_list = lists[0] if len(lists) == 1 else b",".join(lists)
             payload = self.events.trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
             self.counts.bytes_sent += len(payload)
             out.aggregator_event(agg, payload)

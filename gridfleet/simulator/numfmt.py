@@ -57,3 +57,63 @@ def reprs(values: list[Any]) -> list[str]:
     for i in np.flatnonzero(odd).tolist():
         out[i] = repr(values[i])
     return out
+
+
+def hex12b(values: np.ndarray) -> list[bytes]:
+    """``[f"{v:012x}".encode() for v in values]`` for 0 <= v < 16**12, vectorised."""
+    digits = _HEX[(values.astype(np.int64)[:, None] >> _SHIFTS) & 15]
+    return list(np.ascontiguousarray(digits).view("S12").ravel().tolist())
+
+
+def _odd(arr: np.ndarray) -> list[int]:
+    """Positions of the values outside orjson's ``repr``-compatible notation range."""
+    mag = np.abs(arr)
+    with np.errstate(invalid="ignore"):
+        odd = ((mag < 1e-4) & (arr != 0)) | ~(mag < 1e16)
+    return list(np.flatnonzero(odd).tolist())
+
+
+def _fix_odd(out: list[bytes], arr: np.ndarray, values: Any) -> list[bytes]:
+    """Values outside orjson's ``repr``-compatible range get ``repr`` itself."""
+    for i in _odd(arr):
+        out[i] = repr(values[i]).encode()
+    return out
+
+
+def reprs_b(values: list[Any]) -> list[bytes]:
+    """:func:`reprs` as bytes."""
+    if not values:
+        return []
+    out = orjson.dumps(values)[1:-1].split(b",")
+    return _fix_odd(out, np.asarray(values, dtype=np.float64), values)
+
+
+def reprs_f64(arr: np.ndarray) -> list[bytes]:
+    """``[repr(float(v)).encode() for v in arr]`` for a float64 array, without making Python
+    floats: orjson writes numpy's float64 with the same shortest digits as a Python float."""
+    if not len(arr):
+        return []
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    out = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+    return _fix_odd(out, arr, _Floats(arr))
+
+
+class _Floats:
+    """``values[i]`` as a Python float, for the few values :func:`_fix_odd` renders itself."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+
+    def __getitem__(self, i: int) -> float:
+        return float(self.arr[i])
+
+
+def reprs_f64_str(arr: np.ndarray) -> list[str]:
+    """:func:`reprs_f64` as ``str``: ``[repr(float(v)) for v in arr]``."""
+    if not len(arr):
+        return []
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    out = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode().split(",")
+    for i in _odd(arr):
+        out[i] = repr(float(arr[i]))
+    return out
