@@ -682,8 +682,10 @@ class BatchHandler:
                 out.append((None, 0))
                 continue
             lo, hi, all_fast, n_cmds = spans[bi]
-            if all_fast:
-                out.append((b"".join([head, *flat[lo * k : hi * k], b"}}"]), n_cmds))
+            if all_fast:  # the envelope goes into the first and last pieces: one join
+                flat[lo * k] = head + flat[lo * k]
+                flat[hi * k - 1] += b"}}"
+                out.append((b"".join(flat[lo * k : hi * k]), n_cmds))
                 continue
             parts = [head]
             for pi, (uuid, _, _, cmds, start) in enumerate(plan):

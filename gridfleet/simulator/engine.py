@@ -33,7 +33,7 @@ import orjson
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
-from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_lists
+from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_list_pieces
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.reporting import Counts
@@ -237,18 +237,22 @@ class Engine:
         for part in (report, settled):
             if part is None or not len(part):
                 continue
-            for agg, trade_list in trade_lists(
+            for agg, pieces in trade_list_pieces(
                 part, self.selection.owner_arr, when, self._trade_seq, self.events.trade_pieces
             ).items():
-                rows.setdefault(agg, []).append(trade_list)
+                have = rows.get(agg)
+                if have is None:
+                    rows[agg] = pieces
+                else:  # settlement trades after the spot ones
+                    have.append(b",")
+                    have += pieces
             self._trade_seq += len(part)
         if settled is not None and len(settled):
             self.counts.settlement_trades += len(settled)
             self.counts.settlement_energy_kwh += float(sum(settled.energy.tolist()))
         fit, mmr = self._rates()
         out = self.outlet.outbox()
-        for agg, lists in rows.items():
-            trade_list = lists[0] if len(lists) == 1 else b",".join(lists)
+        for agg, trade_list in rows.items():
             payload = self.events.trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
             self.counts.bytes_sent += len(payload)
             out.aggregator_event(agg, payload)

@@ -29,7 +29,15 @@ import numpy as np
 import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
-from gridfleet.simulator.numfmt import hex12, hex12b, reprs, reprs_f64, reprs_f64_str, round8
+from gridfleet.simulator.numfmt import (
+    hex12,
+    hex12b,
+    hex12s,
+    reprs,
+    reprs_f64,
+    reprs_f64_str,
+    round8,
+)
 from gridfleet.simulator.state import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]
@@ -66,6 +74,7 @@ class EventBuilder:
         lit0 = n_m + 2 * n_a
         self._comma, self._close, self._mm = lit0, lit0 + 1, lit0 + 2
         self._uuid_js = [_js(u) for u in grid.asset_uuid]
+        self._uuid_arr = np.array(self._uuid_js, dtype=object)
         self._name_js = [_js(n) for n in grid.asset_name]
         self.name_js = self._name_js  # asset names as JSON strings (trade rows)
         # the per-asset pieces of trade-list entries (trade_lists), made once
@@ -103,8 +112,9 @@ class EventBuilder:
     def refresh_own_leaves(self, state: ExchangeState, assets: Iterable[int]) -> None:
         """Leaves with ``asset_info`` for the given (selected) assets, from the state arrays.
 
-        The hot loop of an event round (one pass per changed leaf per tick): numbers are
-        rendered in bulk (as ``repr`` writes them) and each leaf is one f-string.
+        The hot part of an event round (every changed leaf per tick): numbers are rendered in
+        bulk (as ``repr`` writes them) and the leaves of each kind made by one join
+        (:meth:`_leaves`).
         """
         idx = np.fromiter(assets, dtype=np.int64)
         if len(idx) == 0:
@@ -154,37 +164,50 @@ class EventBuilder:
         self._last_cols, self._last_idx = cols, idx
         if len(changed) == 0:
             return
-        # the numbers as repr writes them, rendered in bulk (numfmt.reprs_f64_str)
-        traded, cost, req, avail, a_bid, a_off, to_buy, to_sell, used, free = (
-            reprs_f64_str(row) for row in cols[:10, changed]
-        )
+        sub = cols[:, changed]
         idx = idx[changed]
-        kind = g.kind[idx].tolist()
-        pool, tail, uuids, own0 = self.pool, self._tail, self._uuid_js, self._own0
-        for i, a in enumerate(idx.tolist()):
-            k = kind[i]
-            # gsy-e puts the settlement deviations first in a load's or PV's asset_info
-            dev = f"{settlement.info_json(a)}," if settlement is not None and k != STORAGE else ""
-            if k == LOAD:
-                pool[own0 + a] = (
-                    f'{uuids[a]}:{{"asset_info":{{{dev}"energy_requirement_kWh":{req[i]},'
-                    f'"energy_active_in_bids":{a_bid[i]},"energy_traded":{traded[i]},'
-                    f'"total_cost":{cost[i]}}}{tail[a]}'
-                )
-            elif k == PV:
-                pool[own0 + a] = (
-                    f'{uuids[a]}:{{"asset_info":{{{dev}"available_energy_kWh":{avail[i]},'
-                    f'"energy_active_in_offers":{a_off[i]},"energy_traded":{traded[i]},'
-                    f'"total_cost":{cost[i]}}}{tail[a]}'
-                )
-            else:
-                pool[own0 + a] = (
-                    f'{uuids[a]}:{{"asset_info":{{"energy_to_sell":{to_sell[i]},'
-                    f'"energy_active_in_bids":{a_bid[i]},"energy_to_buy":{to_buy[i]},'
-                    f'"energy_active_in_offers":{a_off[i]},"free_storage":{free[i]},'
-                    f'"used_storage":{used[i]},"energy_traded":{traded[i]},'
-                    f'"total_cost":{cost[i]}}}{tail[a]}'
-                )
+        kind = g.kind[idx]
+        pool, own0 = self.pool, self._own0
+        for k, shape in _LEAF_SHAPES.items():
+            sel = np.flatnonzero(kind == k)
+            if not len(sel):
+                continue
+            a_sel = idx[sel]
+            a_l = a_sel.tolist()
+            dev = (
+                [f"{settlement.info_json(a)}," for a in a_l]
+                if settlement is not None and k != STORAGE
+                else None
+            )
+            leaves = self._leaves(shape, a_sel, sub[:, sel], dev)
+            list(map(pool.__setitem__, (own0 + a_sel).tolist(), leaves))
+
+    def _leaves(
+        self,
+        shape: tuple[str, list[tuple[str, int]]],
+        assets: np.ndarray,
+        cols: np.ndarray,
+        dev: list[str] | None,
+    ) -> list[str]:
+        """Own leaves of assets of one kind: ``uuid``, the opening, the settlement deviations
+        (``dev``, loads and PVs), then per number its key and its value rendered in bulk (as
+        ``repr`` writes it), the closing brace and the asset's tail. Each leaf's pieces sit in
+        one flat list, put in place column by column; one join makes every leaf, cut apart at
+        a NUL after each (JSON text holds no raw NUL)."""
+        opening, numbers = shape
+        n = len(assets)
+        width = 2 * len(numbers) + 6
+        row = ["", opening, "", *(x for key, _ in numbers for x in (key, "")), "}", "", "\0"]
+        flat = row * n
+        flat[0::width] = self._uuid_arr[assets].tolist()
+        if dev is not None:
+            flat[2::width] = dev
+        for c, (_, r) in enumerate(numbers):
+            flat[4 + 2 * c :: width] = reprs_f64_str(cols[r])
+        flat[width - 2 :: width] = [self._tail[a] for a in assets.tolist()]
+        leaves = "".join(flat).split("\0")
+        leaves.pop()
+        return leaves
 
     # ------------------------------------------------------------------ templates
 
@@ -276,24 +299,60 @@ class EventBuilder:
         )
 
     def trade_event(
-        self, trade_list: bytes, tree: bytes, fit: float | None, mmr: float | None
+        self, trade_list: list[bytes], tree: bytes, fit: float | None, mmr: float | None
     ) -> bytes:
-        """A ``trade`` event; ``trade_list``: its entries, serialised, comma-separated."""
+        """A ``trade`` event; ``trade_list``: the pieces of its entries, serialised and
+        comma-separated once joined (:func:`trade_list_pieces`)."""
         return b"".join(
-            (
+            [
                 b'{"trade_list":[',
-                trade_list,
-                b"]",
-                b',"grid_tree":',
+                *trade_list,
+                b'],"grid_tree":',
                 tree,
                 b',"feed_in_tariff_rate":',
                 _num(fit),
                 b',"market_maker_rate":',
                 _num(mmr),
                 b',"event":"trade","simulation_id":null,"num_ticks":10.0}',
-            )
+            ]
         )
 
+
+# Own leaves per kind: the opening of asset_info, then (key, row of the numbers in
+# refresh_own_leaves) per number, in gsy-e's order.
+_LEAF_SHAPES: dict[int, tuple[str, list[tuple[str, int]]]] = {
+    LOAD: (
+        ':{"asset_info":{',
+        [
+            ('"energy_requirement_kWh":', 2),
+            (',"energy_active_in_bids":', 4),
+            (',"energy_traded":', 0),
+            (',"total_cost":', 1),
+        ],
+    ),
+    PV: (
+        ':{"asset_info":{',
+        [
+            ('"available_energy_kWh":', 3),
+            (',"energy_active_in_offers":', 5),
+            (',"energy_traded":', 0),
+            (',"total_cost":', 1),
+        ],
+    ),
+    STORAGE: (
+        ':{"asset_info":{',
+        [
+            ('"energy_to_sell":', 7),
+            (',"energy_active_in_bids":', 4),
+            (',"energy_to_buy":', 6),
+            (',"energy_active_in_offers":', 5),
+            (',"free_storage":', 9),
+            (',"used_storage":', 8),
+            (',"energy_traded":', 0),
+            (',"total_cost":', 1),
+        ],
+    ),
+}
 
 FINISH_EVENT = b'{"event":"finish","simulation_id":null,"num_ticks":10.0}'
 
@@ -416,7 +475,7 @@ class TradePieces:
         )
 
 
-_TK = 28  # pieces of one trade-list entry (see trade_lists)
+_TK = 24  # pieces of one trade-list entry (see trade_list_pieces)
 
 
 def trade_lists(
@@ -427,7 +486,22 @@ def trade_lists(
     pieces: TradePieces,
 ) -> dict[str, bytes]:
     """:func:`trade_rows`, each aggregator's entries joined with commas (the ``trade_list`` of
-    its trade event): the same bytes, built without a Python step per entry.
+    its trade event): the same bytes, built without a Python step per entry."""
+    return {
+        agg: b"".join(parts)
+        for agg, parts in trade_list_pieces(report, owner, time_str, seq, pieces).items()
+    }
+
+
+def trade_list_pieces(
+    report: TradeReport,
+    owner: tuple[np.ndarray, list[str]],
+    time_str: str,
+    seq: int,
+    pieces: TradePieces,
+) -> dict[str, list[bytes]]:
+    """:func:`trade_lists` before the join: per aggregator the byte pieces of its trade list
+    (the engine joins them straight into the trade event).
 
     Every entry is ``_TK`` byte pieces in one flat list: constants, per-asset pieces
     (:class:`TradePieces`) and numbers and ids rendered in bulk, put in place column by column
@@ -456,15 +530,18 @@ def trade_lists(
     ends = np.r_[group0[1:], e]
     sep = np.full(e, b",", dtype=object)
     sep[group0] = b""
-    prefix = report.id_prefix.encode()
+    prefix = np.bytes_(report.id_prefix.encode())
     bid_seq = np.asarray(report.bid_seq, dtype=np.int64)[t]
     off_seq = np.asarray(report.offer_seq, dtype=np.int64)[t]
-    bid_pre = np.where(bid_seq >= 0, prefix, b"market-maker-bid").astype(object)
-    off_pre = np.where(off_seq >= 0, prefix, b"market-maker-offer").astype(object)
-    bid_hex = np.array(hex12b(np.maximum(bid_seq, 0)), dtype=object)
-    bid_hex[bid_seq < 0] = b""
-    off_hex = np.array(hex12b(np.maximum(off_seq, 0)), dtype=object)
-    off_hex[off_seq < 0] = b""
+    # order ids: the prefix and 12 hex digits (numpy bytes arithmetic), or the Market Maker's
+    bid_id = np.where(
+        bid_seq >= 0, np.strings.add(prefix, hex12s(np.maximum(bid_seq, 0))), b"market-maker-bid"
+    ).astype(object)
+    off_id = np.where(
+        off_seq >= 0,
+        np.strings.add(prefix, hex12s(np.maximum(off_seq, 0))),
+        b"market-maker-offer",
+    ).astype(object)
     res_b = np.asarray(report.bid_residual, dtype=bool)[t]
     res_o = np.asarray(report.offer_residual, dtype=bool)[t]
     fee = reprs_f64(round8(np.asarray(report.fee, dtype=np.float64)[t]))
@@ -475,10 +552,10 @@ def trade_lists(
     row[9] = b',"local_market_fee":'
     row[13] = b',"buyer_origin":'
     row[15] = b',"bid_id":"'
-    row[18] = b'","offer_id":"'
-    row[21] = b'","residual_bid_id":"'
-    row[24] = b'","residual_offer_id":"'
-    row[27] = b'"}'
+    row[17] = b'","offer_id":"'
+    row[19] = b'","residual_bid_id":"'
+    row[21] = b'","residual_offer_id":"'
+    row[23] = b'"}'
     flat = row * e
     flat[0::_TK] = sep.tolist()
     flat[1::_TK] = pieces.open[np.where(is_s, s, b)].tolist()
@@ -490,15 +567,11 @@ def trade_lists(
     flat[11::_TK] = np.where(is_s, pieces.as_seller[s], pieces.as_buyer[b]).tolist()
     flat[12::_TK] = pieces.name[s].tolist()
     flat[14::_TK] = pieces.name[b].tolist()
-    flat[16::_TK] = bid_pre.tolist()
-    flat[17::_TK] = bid_hex.tolist()
-    flat[19::_TK] = off_pre.tolist()
-    flat[20::_TK] = off_hex.tolist()
-    flat[22::_TK] = np.where(res_b, bid_pre, b"None").tolist()
-    flat[23::_TK] = np.where(res_b, bid_hex, b"").tolist()
-    flat[25::_TK] = np.where(res_o, off_pre, b"None").tolist()
-    flat[26::_TK] = np.where(res_o, off_hex, b"").tolist()
+    flat[16::_TK] = bid_id.tolist()
+    flat[18::_TK] = off_id.tolist()
+    flat[20::_TK] = np.where(res_b, bid_id, b"None").tolist()
+    flat[22::_TK] = np.where(res_o, off_id, b"None").tolist()
     return {
-        keys[k]: b"".join(flat[lo * _TK : hi * _TK])
+        keys[k]: flat[lo * _TK : hi * _TK]
         for k, lo, hi in zip(own[group0].tolist(), group0.tolist(), ends.tolist(), strict=True)
     }

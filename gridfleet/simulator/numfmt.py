@@ -59,10 +59,15 @@ def reprs(values: list[Any]) -> list[str]:
     return out
 
 
+def hex12s(values: np.ndarray) -> np.ndarray:
+    """``f"{v:012x}"`` for 0 <= v < 16**12 as a numpy ``S12`` array, vectorised."""
+    digits = _HEX[(values.astype(np.int64)[:, None] >> _SHIFTS) & 15]
+    return np.ascontiguousarray(digits).view("S12").ravel()
+
+
 def hex12b(values: np.ndarray) -> list[bytes]:
     """``[f"{v:012x}".encode() for v in values]`` for 0 <= v < 16**12, vectorised."""
-    digits = _HEX[(values.astype(np.int64)[:, None] >> _SHIFTS) & 15]
-    return list(np.ascontiguousarray(digits).view("S12").ravel().tolist())
+    return list(hex12s(values).tolist())
 
 
 def _odd(arr: np.ndarray) -> list[int]:
