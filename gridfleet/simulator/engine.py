@@ -33,7 +33,7 @@ import orjson
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
-from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_list_pieces
+from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_rows
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.reporting import Counts
@@ -237,15 +237,20 @@ class Engine:
         for part in (report, settled):
             if part is None or not len(part):
                 continue
-            for agg, pieces in trade_list_pieces(
-                part, self.selection.owner_arr, when, self._trade_seq, self.events.trade_pieces
+            for agg, entries in trade_rows(
+                part,
+                self.grid,
+                self.selection.owner_arr,
+                when,
+                self._trade_seq,
+                self.events.name_js,
             ).items():
+                text = ",".join(entries).encode()
                 have = rows.get(agg)
                 if have is None:
-                    rows[agg] = pieces
+                    rows[agg] = [text]
                 else:  # settlement trades after the spot ones
-                    have.append(b",")
-                    have += pieces
+                    have += (b",", text)
             self._trade_seq += len(part)
         if settled is not None and len(settled):
             self.counts.settlement_trades += len(settled)

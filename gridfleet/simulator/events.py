@@ -29,15 +29,7 @@ import numpy as np
 import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
-from gridfleet.simulator.numfmt import (
-    hex12,
-    hex12b,
-    hex12s,
-    reprs,
-    reprs_f64,
-    reprs_f64_str,
-    round8,
-)
+from gridfleet.simulator.numfmt import hex12, reprs, reprs_f64_str, round8
 from gridfleet.simulator.state import ExchangeState, TradeReport
 
 TreeMode = Literal["full", "pruned"]
@@ -77,8 +69,6 @@ class EventBuilder:
         self._uuid_arr = np.array(self._uuid_js, dtype=object)
         self._name_js = [_js(n) for n in grid.asset_name]
         self.name_js = self._name_js  # asset names as JSON strings (trade rows)
-        # the per-asset pieces of trade-list entries (trade_lists), made once
-        self.trade_pieces = TradePieces(grid, self._name_js)
         other = [
             f'{u}:{{"area_name":{n}}}' for u, n in zip(self._uuid_js, self._name_js, strict=True)
         ]
@@ -302,7 +292,7 @@ class EventBuilder:
         self, trade_list: list[bytes], tree: bytes, fit: float | None, mmr: float | None
     ) -> bytes:
         """A ``trade`` event; ``trade_list``: the pieces of its entries, serialised and
-        comma-separated once joined (:func:`trade_list_pieces`)."""
+        comma-separated once joined (:func:`trade_rows`, joined per aggregator)."""
         return b"".join(
             [
                 b'{"trade_list":[',
@@ -448,130 +438,3 @@ def trade_rows(
                 f'"seller":{s_name},"buyer":"anonymous",{ids}'
             )
     return {keys[k]: rows for k, rows in enumerate(out) if rows}
-
-
-class TradePieces:
-    """The constant byte pieces of trade-list entries, per asset (index -1: the Market Maker),
-    for :func:`trade_lists`."""
-
-    def __init__(self, grid: Grid, name_js: list[str]) -> None:
-        names = [*name_js, _js(grid.market_maker_name)]
-        self.name = np.array([n.encode() for n in names], dtype=object)
-        self.open = np.array(
-            [
-                f'{{"event":"trade","asset_id":"{u}","trade_id":"00000000-0000-4000-9000-'.encode()
-                for u in grid.asset_uuid
-            ]
-            + [b""],
-            dtype=object,
-        )
-        self.as_buyer = np.array(
-            [f',"seller":"anonymous","buyer":{n},"seller_origin":'.encode() for n in names],
-            dtype=object,
-        )
-        self.as_seller = np.array(
-            [f',"seller":{n},"buyer":"anonymous","seller_origin":'.encode() for n in names],
-            dtype=object,
-        )
-
-
-_TK = 24  # pieces of one trade-list entry (see trade_list_pieces)
-
-
-def trade_lists(
-    report: TradeReport,
-    owner: tuple[np.ndarray, list[str]],
-    time_str: str,
-    seq: int,
-    pieces: TradePieces,
-) -> dict[str, bytes]:
-    """:func:`trade_rows`, each aggregator's entries joined with commas (the ``trade_list`` of
-    its trade event): the same bytes, built without a Python step per entry."""
-    return {
-        agg: b"".join(parts)
-        for agg, parts in trade_list_pieces(report, owner, time_str, seq, pieces).items()
-    }
-
-
-def trade_list_pieces(
-    report: TradeReport,
-    owner: tuple[np.ndarray, list[str]],
-    time_str: str,
-    seq: int,
-    pieces: TradePieces,
-) -> dict[str, list[bytes]]:
-    """:func:`trade_lists` before the join: per aggregator the byte pieces of its trade list
-    (the engine joins them straight into the trade event).
-
-    Every entry is ``_TK`` byte pieces in one flat list: constants, per-asset pieces
-    (:class:`TradePieces`) and numbers and ids rendered in bulk, put in place column by column
-    with slice assignments; each aggregator's list is then one join. Entries are grouped by
-    owner in trade order, the buyer's before the seller's (as :func:`trade_rows` appends them).
-    """
-    if not len(report):
-        return {}
-    own_arr, keys = owner
-    buyer = np.asarray(report.buyer, dtype=np.int64)
-    seller = np.asarray(report.seller, dtype=np.int64)
-    b_own = own_arr[buyer]  # -1 (the Market Maker) reads the extra last slot: nobody
-    s_own = own_arr[seller]
-    tb, ts = np.flatnonzero(b_own >= 0), np.flatnonzero(s_own >= 0)
-    if not len(tb) and not len(ts):
-        return {}
-    t = np.concatenate((tb, ts))  # the trade of each entry
-    side = np.concatenate((np.zeros(len(tb), dtype=np.int8), np.ones(len(ts), dtype=np.int8)))
-    own = np.concatenate((b_own[tb], s_own[ts]))
-    order = np.lexsort((side, t, own))  # by owner, then trade, buyer first
-    t, side, own = t[order], side[order], own[order]
-    is_s = side.astype(bool)
-    e = len(t)
-    b, s = buyer[t], seller[t]
-    group0 = np.flatnonzero(np.r_[True, own[1:] != own[:-1]])  # each owner's first entry
-    ends = np.r_[group0[1:], e]
-    sep = np.full(e, b",", dtype=object)
-    sep[group0] = b""
-    prefix = np.bytes_(report.id_prefix.encode())
-    bid_seq = np.asarray(report.bid_seq, dtype=np.int64)[t]
-    off_seq = np.asarray(report.offer_seq, dtype=np.int64)[t]
-    # order ids: the prefix and 12 hex digits (numpy bytes arithmetic), or the Market Maker's
-    bid_id = np.where(
-        bid_seq >= 0, np.strings.add(prefix, hex12s(np.maximum(bid_seq, 0))), b"market-maker-bid"
-    ).astype(object)
-    off_id = np.where(
-        off_seq >= 0,
-        np.strings.add(prefix, hex12s(np.maximum(off_seq, 0))),
-        b"market-maker-offer",
-    ).astype(object)
-    res_b = np.asarray(report.bid_residual, dtype=bool)[t]
-    res_o = np.asarray(report.offer_residual, dtype=bool)[t]
-    fee = reprs_f64(round8(np.asarray(report.fee, dtype=np.float64)[t]))
-    row: list[bytes] = [b""] * _TK
-    row[3] = f'","time":"{time_str}","trade_price":'.encode()
-    row[5] = b',"traded_energy":'
-    row[7] = b',"total_fee":'
-    row[9] = b',"local_market_fee":'
-    row[13] = b',"buyer_origin":'
-    row[15] = b',"bid_id":"'
-    row[17] = b'","offer_id":"'
-    row[19] = b'","residual_bid_id":"'
-    row[21] = b'","residual_offer_id":"'
-    row[23] = b'"}'
-    flat = row * e
-    flat[0::_TK] = sep.tolist()
-    flat[1::_TK] = pieces.open[np.where(is_s, s, b)].tolist()
-    flat[2::_TK] = hex12b(t + seq)
-    flat[4::_TK] = reprs_f64(round8(np.asarray(report.price, dtype=np.float64)[t]))
-    flat[6::_TK] = reprs_f64(np.asarray(report.energy, dtype=np.float64)[t])
-    flat[8::_TK] = fee
-    flat[10::_TK] = fee
-    flat[11::_TK] = np.where(is_s, pieces.as_seller[s], pieces.as_buyer[b]).tolist()
-    flat[12::_TK] = pieces.name[s].tolist()
-    flat[14::_TK] = pieces.name[b].tolist()
-    flat[16::_TK] = bid_id.tolist()
-    flat[18::_TK] = off_id.tolist()
-    flat[20::_TK] = np.where(res_b, bid_id, b"None").tolist()
-    flat[22::_TK] = np.where(res_o, off_id, b"None").tolist()
-    return {
-        keys[k]: flat[lo * _TK : hi * _TK]
-        for k, lo, hi in zip(own[group0].tolist(), group0.tolist(), ends.tolist(), strict=True)
-    }

@@ -1,11 +1,11 @@
-"""The bulk pieces of the batch fast path and of trade events, each against its one-at-a-time
+"""The bulk pieces of the batch fast path and of tree leaves, each against its one-at-a-time
 definition, over wide inputs (hypothesis):
 
 - ``_bulk_plan`` (the shape checks of a whole chunk as columns) against ``_device_plan`` (the
   same checks command by command);
 - the byte renderers of ``numfmt`` against ``repr`` / ``format``;
-- ``trade_lists`` (each aggregator's trade list as one join of byte pieces) against
-  ``trade_rows`` (which test_batch_fast.py holds to the frozen original);
+- tree leaves with numbers rendered in bulk against the frozen original
+  (``tests/simulator/reference/events_v1.py``);
 - ``respond_many`` over many batches of one chunk (several fast batches, mixed ones, rejections)
   against the general path, byte for byte.
 """
@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler, _bulk_plan, _device_plan
-from gridfleet.simulator.events import EventBuilder, owner_array, trade_lists, trade_rows
+from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import generate_grid
 from gridfleet.simulator.numfmt import hex12b, reprs_b, reprs_f64
-from gridfleet.simulator.state import ExchangeState, TradeReport
+from gridfleet.simulator.state import ExchangeState
 from tests.simulator.reference import events_v1
 from tests.simulator.test_batch_fast import SLOT, START, Twin, _batch
 
@@ -148,45 +148,6 @@ def test_byte_renderers_on_the_hard_cases() -> None:
     ids = np.array([0, 1, 255, 2**47 - 1, 123456789, 16**12 - 1])
     assert hex12b(ids) == [f"{v:012x}".encode() for v in ids.tolist()]
     assert reprs_f64(np.zeros(0)) == [] and reprs_b([]) == []
-
-
-@st.composite
-def _reports(draw: st.DrawFn) -> tuple[TradeReport, dict[int, str], int]:
-    n_assets = GRID.n_assets
-    n = draw(st.integers(0, 60))
-    party = st.integers(-1, n_assets - 1)  # -1: the Market Maker
-    buyer = draw(st.lists(party, min_size=n, max_size=n))
-    seller = draw(st.lists(party, min_size=n, max_size=n))
-    money = st.floats(0, 100, allow_nan=False)
-    report = TradeReport(
-        buyer=np.array(buyer, dtype=np.int64),
-        seller=np.array(seller, dtype=np.int64),
-        energy=np.array(draw(st.lists(st.floats(1e-9, 5), min_size=n, max_size=n))),
-        price=np.array(draw(st.lists(money, min_size=n, max_size=n))),
-        fee=np.array(draw(st.lists(money, min_size=n, max_size=n))),
-        bid_seq=np.array(draw(st.lists(st.integers(-1, 10**9), min_size=n, max_size=n))),
-        offer_seq=np.array(draw(st.lists(st.integers(-1, 10**9), min_size=n, max_size=n))),
-        bid_residual=np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool),
-        offer_residual=np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool),
-    )
-    if draw(st.booleans()):
-        report.id_prefix = "00000000-0000-4000-a000-"
-    aggs = [f"agg-{i}" for i in range(draw(st.integers(1, 5)))]
-    owner = {a: draw(st.sampled_from(aggs)) for a in range(n_assets) if draw(st.integers(0, 4))}
-    return report, owner, draw(st.integers(0, 10**6))
-
-
-EVENTS = EventBuilder(GRID, "pruned")
-
-
-@settings(max_examples=300, deadline=None)
-@given(_reports())
-def test_trade_lists_equal_trade_rows(case: tuple[TradeReport, dict[int, str], int]) -> None:
-    report, owner, seq = case
-    when = "2024-06-01T12:00:00+00:00"
-    rows = trade_rows(report, GRID, owner_array(GRID, owner), when, seq, EVENTS.name_js)
-    got = trade_lists(report, owner_array(GRID, owner), when, seq, EVENTS.trade_pieces)
-    assert got == {agg: ",".join(r).encode() for agg, r in rows.items()}
 
 
 def test_a_chunk_of_many_batches_equals_the_general_path() -> None:
