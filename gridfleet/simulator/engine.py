@@ -25,6 +25,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Container
 from datetime import datetime
 
 import numpy as np
@@ -48,6 +49,27 @@ log = logging.getLogger(__name__)
 FINISH_RETRY_S = 30.0
 
 
+class EngineWatcher:
+    """Hooks on the engine's clock, called on the engine thread; these do nothing. What a
+    recorder of the run needs beside the outboxes it sees through the outlet
+    (:class:`gridfleet.simulator.replay.Recorder`)."""
+
+    def dispatch_started(self) -> None:
+        """A tick boundary begins (its outboxes follow)."""
+
+    def dispatch_ended(self) -> None:
+        """The tick boundary is over."""
+
+    def round_sent(
+        self, market_slot: str, completion: int, aggregators: list[str], idle: Container[str]
+    ) -> None:
+        """The next events outbox is a counted round to ``aggregators`` (``idle``: those with
+        nothing to trade in it)."""
+
+    def finishing(self) -> None:
+        """The next events outbox holds the finish events."""
+
+
 class Engine:
     """The running market and its clock, for any door (see :mod:`door`)."""
 
@@ -67,6 +89,7 @@ class Engine:
         self.events = EventBuilder(grid, config.tree)
         self.selection = Selection(grid, self.devices, self.registry, self.events)
         self.deadline = DeadlineTracker()
+        self.watcher = EngineWatcher()
         self.counts = Counts(settlement_markets=settlement is not None)
         self.intake = Intake(self)
         self.paused = config.paused
@@ -155,6 +178,13 @@ class Engine:
 
     def dispatch(self) -> None:
         """One tick boundary: match, trade events, next tick round (or slot change / finish)."""
+        self.watcher.dispatch_started()
+        try:
+            self._dispatch()
+        finally:
+            self.watcher.dispatch_ended()
+
+    def _dispatch(self) -> None:
         t0 = time.perf_counter()
         if not self._opened:
             self._opened = True
@@ -294,7 +324,9 @@ class Engine:
         if self._slot > 0:  # no answer is expected to the first slot's empty trees
             self.counting_since = min(self.counting_since, sent)
             active = [a for a in aggs if self.registry.selected.get(a)]
-            number = self.deadline.round_sent(slot, completion, sent, active, self._idle(active))
+            idle = self._idle(active)
+            number = self.deadline.round_sent(slot, completion, sent, active, idle)
+            self.watcher.round_sent(slot, completion, active, idle)
         if not self.deliver(out):
             self.deadline.round_undelivered(f"{slot} {completion}%", number)
         self.counts.rounds += 1
@@ -376,6 +408,7 @@ class Engine:
         now = time.time()
         self.intake.account_backlog(now)
         self.deadline.finish(now)
+        self.watcher.finishing()
         self.counts.events_sent += len(self.registry.aggregators)
         out = self._finish_events()
         give_up = time.monotonic() + FINISH_RETRY_S

@@ -63,6 +63,7 @@ from gridfleet.simulator.door import (
     Outbox,
     Outlet,
 )
+from gridfleet.simulator.engine import EngineWatcher
 from gridfleet.simulator.redis_door import Inbox, RedisOutbox
 from gridfleet.simulator.registry import AggregatorRegistry
 from gridfleet.simulator.reporting import Counts
@@ -411,38 +412,13 @@ class _RecordingOutlet:
         return _RecordingOutbox(self.inner.outbox(), self.recorder, self.config_id)
 
 
-class _RecordingTracker(DeadlineTracker):
-    """The engine's deadline tracker, telling the recorder what each round was."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        super().__init__()
-        self._recorder = recorder
-
-    def round_sent(
-        self,
-        market_slot: str,
-        completion: int,
-        sent: float,
-        aggregators: list[str],
-        idle: Container[str] = (),
-    ) -> int:
-        self._recorder._round = RoundTag(
-            market_slot, completion, list(aggregators), [a for a in aggregators if a in idle]
-        )
-        return super().round_sent(market_slot, completion, sent, aggregators, idle)
-
-    def finish(self, at: float) -> None:
-        self._recorder._finishing = True
-        super().finish(at)
-
-
-class Recorder:
+class Recorder(EngineWatcher):
     """Keeps every event an embedded exchange publishes over Redis, per dispatch, in memory;
     :meth:`save` writes them (after the run: writing does not slow the recorded exchange).
 
-    :meth:`attach` wraps three things of the simulator's engine before it starts: its outlet
-    (to see each outbox pass), its deadline tracker (to see each round) and its ``dispatch``
-    (to group the passes of one tick boundary). The engine's code is unchanged.
+    :meth:`attach` wraps the simulator's outlet (to see each outbox pass) and watches its
+    engine (:class:`~gridfleet.simulator.engine.EngineWatcher`: which passes make one tick
+    boundary, which pass is a round or the finish).
     """
 
     def __init__(self, path: Path | str) -> None:
@@ -462,18 +438,10 @@ class Recorder:
         if getattr(sim, "_thread", None) is not None:
             raise RuntimeError("attach the recorder before sim.start()")
         engine = sim.engine
+        if type(engine.watcher) is not EngineWatcher:
+            raise RuntimeError("the engine is already watched")
         engine.outlet = _RecordingOutlet(engine.outlet, self, sim.config.config_id)
-        engine.deadline = _RecordingTracker(self)
-        dispatch = engine.dispatch
-
-        def recorded_dispatch() -> None:
-            self._begin()
-            try:
-                dispatch()
-            finally:
-                self._end()
-
-        engine.dispatch = recorded_dispatch  # type: ignore[method-assign]
+        engine.watcher = self
         self.sim = sim
         return self
 
@@ -485,10 +453,20 @@ class Recorder:
             self._t0 = now
         return now - self._t0
 
-    def _begin(self) -> None:
+    def dispatch_started(self) -> None:
         self._current = Frame(self._now(), [])
 
-    def _end(self) -> None:
+    def round_sent(
+        self, market_slot: str, completion: int, aggregators: list[str], idle: Container[str]
+    ) -> None:
+        self._round = RoundTag(
+            market_slot, completion, list(aggregators), [a for a in aggregators if a in idle]
+        )
+
+    def finishing(self) -> None:
+        self._finishing = True
+
+    def dispatch_ended(self) -> None:
         frame, self._current = self._current, None
         if frame is not None and frame.sends:
             self.frames.append(frame)
