@@ -5,19 +5,14 @@ coordinator, Celery worker processes and the ledger writer."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
-import orjson
 import pytest
-import redis
-from sqlalchemy import func, select
 
-from gridfleet.ledger import schema, store
-from gridfleet.ledger.writer import LedgerWriter
-from gridfleet.platform.keys import Keys
+from gridfleet.ledger import store
 from gridfleet.runtime.redis_server import RedisServer
+from tests.ledger.fleet_ledger import ledger_trades, start_writer, trades_told
 from tests.platform.harness import running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -53,30 +48,15 @@ def test_kill_9_of_the_broker_mid_run_loses_no_trade_and_counts_none_twice(
         broker.crash(down_for=1.0)
         # The writer starts only now: what it reads of the first slot is what the broker kept
         # (append-only) or what the fleet wrote again after the restart (no persistence).
-        writer = LedgerWriter(
-            redis.Redis.from_url(broker.url), engine, Keys(fleet.config.namespace), run_id=run_id
-        )
-        thread = threading.Thread(target=writer.run, daemon=True)
-        thread.start()
+        writer, thread = start_writer(broker.url, engine, fleet, run_id)
         fleet.wait()
         thread.join(90)
         assert not thread.is_alive(), "the writer did not finish the run"
         counts = fleet.sim.counts
-        told = [
-            t
-            for raws in fleet.recorder.events.values()
-            for raw in raws
-            if (ev := orjson.loads(raw))["event"] == "trade"
-            for t in ev["trade_list"]
-        ]
+        told = trades_told(fleet)
 
     assert counts.trades > trades_before, "the run traded on after the crash"
-    t = schema.trades
-    with engine.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(t)).scalar_one()
-        per_trade = conn.execute(
-            select(t.c.trade_id, func.max(t.c.energy_kwh)).group_by(t.c.trade_id)
-        ).all()
+    rows, per_trade = ledger_trades(engine)
     assert len(per_trade) == counts.trades  # every trade the exchange matched, once
     assert sum(e for _, e in per_trade) == pytest.approx(counts.energy_traded_kwh)
     assert rows == len(told)  # a row per side the fleet was told about, none twice

@@ -4,19 +4,15 @@ ledger ends up with every trade the exchange matched, once, with the exchange's 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
-import orjson
 import pytest
-import redis
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from gridfleet.ledger import schema, store
-from gridfleet.ledger.writer import LedgerWriter
-from gridfleet.platform.keys import Keys
 from gridfleet.runtime.postgres_server import PostgresServer
 from gridfleet.runtime.redis_server import RedisServer
+from tests.ledger.fleet_ledger import ledger_trades, start_writer, trades_told
 from tests.platform.harness import running_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,29 +31,14 @@ def test_a_fleet_run_lands_in_the_ledger_trade_for_trade(
     engine = store.open_ledger(postgres.new_database("ledger"))
     with running_fleet(exchange.url, broker.url, slots=3, tick_interval=0.5) as (fleet, _):
         run_id = fleet.ingress.run_id
-        writer = LedgerWriter(
-            redis.Redis.from_url(broker.url), engine, Keys(fleet.config.namespace), run_id=run_id
-        )
-        thread = threading.Thread(target=writer.run, daemon=True)
-        thread.start()
+        writer, thread = start_writer(broker.url, engine, fleet, run_id)
         fleet.wait()
         thread.join(60)
         assert not thread.is_alive(), "the writer did not finish the run"
         counts = fleet.sim.counts
-        entries = [
-            t
-            for raws in fleet.recorder.events.values()
-            for raw in raws
-            if (ev := orjson.loads(raw))["event"] == "trade"
-            for t in ev["trade_list"]
-        ]
+        entries = trades_told(fleet)
 
-    t = schema.trades
-    with engine.connect() as conn:
-        rows = conn.execute(select(func.count()).select_from(t)).scalar_one()
-        per_trade = conn.execute(
-            select(t.c.trade_id, func.max(t.c.energy_kwh)).group_by(t.c.trade_id)
-        ).all()
+    rows, per_trade = ledger_trades(engine)
     assert counts.trades > 100
     assert len(per_trade) == counts.trades  # every trade the exchange matched, once
     assert sum(e for _, e in per_trade) == pytest.approx(counts.energy_traded_kwh)
