@@ -165,10 +165,12 @@ def test_an_unreachable_exchange_is_named(server: RestExchangeServer) -> None:
 
 
 def test_the_token_is_renewed_before_it_expires(server: RestExchangeServer) -> None:
-    server.token_lifetime_s = 1.0  # its `exp` says so: renewed after 0.8 s
+    # Its `exp` says 3 s: renewed after 2.4 s. Long enough that one catalog() on a loaded
+    # machine stays within one token (1 s lifetimes renewed mid-catalog under CI load).
+    server.token_lifetime_s = 3.0
     with RestLink(target_for(server)) as link:
         link.catalog()
-        time.sleep(1.2)
+        time.sleep(3.0)
         link.catalog()
         assert link.tokens.logins == 2
     assert server.requests["/api-token-auth/"] == 2
