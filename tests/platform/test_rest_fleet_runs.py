@@ -268,6 +268,9 @@ def test_over_rest_the_ingress_records_the_exchanges_rejections_for_the_strategi
             assert time.monotonic() < deadline, "the rejection never reached the strategy state"
             time.sleep(0.05)
         stored = unpackb(client.hget("gf:rejections", asset))
+        # The response thread stores the rejection, then counts it: wait for the count too.
+        while fleet.ingress.tally.commands_rejected_total < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         counted = fleet.ingress.tally.commands_rejected_total
         fleet.wait()
 
