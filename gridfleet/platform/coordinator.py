@@ -6,8 +6,10 @@ aggregators wholly in it go out (one send per wave); an aggregator split over se
 waits for the last wave. A shard no worker has started by ``deadline - hedge margin`` it claims
 and evaluates itself from the stored input (the same function the workers run); one a worker
 started but has not finished by ``deadline - hedge margin / 2`` it evaluates too, so a dead or
-slow worker does not cost the tick. A shard reported after that is ignored; the last wave takes
-every shard not out yet.
+stalled worker does not cost the tick; a worker that started it only moments before (less than
+a few times the recent shards' run time) is given until then, being busy rather than stalled.
+Shards done meanwhile go out in waves too. A shard reported after the last wave is ignored;
+the last wave takes every shard not out yet.
 
 Batch answers are recorded by :class:`~gridfleet.platform.responses.AnswerReader` on a thread
 of their own: here for Redis; for REST the ingress records them (they arrive on the sockets it
@@ -26,7 +28,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -60,10 +62,15 @@ from gridfleet.platform.records import EventStream
 from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.rounds import round_tag
 from gridfleet.platform.runs import current_run, is_finished, wait_for_run
-from gridfleet.platform.shard import Manifest, claim_shard, run_shard
+from gridfleet.platform.shard import Manifest, claim_shard, claimed_at, run_shard
 from gridfleet.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+STALL_FACTOR = 3.0
+"""A running shard is stalled after this many times the recent shards' p90 run time..."""
+STALL_FLOOR_S = 0.2
+"""...and never before this long (the first rounds, or shards of a few milliseconds)."""
 
 
 __all__ = ["Coordinator", "RoundOutcome", "round_tag"]
@@ -119,6 +126,7 @@ class Coordinator:
             broker_url, socket_keepalive=True, health_check_interval=10
         )
         self.tally = Tally()
+        self._shard_seconds: deque[float] = deque(maxlen=256)  # recent shard run times
         self.counters = BrokerCounters(self.broker, self.keys.counters)
         self.observers = Observers(
             [PrometheusObserver(self.metrics), self.counters, self.tally, *observers]
@@ -267,20 +275,16 @@ class Coordinator:
             self._wait_any(done_key, done, hedge_at)
             if len(done) < manifest.shards:
                 self._publish_wave(round_id, waves, done - waves.shards)
-        hedged = []
+        hedged: list[int] = []
         # Shards no worker has started: take them (a worker that gets one later skips it).
+        # Each one's aggregators go out when it is done, with what the workers finished meanwhile.
         for shard in sorted(set(range(manifest.shards)) - done):
             if claim_shard(self.broker, self.keys, round_id, shard, "coordinator"):
                 self._hedge(round_id, shard, "no worker had started it")
                 hedged.append(shard)
                 self._drain_done(done_key, done)
-        # Shards a worker is running: give it half the margin more, then run them here too (the
-        # worker may be dead; its result, if it ever comes, is the same and ignored).
-        last_call = manifest.deadline - self.config.hedge_margin_s / 2
-        self._wait_done(done_key, done, manifest.shards, last_call)
-        for shard in sorted(set(range(manifest.shards)) - done - set(hedged)):
-            self._hedge(round_id, shard, "its worker had not finished")
-            hedged.append(shard)
+                self._publish_wave(round_id, waves, done - waves.shards)
+        self._await_running(round_id, manifest, done_key, done, hedged, waves)
         # The last wave: every shard not out yet, and the aggregators split over shards.
         # Results reported after this point are ignored: this round's batches are decided.
         self._publish_wave(round_id, waves, set(range(manifest.shards)) - waves.shards, last=True)
@@ -326,6 +330,7 @@ class Coordinator:
             waves.errors += len(out["errors"])
             waves.unusable.update(out.get("unusable", {}))
             waves.shard_seconds.append(out["duration_s"])
+            self._shard_seconds.append(out["duration_s"])
             waves.refused.update(r["aggregator"] for r in out["refusals"])
             waves.failed.update(r["aggregator"] for r in out["errors"])
             split = set(out.get("split", ()))
@@ -382,14 +387,52 @@ class Coordinator:
             done.add(int(got[1]))
             self._drain_done(done_key, done)
 
-    def _wait_done(self, done_key: str, done: set[int], shards: int, until: float) -> None:
-        while len(done) < shards:
-            remaining = until - time.time()
-            if remaining <= 0:
+    def _await_running(
+        self,
+        round_id: str,
+        manifest: Manifest,
+        done_key: str,
+        done: set[int],
+        hedged: list[int],
+        waves: _Waves,
+    ) -> None:
+        """Wait for the shards workers are running; run one here too once it looks stalled.
+
+        A running shard is hedged at the later of ``deadline - hedge margin / 2`` and its
+        claim + :meth:`_stall_after`: before that its worker is most likely alive and about to
+        finish, and a second copy on the same cores would only slow both down (a copy started
+        now cannot finish before a healthy worker that started earlier).
+        """
+        last_call = manifest.deadline - self.config.hedge_margin_s / 2
+        stall = self._stall_after()
+        while True:
+            running = sorted(set(range(manifest.shards)) - done - set(hedged))
+            if not running:
                 return
-            got = self.broker.blpop([done_key], timeout=max(0.01, min(remaining, 1.0)))
-            if got is not None:
-                done.add(int(got[1]))
+            started = claimed_at(self.broker, self.keys, round_id, running)
+            due = {s: max(last_call, started.get(s, 0.0) + stall) for s in running}
+            now = time.time()
+            overdue = [s for s in running if due[s] <= now]
+            for shard in overdue:
+                self._hedge(round_id, shard, "its worker had not finished")
+                hedged.append(shard)
+                self._drain_done(done_key, done)
+                self._publish_wave(round_id, waves, done - waves.shards)
+            if overdue:
+                continue
+            before = len(done)
+            self._wait_any(done_key, done, min(due.values()))
+            if len(done) > before and len(done) < manifest.shards:
+                self._publish_wave(round_id, waves, done - waves.shards)
+
+    def _stall_after(self) -> float:
+        """How long a worker may run a shard before it counts as stalled: a few times the
+        recent shards' p90, never under :data:`STALL_FLOOR_S`."""
+        if not self._shard_seconds:
+            return STALL_FLOOR_S
+        recent = sorted(self._shard_seconds)
+        p90 = recent[min(len(recent) - 1, int(0.9 * len(recent)))]
+        return max(STALL_FLOOR_S, STALL_FACTOR * p90)
 
     def _drain_done(self, done_key: str, done: set[int]) -> None:
         """Take what workers finished meanwhile, without waiting."""

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis
@@ -300,7 +300,24 @@ def claim_shard(r: redis.Redis, keys: Keys, round_id: str, shard: int, who: str)
     runs a claimed shard that is not done at the deadline (its worker may have died), which
     is safe because a shard run is idempotent.
     """
-    return bool(r.set(keys.claim(round_id, shard), who, nx=True, ex=ROUND_TTL_S))
+    claim = f"{who} {time.time():.3f}"
+    return bool(r.set(keys.claim(round_id, shard), claim, nx=True, ex=ROUND_TTL_S))
+
+
+def claimed_at(r: redis.Redis, keys: Keys, round_id: str, shards: list[int]) -> dict[int, float]:
+    """When each of ``shards`` was claimed (wall clock); shards nobody claimed are left out."""
+    if not shards:
+        return {}
+    found: dict[int, float] = {}
+    for shard, raw in zip(shards, r.mget([keys.claim(round_id, s) for s in shards]), strict=True):
+        if raw is None:
+            continue
+        _, _, at = cast(bytes, raw).decode(errors="replace").rpartition(" ")
+        try:
+            found[shard] = float(at)
+        except ValueError:
+            found[shard] = 0.0  # a claim without its time: as old as can be
+    return found
 
 
 @dataclass(slots=True)
