@@ -11,6 +11,7 @@ Outbound batch commands are strict and live in :mod:`gridfleet.exchange.outbound
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, TypeVar
 
 import msgspec
@@ -385,9 +386,55 @@ def decode_event(raw: bytes | str) -> AggregatorEvent:
 
 
 def decode_event_for_ingress(raw: bytes | str) -> IngressEvent:
-    """Like :func:`decode_event`, but every tree is skipped (a C-speed scan, no objects): 20 ms
-    for a 100 000-asset round of 32 MB, against 150-480 ms to build it."""
+    """Like :func:`decode_event`, but every tree is skipped.
+
+    A market or tick event laid out as gsy-e sends it (the slot and completion first, then the
+    tree, then the rates) has its tree cut out by position and only the ~200 bytes around it
+    decoded: 2 ms for a 100 000-asset round of 32 MB. Such a tree is not checked to be
+    well-formed JSON here; the worker that parses it skips its aggregator if it is not. Any
+    other event is decoded whole with the tree scanned, not built (20 ms for the same round).
+    """
+    if isinstance(raw, bytes):
+        event = _cut_tree_event(raw)
+        if event is not None:
+            return event
     return decode(raw, IngressEvent)  # type: ignore[arg-type]
+
+
+_TREE_EVENT_HEAD = re.compile(
+    rb'\{\s*"slot_completion"\s*:\s*"[^"\\]*"\s*,\s*"market_slot"\s*:\s*"[^"\\]*"\s*,'
+    rb'\s*"grid_tree"\s*:\s*'
+)
+_TREE_EVENT_TAIL = b',"feed_in_tariff_rate":'
+_head_decoder: msgspec.json.Decoder[MarketEventHead | TickEventHead] = msgspec.json.Decoder(
+    MarketEventHead | TickEventHead
+)
+
+
+def _cut_tree_event(raw: bytes) -> MarketEventHead | TickEventHead | None:
+    """The event with its tree cut out by position; None if it is not laid out as expected.
+
+    The tree is what lies between the head and the last ``,"feed_in_tariff_rate":``. Were that
+    key inside the tree too (and not after it), what follows the cut would not close the event
+    as one JSON object and the head would not decode: the caller decodes the event whole.
+    """
+    head = _TREE_EVENT_HEAD.match(raw)
+    if head is None:
+        return None
+    start, stop = head.end(), raw.rfind(_TREE_EVENT_TAIL)
+    if stop <= start:
+        return None
+    first, last = raw[start : start + 1], raw[stop - 1 : stop]
+    if last.isspace():
+        last = raw[start:stop].rstrip()[-1:]
+    if not (first == b"{" and last == b"}") and raw[start:stop].strip() != b"null":
+        return None  # not an object: the whole decode says what it is
+    try:
+        event = _head_decoder.decode(raw[:start] + b"null" + raw[stop:])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    # A view, not a copy: the event's bytes stay alive with the tree.
+    return msgspec.structs.replace(event, grid_tree=msgspec.Raw(memoryview(raw)[start:stop]))
 
 
 def model_for_channel(channel: str) -> Any:

@@ -81,6 +81,7 @@ class _Waves:
     """One round's publication so far (see :meth:`Coordinator._publish_wave`)."""
 
     tag: str  # <slot>/<completion>%: the start of every batch's transaction id
+    received_at: float = 0.0  # wall clock of the round's first event (for the debug timeline)
     shards: set[int] = field(default_factory=set)  # shards whose results were taken
     held: dict[str, list[bytes]] = field(default_factory=dict)  # split aggregators' fragments
     unusable: dict[str, str] = field(default_factory=dict)
@@ -268,7 +269,9 @@ class Coordinator:
         done: set[int] = set()
         hedge_at = manifest.deadline - self.config.hedge_margin_s
         done_key = self.keys.done(round_id)
-        waves = _Waves(round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index))
+        waves = _Waves(
+            round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index), manifest.received_at
+        )
         # Each shard's aggregators go out as soon as it is done: the first ones need not wait
         # for the round's slowest shard, and a REST link's POSTs spread over the round.
         while len(done) < manifest.shards and time.time() < hedge_at:
@@ -319,6 +322,7 @@ class Coordinator:
             self.broker.mget([self.keys.shard_output(round_id, s) for s in order]) if order else []
         )
         waves.shards.update(order)
+        timeline: list[str] = []  # per shard: started +ran, ms from the round's first event
         ready: dict[str, list[bytes]] = {}
         decided: set[str] = set()  # aggregators whose batch this wave settles
         for raw_out in outputs:
@@ -331,6 +335,10 @@ class Coordinator:
             waves.unusable.update(out.get("unusable", {}))
             waves.shard_seconds.append(out["duration_s"])
             self._shard_seconds.append(out["duration_s"])
+            timeline.append(
+                f"{(out['started_at'] - waves.received_at) * 1e3:.0f}"
+                f"+{out['duration_s'] * 1e3:.0f}"
+            )
             waves.refused.update(r["aggregator"] for r in out["refusals"])
             waves.failed.update(r["aggregator"] for r in out["errors"])
             split = set(out.get("split", ()))
@@ -374,6 +382,14 @@ class Coordinator:
         if bodies:
             self.link.send_batches(bodies)
         waves.published_at = now = time.time()
+        log.debug(
+            "round %s: wave of shards %s (started+ran ms: %s), %d batches out at %.0f ms",
+            round_id,
+            order,
+            " ".join(timeline),
+            len(bodies),
+            (now - waves.received_at) * 1e3,
+        )
         waves.decided_at.update(dict.fromkeys(decided, now))
         waves.transaction.update((b.aggregator_uuid, b.transaction_id) for b in bodies)
 

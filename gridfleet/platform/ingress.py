@@ -428,6 +428,13 @@ class Ingress:
         self.dispatcher.send(self.keys.ns, streamed.manifest.round_id, numbers, streamed.deadline)
         streamed.shards += len(shards)
         streamed.sent.update(a for shard in shards for a in shard.aggregators)
+        log.debug(
+            "round %s: shards %d-%d sent ahead at %.0f ms",
+            pending.id,
+            first,
+            streamed.shards - 1,
+            (time.time() - pending.first_wall) * 1e3,
+        )
 
     def _manifest(self, pending: PendingRound, ctx: TickContext, shards: int) -> Manifest:
         assert self.fleet is not None

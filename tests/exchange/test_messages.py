@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridfleet.exchange import messages as p
 from tests.conftest import PROTOCOL_DIR
@@ -134,3 +138,56 @@ def test_ingress_decodes_events_without_their_trees() -> None:
     assert isinstance(empty, p.TickEventHead) and not empty.has_tree
     with pytest.raises(p.ProtocolError, match="JSON"):
         p.decode_event_for_ingress(b'{"event": "tick", "grid_tree": {"x": ')
+
+
+_TICK = json.loads((PROTOCOL_DIR / "examples/05_event_tick.json").read_text())["data"]
+_MARKET = json.loads((PROTOCOL_DIR / "examples/05_event_market.json").read_text())["data"]
+_json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["feed_in_tariff_rate", "event", "x", "grid_tree", "{", '"}']),
+            inner,
+            max_size=3,
+        )
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    base=st.sampled_from([_TICK, _MARKET]),
+    tree=st.one_of(st.just(None), st.dictionaries(st.text(max_size=6), _json_value, max_size=4)),
+    drop=st.sets(st.sampled_from(["feed_in_tariff_rate", "market_maker_rate", "num_ticks"])),
+    indent=st.booleans(),
+)
+def test_the_ingress_cut_of_a_tree_event_is_the_whole_decode(
+    base: dict[str, Any], tree: Any, drop: set[str], indent: bool
+) -> None:
+    """The tree cut by position (gsy-e's layout) is the tree the whole decode finds, whatever
+    the tree holds (the tail's own key inside it, braces in strings) and whichever keys follow."""
+    data = {k: v for k, v in {**base, "grid_tree": tree}.items() if k not in drop}
+    raw = orjson.dumps(data, option=orjson.OPT_INDENT_2 if indent else 0)
+    cut = p.decode_event_for_ingress(raw)
+    whole: Any = p.decode(raw, p.IngressEvent)  # type: ignore[arg-type]
+    assert type(cut) is type(whole)
+    fields = [msgspec.structs.asdict(e) for e in (cut, whole)]
+    for f in fields:
+        f["grid_tree"] = orjson.loads(bytes(f["grid_tree"]))
+    assert fields[0] == fields[1]
+    assert fields[0]["grid_tree"] == tree
+
+
+def test_the_cut_is_taken_for_gsy_e_events_and_a_bad_tree_rides_on_to_its_worker() -> None:
+    raw = orjson.dumps(_TICK)
+    assert p._cut_tree_event(raw) is not None  # the fast path, not the whole decode
+    # Not JSON inside the tree: the ingress does not read it; the worker's parse refuses it.
+    broken = raw.replace(b'"grid_tree":{', b'"grid_tree":{"x":[1,}, ', 1)
+    head = p.decode_event_for_ingress(broken)
+    assert isinstance(head, p.TickEventHead)
+    with pytest.raises(p.ProtocolError):
+        p.decode(bytes(head.grid_tree), p.GridTree)
+    # Not an object where the tree goes: the whole decode names what is wrong.
+    with pytest.raises(p.ProtocolError):
+        p.decode_event_for_ingress(raw.replace(b'"grid_tree":{', b'"grid_tree":[{', 1))
