@@ -31,6 +31,7 @@ from datetime import datetime
 import numpy as np
 import orjson
 
+from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
@@ -180,7 +181,9 @@ class Engine:
         """One tick boundary: match, trade events, next tick round (or slot change / finish)."""
         self.watcher.dispatch_started()
         try:
-            self._dispatch()
+            # what a round allocates dies by reference counting (see gc_paused)
+            with gc_paused():
+                self._dispatch()
         finally:
             self.watcher.dispatch_ended()
 

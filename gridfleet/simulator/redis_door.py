@@ -147,6 +147,9 @@ class Inbox:
             self._pubsub.close()
 
 
+_NO_COPY_BYTES = 1 << 16  # events above this size are published without a copy
+
+
 class RedisOutbox:
     """An :class:`~gridfleet.simulator.door.Outbox` over one Redis pipeline."""
 
@@ -157,7 +160,14 @@ class RedisOutbox:
         self._cid = config_id
 
     def aggregator_event(self, aggregator: str, payload: bytes) -> None:
-        self._pipe.publish(channels.aggregator_events(aggregator, self._cid), payload)
+        # A memoryview is sent as it is: redis-py's hiredis packer would copy every event
+        # into a new buffer first (70 MB in a settling round at 100 000 assets).
+        if len(payload) > _NO_COPY_BYTES:
+            self._pipe.publish(
+                channels.aggregator_events(aggregator, self._cid), memoryview(payload)
+            )
+        else:
+            self._pipe.publish(channels.aggregator_events(aggregator, self._cid), payload)
 
     def asset_event(self, name: str, event: str, payload: bytes) -> None:
         self._pipe.publish(channels.asset_events(name, event), payload)

@@ -1,0 +1,82 @@
+"""The event round's cheaper paths against the general ones: leaves joined in chunks, trees
+joined with their braces, large events published without a copy (same bytes throughout)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator import events
+from gridfleet.simulator.events import EventBuilder
+from gridfleet.simulator.redis_door import _NO_COPY_BYTES, RedisOutbox
+from tests.simulator.reference import events_v1
+from tests.simulator.test_batch_fast import Twin, _batch
+
+
+@settings(max_examples=15, deadline=None)
+@given(chunk=st.integers(1, 40), seed=st.integers(0, 1000))
+def test_leaves_in_chunks_and_trees_equal_the_original(chunk: int, seed: int) -> None:
+    """Any chunk size gives the original's leaves, and every tree the original's bytes."""
+    rng = random.Random(seed)
+    tw = Twin(seed % 7)
+    ids: list[str] = []
+    assets = list(range(tw.grid.n_assets - 10))
+    new, old = EventBuilder(tw.grid, "pruned"), events_v1.EventBuilder(tw.grid, "pruned")
+    for b in (new, old):
+        b.template("agg", assets[: len(assets) // 2], [1])
+        b.template("all", assets)
+        b.template("none", [])
+    saved = events._LEAF_CHUNK
+    events._LEAF_CHUNK = chunk
+    try:
+        for tick in range(3):
+            tw.set_time(tick)
+            tw.apply(_batch(rng, tw, ids, tick))
+            tw.match()
+            for b in (new, old):
+                b.refresh_heads(tw.new)  # type: ignore[arg-type]
+                b.refresh_own_leaves(tw.new, assets)  # type: ignore[arg-type]
+            own0 = len(tw.grid.markets)
+            for a in assets:
+                assert new.pool[own0 + a] == old.pool[own0 + a]
+            for key in ("agg", "all", "none", "unknown"):
+                assert new.tree(key) == old.tree(key)
+    finally:
+        events._LEAF_CHUNK = saved
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with RedisServer() as s:
+        yield s
+
+
+def test_large_events_published_without_a_copy_arrive_whole(server: RedisServer) -> None:
+    """Events above the no-copy size go out as memoryviews: subscribers get the same bytes,
+    in order with the small ones around them."""
+    client = redis.Redis.from_url(server.url)
+    sub = client.pubsub()
+    sub.psubscribe("external-aggregator/*")
+    sub.get_message(timeout=2)  # the subscription's confirmation
+    rng = random.Random(3)
+    sizes = [10, _NO_COPY_BYTES, _NO_COPY_BYTES + 1, 3 * _NO_COPY_BYTES, 200, 5 << 20]
+    payloads = [rng.randbytes(n) for n in sizes]
+    out = RedisOutbox(client, "")
+    for p in payloads:
+        out.aggregator_event("agg-1", p)
+    out.send()
+    got: list[bytes] = []
+    while len(got) < len(payloads):
+        msg = sub.get_message(timeout=5)
+        assert msg is not None, "an event did not arrive"
+        if msg["type"] == "pmessage":
+            got.append(msg["data"])
+    assert got == payloads
+    sub.close()
+    client.close()
