@@ -336,8 +336,7 @@ class Coordinator:
             waves.shard_seconds.append(out["duration_s"])
             self._shard_seconds.append(out["duration_s"])
             timeline.append(
-                f"{(out['started_at'] - waves.received_at) * 1e3:.0f}"
-                f"+{out['duration_s'] * 1e3:.0f}"
+                f"{(out['started_at'] - waves.received_at) * 1e3:.0f}+{out['duration_s'] * 1e3:.0f}"
             )
             waves.refused.update(r["aggregator"] for r in out["refusals"])
             waves.failed.update(r["aggregator"] for r in out["errors"])
