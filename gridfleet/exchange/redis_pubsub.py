@@ -7,22 +7,23 @@ batch-response channels, publishes batches and correlates answers by transaction
 Two rules shape it:
 
 - **Never block a pub/sub reader.** Redis drops a subscriber whose output buffer passes its limit
-  (32 MB at gsy-e's defaults). Reader threads only take messages off the socket and hand the raw
-  bytes to a callback that must be cheap (put them on a queue); parsing happens elsewhere. Event
-  channels are spread over several connections so no single buffer holds a whole round.
-- **Survive a reconnect.** A reader that loses its connection reconnects with backoff and
+  (32 MB at gsy-e's defaults). Readers only take messages off the socket and hand the raw bytes
+  to a callback that must be cheap (put them on a queue); parsing happens elsewhere. Event
+  channels are spread over several connections so no single buffer holds a whole round; one
+  thread polls them all (:mod:`gridfleet.exchange.pubsub_reader`: a thread per connection spent
+  more time passing the GIL around than reading).
+- **Survive a reconnect.** A connection that is lost is opened again with backoff and
   subscribes again to everything it had; ``on_reconnect`` lets the owner count what may be lost
   (pub/sub is at-most-once: messages published meanwhile are gone).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -47,11 +48,9 @@ from gridfleet.exchange.messages import (
     RegisterResponse,
     decode,
 )
+from gridfleet.exchange.pubsub_reader import MessageHandler, ReaderLoop, Subscriber
 
 log = logging.getLogger(__name__)
-
-MessageHandler = Callable[[str, bytes, float], None]
-"""``(channel, raw message, monotonic receive time)``; must return quickly."""
 
 ALREADY_SELECTED = "Device already have selected "
 """gsy-e's answer to a SELECT of a device an aggregator holds, followed by that aggregator's uuid."""
@@ -128,128 +127,10 @@ every aggregator on that connection, so a single oversized message must cost few
 MAX_MESSAGE_BYTES = 64 << 20
 """An event bigger than this is counted, logged with its channel and dropped unparsed."""
 
-DROP_HINT = (
-    "Redis closes a subscriber whose output buffer passes client-output-buffer-limit pubsub"
-    " (32 MB by default): one message that large, or a reader that fell behind, does this"
-)
-
 
 def readers_for(channels_count: int) -> int:
     """How many reader connections carry ``channels_count`` event channels."""
     return max(1, min(MAX_READERS, max(4, -(-channels_count // AGGREGATORS_PER_READER))))
-
-
-class Subscriber(threading.Thread):
-    """One pub/sub connection on its own thread: subscribe, read, hand off, reconnect."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        handler: MessageHandler,
-        *,
-        name: str,
-        on_reconnect: Callable[[str], None] | None = None,
-    ) -> None:
-        super().__init__(name=name, daemon=True)
-        self._client = client
-        self._handler = handler
-        self._on_reconnect = on_reconnect
-        self._channels: set[str] = set()
-        self._patterns: set[str] = set()
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-        self._ready = threading.Event()
-        self._pubsub: redis.client.PubSub | None = None
-        self.reconnects = 0
-
-    def subscribe(self, *names: str) -> None:
-        with self._lock:
-            self._channels.update(names)
-            if self._pubsub is not None and names:
-                self._pubsub.subscribe(*names)
-
-    def psubscribe(self, *patterns: str) -> None:
-        with self._lock:
-            self._patterns.update(patterns)
-            if self._pubsub is not None and patterns:
-                self._pubsub.psubscribe(*patterns)
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        """Block until the subscriptions given so far are confirmed by Redis."""
-        if not self._ready.wait(timeout):
-            raise ExchangeError(f"{self.name}: could not subscribe within {timeout} s")
-
-    def stop(self) -> None:
-        self._halt.set()
-
-    def _connect(self) -> redis.client.PubSub:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-        with self._lock:
-            if self._channels:
-                pubsub.subscribe(*self._channels)
-            if self._patterns:
-                pubsub.psubscribe(*self._patterns)
-            self._pubsub = pubsub
-        return pubsub
-
-    def run(self) -> None:
-        backoff = 0.05
-        first = True
-        while not self._halt.is_set():
-            try:
-                pubsub = self._connect()
-                if not first:
-                    self.reconnects += 1
-                    log.warning("%s: reconnected and subscribed again", self.name)
-                    if self._on_reconnect:
-                        self._on_reconnect(self.name)
-                first = False
-                backoff = 0.05
-                self._read(pubsub)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._ready.clear()
-                log.warning(
-                    "%s: lost Redis (%s); retrying in %.2f s; messages published meanwhile on"
-                    " its %d channels are lost (%s)%s",
-                    self.name,
-                    exc,
-                    backoff,
-                    len(self._channels) + len(self._patterns),
-                    ", ".join(sorted(self._channels)[:4])
-                    + ("..." if len(self._channels) > 4 else ""),
-                    f". {DROP_HINT}" if not first else "",
-                )
-                self._halt.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
-            finally:
-                with self._lock:
-                    if self._pubsub is not None:
-                        # Closing a dead socket may raise; there is nothing more to do with it.
-                        with contextlib.suppress(Exception):
-                            self._pubsub.close()
-                        self._pubsub = None
-
-    def _read(self, pubsub: redis.client.PubSub) -> None:
-        pending_confirms = len(self._channels) + len(self._patterns)
-        if pending_confirms == 0:
-            self._ready.set()
-        handler = self._handler
-        while not self._halt.is_set():
-            msg = pubsub.get_message(timeout=0.5)
-            if msg is None:
-                continue
-            kind = msg["type"]
-            if kind in ("message", "pmessage"):
-                channel = msg["channel"]
-                handler(
-                    channel.decode() if isinstance(channel, bytes) else channel,
-                    msg["data"],
-                    time.monotonic(),
-                )
-            elif kind in ("subscribe", "psubscribe"):
-                pending_confirms -= 1
-                if pending_confirms <= 0:
-                    self._ready.set()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +169,8 @@ class RedisPubSubLink:
         )
         self._control.subscribe(channels.AGGREGATOR_RESPONSE)
         self._control.psubscribe(channels.register_participant_response("*"))
-        self._control.start()
+        self._loops = [ReaderLoop([self._control], name="exchange-control")]
+        self._loops[0].start()
         self._event_readers: list[Subscriber] = []
         self._response_readers: list[Subscriber] = []
         self._n_event_connections = event_connections  # None: readers_for(channels)
@@ -476,8 +358,8 @@ class RedisPubSubLink:
     def _spread(
         self, readers: list[Subscriber], names: list[str], handler: MessageHandler, label: str
     ) -> None:
-        # Fresh connections per call: redis-py's PubSub is not thread-safe, so a running reader's
-        # subscriptions are never changed from another thread.
+        # Fresh connections (and a loop to read them) per call: redis-py's PubSub is not
+        # thread-safe, so a running loop's subscriptions are never changed from another thread.
         fresh = [
             Subscriber(
                 self.redis,
@@ -489,10 +371,10 @@ class RedisPubSubLink:
         ]
         for i, name in enumerate(names):
             fresh[i % len(fresh)].subscribe(name)
-        for sub in fresh:
-            sub.start()
-        for sub in fresh:
-            sub.wait_ready()
+        loop = ReaderLoop(fresh, name=f"exchange-{label}-loop-{len(self._loops)}")
+        self._loops.append(loop)
+        loop.start()
+        loop.wait_ready()
         readers.extend(fresh)
 
     def _readers(self, channels_count: int) -> int:
@@ -622,10 +504,10 @@ class RedisPubSubLink:
         )
 
     def close(self) -> None:
-        for sub in (self._control, *self._event_readers, *self._response_readers):
-            sub.stop()
-        for sub in (self._control, *self._event_readers, *self._response_readers):
-            sub.join(timeout=2)
+        for loop in self._loops:
+            loop.stop()
+        for loop in self._loops:
+            loop.join(timeout=2)
         self.redis.close()
 
     def __enter__(self) -> RedisPubSubLink:
