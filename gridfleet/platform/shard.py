@@ -28,7 +28,7 @@ import numpy as np
 import redis
 
 from gridfleet.exchange.outbound import ExchangeProfile
-from gridfleet.platform.bulk_redis import hmget_many
+from gridfleet.platform.bulk_redis import Command, execute_many, hmget_many, hset_command
 from gridfleet.platform.codec import (
     ctx_from_dict,
     ctx_to_dict,
@@ -261,23 +261,21 @@ def read_slot_fees(
     return out
 
 
-def write_slot_fees(
-    pipe: Any,
+def slot_fee_commands(
     keys: Keys,
     market_slot: str,
     fees: Mapping[str, Mapping[str, float]],
     slot_length_s: int,
-) -> None:
-    """Queue on ``pipe``: each aggregator's hash replaced by its fees of ``market_slot``."""
+) -> list[Command]:
+    """Each aggregator's hash replaced by its fees of ``market_slot`` (for ``execute_many``)."""
     ttl = max(SLOT_FEES_MIN_TTL_S, 2 * slot_length_s)
+    commands: list[Command] = []
     for aggregator, markets in fees.items():
         key = keys.slot_fees(aggregator)
-        pipe.delete(key)  # markets the aggregator no longer has assets in must not linger
-        pipe.hset(
-            key,
-            mapping={SLOT_FEES_SLOT_FIELD: market_slot, **{m: repr(f) for m, f in markets.items()}},
-        )
-        pipe.expire(key, ttl)
+        # DEL first: markets the aggregator no longer has assets in must not linger
+        fields = {SLOT_FEES_SLOT_FIELD: market_slot, **{m: repr(f) for m, f in markets.items()}}
+        commands += [("DEL", key), hset_command(key, fields), ("EXPIRE", key, ttl)]
+    return commands
 
 
 def _read_state(entries: list[bytes | None], uuids: list[str], round_id: str) -> dict[str, State]:
@@ -421,18 +419,22 @@ def run_shard(
         "started_at": started,  # wall clock: with the manifest's times, how long it queued
         "worker": worker or socket.gethostname(),
     }
-    pipe = r.pipeline(transaction=False)
-    for uuid, new in output.state.items():
+    for new in output.state.values():
         new.pop(REJECTED_KEY, None)
-        pipe.hset(keys.state, uuid, packb([round_id, stored.get(uuid), new]))
+    # One HSET of every asset's state, not one per asset: 12 500 commands cost 54 ms to pack.
+    commands: list[Command] = []
+    if output.state:
+        states = {u: packb([round_id, stored.get(u), new]) for u, new in output.state.items()}
+        commands.append(hset_command(keys.state, states))
     if answered:
-        pipe.hdel(keys.market_answers, *answered)
+        commands.append(("HDEL", keys.market_answers, *answered))
     if flat.slot_fees:
-        write_slot_fees(
-            pipe, keys, manifest.ctx.market_slot, flat.slot_fees, manifest.ctx.slot_length_s
-        )
-    pipe.set(keys.shard_output(round_id, shard), packb(result), ex=ROUND_TTL_S)
-    pipe.rpush(keys.done(round_id), shard)
-    pipe.expire(keys.done(round_id), ROUND_TTL_S)
-    pipe.execute()
+        slot, length = manifest.ctx.market_slot, manifest.ctx.slot_length_s
+        commands += slot_fee_commands(keys, slot, flat.slot_fees, length)
+    commands += [
+        ("SET", keys.shard_output(round_id, shard), packb(result), "EX", ROUND_TTL_S),
+        ("RPUSH", keys.done(round_id), shard),
+        ("EXPIRE", keys.done(round_id), ROUND_TTL_S),
+    ]
+    execute_many(r, commands)
     return ShardRun(output=output, duration_s=duration, assets=len(uuids))

@@ -8,7 +8,7 @@ import fakeredis
 import pytest
 import redis
 
-from gridfleet.platform.bulk_redis import hmget_many
+from gridfleet.platform.bulk_redis import Command, execute_many, hmget_many, hset_command
 
 FIELDS = [f"{i:08x}-uuid" for i in range(3000)]
 
@@ -46,3 +46,25 @@ def test_an_error_mid_read_drops_the_connection_not_the_next_answer(redis_url: s
         hmget_many(r, [("s", ["f"]), ("b", ["x"])])
     r.hset("b", "x", b"1")
     assert r.hget("b", "x") == b"1"
+
+
+def commands() -> list[Command]:
+    return [
+        hset_command("h", {f: f.encode() for f in FIELDS}),
+        ("HDEL", "h", *FIELDS[:5]),
+        ("SET", "k", b"\x00v", "EX", 60),
+        ("RPUSH", "done", 3),
+        ("HLEN", "h"),
+    ]
+
+
+@pytest.mark.integration
+def test_packed_commands_do_what_a_pipeline_does(redis_url: str) -> None:
+    packed, piped = redis.Redis.from_url(redis_url), fakeredis.FakeRedis()
+    # SET's reply is Redis's own on the packed path (b"OK"), redis-py's True on the pipeline
+    assert execute_many(packed, commands()) == [3000, 5, b"OK", 1, 2995]
+    assert execute_many(piped, commands()) == [3000, 5, True, 1, 2995]
+    for r in (packed, piped):
+        assert r.hget("h", FIELDS[-1]) == FIELDS[-1].encode() and r.hget("h", FIELDS[0]) is None
+        assert r.get("k") == b"\x00v" and 0 < r.ttl("k") <= 60 and r.lrange("done", 0, -1) == [b"3"]
+    assert execute_many(packed, []) == []
