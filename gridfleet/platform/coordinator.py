@@ -62,7 +62,14 @@ from gridfleet.platform.records import EventStream
 from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.rounds import round_tag
 from gridfleet.platform.runs import current_run, is_finished, wait_for_run
-from gridfleet.platform.shard import Manifest, claim_shard, claimed_at, run_shard
+from gridfleet.platform.shard import (
+    DONE_DROPPED,
+    DONE_FINAL,
+    Manifest,
+    claim_shard,
+    claimed_at,
+    run_shard,
+)
 from gridfleet.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -272,6 +279,13 @@ class Coordinator:
         waves = _Waves(
             round_tag(manifest.ctx.market_slot, manifest.ctx.tick_index), manifest.received_at
         )
+        if not manifest.final:
+            followed = self._follow_open_round(round_id, manifest, done, waves, hedge_at)
+            if followed is None:
+                return None  # dropped by ingress: a newer round is due
+            manifest = followed
+            if not self._subscribed.issuperset(manifest.aggregators):
+                self.refresh_fleet()
         # Each shard's aggregators go out as soon as it is done: the first ones need not wait
         # for the round's slowest shard, and a REST link's POSTs spread over the round.
         while len(done) < manifest.shards and time.time() < hedge_at:
@@ -392,15 +406,47 @@ class Coordinator:
         waves.decided_at.update(dict.fromkeys(decided, now))
         waves.transaction.update((b.aggregator_uuid, b.transaction_id) for b in bodies)
 
-    def _wait_any(self, done_key: str, done: set[int], until: float) -> None:
-        """Until a worker reports a shard done (and take any others reported with it)."""
+    def _wait_any(self, done_key: str, done: set[int], until: float) -> set[int]:
+        """Until a worker reports a shard done (and take any others reported with it); the
+        marks found on the way (:data:`DONE_FINAL`, :data:`DONE_DROPPED`)."""
         remaining = until - time.time()
         if remaining <= 0:
-            return
+            return set()
         got = self.broker.blpop([done_key], timeout=max(0.01, min(remaining, 1.0)))
-        if got is not None:
-            done.add(int(got[1]))
-            self._drain_done(done_key, done)
+        if got is None:
+            return set()
+        return _took([cast(bytes, got[1])], done) | self._drain_done(done_key, done)
+
+    def _follow_open_round(
+        self, round_id: str, manifest: Manifest, done: set[int], waves: _Waves, until: float
+    ) -> Manifest | None:
+        """A round announced while its events still arrive: publish each shard done until the
+        ingress marks the manifest final; None if it drops the round instead.
+
+        At ``until`` (the hedge point) without that mark the round goes on with the shards
+        out so far (an ingress that stalled mid-round sends the rest too late to matter).
+        """
+        done_key = self.keys.done(round_id)
+        while time.time() < until:
+            before = len(done)
+            marks = self._wait_any(done_key, done, until)
+            if DONE_DROPPED in marks:
+                log.warning("round %s: dropped by ingress (a newer round is due)", round_id)
+                return None
+            if len(done) > before:
+                self._publish_wave(round_id, waves, done - waves.shards)
+            if DONE_FINAL in marks:
+                break
+        raw = self.broker.get(self.keys.manifest(round_id))
+        final = Manifest.unpack(cast(bytes, raw)) if raw is not None else manifest
+        if not final.final:
+            log.warning(
+                "round %s: its events were still arriving at the hedge point; answering the %d"
+                " shards sent so far",
+                round_id,
+                final.shards,
+            )
+        return final
 
     def _await_running(
         self,
@@ -449,10 +495,9 @@ class Coordinator:
         p90 = recent[min(len(recent) - 1, int(0.9 * len(recent)))]
         return max(STALL_FLOOR_S, STALL_FACTOR * p90)
 
-    def _drain_done(self, done_key: str, done: set[int]) -> None:
-        """Take what workers finished meanwhile, without waiting."""
-        for raw in self.broker.lpop(done_key, 1000) or []:
-            done.add(int(raw))
+    def _drain_done(self, done_key: str, done: set[int]) -> set[int]:
+        """Take what workers finished meanwhile, without waiting (and the marks found)."""
+        return _took(cast(list[bytes], self.broker.lpop(done_key, 1000) or []), done)
 
     def _hedge(self, round_id: str, shard: int, why: str) -> None:
         run_shard(self.broker, self.keys, round_id, shard, worker="coordinator-hedge")
@@ -544,3 +589,15 @@ class Coordinator:
         self.lease.release()
         self.link.close()
         self.broker.close()
+
+
+def _took(items: Sequence[bytes], done: set[int]) -> set[int]:
+    """Shard numbers from a done list into ``done``; the marks among them returned."""
+    marks = set()
+    for raw in items:
+        n = int(raw)
+        if n >= 0:
+            done.add(n)
+        else:
+            marks.add(n)
+    return marks

@@ -63,7 +63,15 @@ from gridfleet.platform.records import RecordWriter
 from gridfleet.platform.responses import AnswerReader, ResponseRecorder
 from gridfleet.platform.rounds import RoundError, RoundKey, round_context
 from gridfleet.platform.runs import join_run
-from gridfleet.platform.shard import ROUND_TTL_S, Manifest, publish_spec, write_round
+from gridfleet.platform.shard import (
+    DONE_DROPPED,
+    DONE_FINAL,
+    ROUND_TTL_S,
+    Manifest,
+    mark_done,
+    publish_spec,
+    write_round,
+)
 from gridfleet.platform.shard_plan import (
     StreamedRound,
     cut_shards,
@@ -318,7 +326,9 @@ class Ingress:
         for p in ready:
             if p.key < newest:
                 self.observers.round_skipped(RoundSkip.SUPERSEDED)
-                self._streams.pop(p.id, None)  # its early shards expire unread
+                dropped = self._streams.pop(p.id, None)
+                if dropped is not None:  # the coordinator follows it: no more of it will come
+                    mark_done(self.broker, self.keys, dropped.manifest.round_id, DONE_DROPPED)
                 log.warning(
                     "round %s dropped: a newer round is already due",
                     p.id,
@@ -384,6 +394,12 @@ class Ingress:
         log.warning("round %s already sent by another ingress; not sent again", round_id)
         return False
 
+    def _announce(self, round_id: str) -> None:
+        """Hand the round to the coordinator (its queue of rounds)."""
+        depth = self.broker.rpush(self.keys.rounds, round_id)
+        if depth > 3:
+            log.warning("the coordinator is %d rounds behind", depth - 1)
+
     def _round_id(self, pending: PendingRound) -> str:
         """The same for every ingress of one partition in one run (so takeovers are fenced)."""
         i, n = self.partition
@@ -419,15 +435,21 @@ class Ingress:
             except RoundError:
                 return  # _dispatch says why
             manifest = self._manifest(pending, ctx, shards=0)
+            manifest.final = False
             if not self._claim(manifest.round_id):
                 return
             streamed = self._streams[pending.id] = StreamedRound(manifest)
         first = streamed.shards
+        streamed.shards += len(shards)
+        streamed.sent.update(a for shard in shards for a in shard.aggregators)
+        streamed.manifest.shards = streamed.shards
         write_round(self.broker, self.keys, streamed.manifest, shards, first)
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, streamed.manifest.round_id, numbers, streamed.deadline)
-        streamed.shards += len(shards)
-        streamed.sent.update(a for shard in shards for a in shard.aggregators)
+        if first == 0:
+            # The coordinator starts now: each early shard's aggregators are answered when it is
+            # done, not when the round's last event is in.
+            self._announce(streamed.manifest.round_id)
         log.debug(
             "round %s: shards %d-%d sent ahead at %.0f ms",
             pending.id,
@@ -487,10 +509,11 @@ class Ingress:
         write_round(self.broker, self.keys, manifest, shards, first)
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, round_id, numbers, manifest.deadline)
-        depth = self.broker.rpush(self.keys.rounds, round_id)
+        if streamed is None:
+            self._announce(round_id)
+        else:
+            mark_done(self.broker, self.keys, round_id, DONE_FINAL)
         self.observers.round_dispatched(manifest.shards, self.broker.llen(QUEUE))
-        if depth > 3:
-            log.warning("the coordinator is %d rounds behind", depth - 1)
         if missing:
             log.warning(
                 "round %s: no event from %d aggregators (lost or late)",

@@ -12,7 +12,14 @@ import redis
 from gridfleet.config import parse_config
 from gridfleet.platform.coordinator import STALL_FLOOR_S, Coordinator, _Waves
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.shard import Manifest, claim_shard, claimed_at
+from gridfleet.platform.shard import (
+    DONE_DROPPED,
+    DONE_FINAL,
+    Manifest,
+    claim_shard,
+    claimed_at,
+    mark_done,
+)
 from tests.strategies.helpers import ctx
 
 pytestmark = pytest.mark.integration
@@ -22,6 +29,7 @@ ROUND = "run-1:2024-06-01T00:15#3"
 
 class HedgeLog(Coordinator):
     hedges: list[tuple[int, str]]
+    waves: list[list[int]]
 
 
 @pytest.fixture
@@ -42,7 +50,14 @@ def coordinator(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hed
         node.broker.rpush(node.keys.done(round_id), shard)
 
     monkeypatch.setattr(node, "_hedge", hedge)
-    monkeypatch.setattr(node, "_publish_wave", lambda *a, **k: None)
+    node.waves = []
+
+    def wave(round_id: str, waves: _Waves, shards: set[int], *, last: bool = False) -> None:
+        waves.shards.update(shards)
+        if shards:
+            node.waves.append(sorted(shards))
+
+    monkeypatch.setattr(node, "_publish_wave", wave)
     yield node
     node.close()
 
@@ -111,3 +126,42 @@ def test_a_busy_worker_is_hedged_once_it_runs_past_a_few_shard_times(
     assert done == {0}
     assert coordinator.hedges == [(0, "its worker had not finished")]
     assert 0.25 <= waited <= 1.0
+
+
+def test_an_open_round_s_early_shards_go_out_before_its_manifest_is_final(
+    coordinator: HedgeLog,
+) -> None:
+    """Announced at its first shards: each goes out when done; the final manifest is taken
+    when ingress marks it (shard 1, sent with it, goes out after)."""
+    keys, r = coordinator.keys, coordinator.broker
+    early = manifest(1, deadline=time.time() + 5)
+    early.final = False
+    r.set(keys.manifest(ROUND), early.pack())
+    r.rpush(keys.done(ROUND), 0)  # a worker finished the early shard
+
+    def ingress_closes_the_round() -> None:
+        final = manifest(2, deadline=early.deadline)
+        r.set(keys.manifest(ROUND), final.pack())
+        mark_done(r, keys, ROUND, DONE_FINAL)
+        r.rpush(keys.done(ROUND), 1)
+
+    closer = threading.Timer(0.2, ingress_closes_the_round)
+    closer.start()
+    done: set[int] = set()
+    waves = _Waves("tag")
+    got = coordinator._follow_open_round(ROUND, early, done, waves, until=time.time() + 3)
+    closer.join()
+    assert got is not None and got.final and got.shards == 2
+    assert coordinator.waves[0] == [0]  # out before the round closed
+    coordinator._await_running(ROUND, got, keys.done(ROUND), done, [], waves)
+    assert done == {0, 1} and coordinator.hedges == []
+
+
+def test_an_open_round_ingress_drops_is_left(coordinator: HedgeLog) -> None:
+    keys, r = coordinator.keys, coordinator.broker
+    early = manifest(1, deadline=time.time() + 5)
+    early.final = False
+    r.set(keys.manifest(ROUND), early.pack())
+    mark_done(r, keys, ROUND, DONE_DROPPED)
+    got = coordinator._follow_open_round(ROUND, early, set(), _Waves("tag"), time.time() + 3)
+    assert got is None and coordinator.waves == []
