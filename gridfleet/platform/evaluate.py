@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -140,11 +141,18 @@ def evaluate_shard(
     market_strategy_index: Sequence[int] = (),
     market_strategies: Sequence[MarketStrategy] = (),
     profile: ExchangeProfile = GSY_E_1_3,
+    *,
+    fast_render: bool = True,
 ) -> ShardOutput:
-    """Run a shard's strategies and return validated, serialized commands per aggregator."""
+    """Run a shard's strategies and return validated, serialized commands per aggregator.
+
+    A shard whose strategies only sent orders (the built-in ones) is serialized by
+    :func:`_render_orders`; ``fast_render=False`` serializes it as any other (:func:`_serialize`,
+    the reference it is tested against).
+    """
     out = ShardOutput()
-    per_asset: dict[str, list[dict[str, Any]]] = {}
-    owner: dict[str, str] = {}
+    # What goes out, in the order it was decided: each result's orders, then its commands.
+    steps: list[tuple[_Orders | None, list[tuple[str, str, dict[str, Any]]]]] = []
     markets_open = _open_markets(ctx, batch)
 
     for k in np.unique(strategy_index) if len(batch) else []:
@@ -170,7 +178,8 @@ def evaluate_shard(
                     Refusal(a, "*", strategy.name, "rows outside the batch") for a in aggs
                 )
                 continue
-            _collect_orders(result, rows, batch, per_asset, owner, out)
+            orders = _check_orders(result, rows, batch, out)
+            sent: list[tuple[str, str, dict[str, Any]]] = []
             for local, command in result.commands:
                 row = int(rows[local])
                 uuid = batch.uuid[row]
@@ -184,8 +193,8 @@ def evaluate_shard(
                         Refusal(batch.aggregator[row], uuid, type(command).__name__, reason)
                     )
                     continue
-                per_asset.setdefault(uuid, []).append(wire)
-                owner[uuid] = batch.aggregator[row]
+                sent.append((uuid, batch.aggregator[row], wire))
+            steps.append((orders, sent))
             out.state.update(result.state)
 
     for k in sorted(set(market_strategy_index)):
@@ -207,6 +216,7 @@ def evaluate_shard(
                 for m in group_m
             )
             continue
+        sent = []
         for market_uuid, command in mres.commands:
             market = by_uuid.get(market_uuid)
             if market is None:
@@ -225,17 +235,20 @@ def evaluate_shard(
                     Refusal(market.aggregator, market_uuid, type(command).__name__, exc.reason)
                 )
                 continue
-            per_asset.setdefault(market_uuid, []).append(wire)
-            owner[market_uuid] = market.aggregator
+            sent.append((market_uuid, market.aggregator, wire))
+        steps.append((None, sent))
         out.state.update(mres.state)
 
-    by_agg: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for uuid, cmds in per_asset.items():
-        agg = owner[uuid]
-        by_agg.setdefault(agg, {})[uuid] = cmds
-        out.counts[agg] = out.counts.get(agg, 0) + len(cmds)
-        out.commands += len(cmds)
-    out.fragments = {agg: orjson.dumps(cmds)[1:-1] for agg, cmds in by_agg.items()}
+    rendered = (
+        _render_orders([o for o, _ in steps if o is not None], batch)
+        if fast_render and not any(sent for _, sent in steps)
+        else None
+    )
+    if rendered is not None:
+        out.fragments, out.counts = rendered
+        out.commands = sum(out.counts.values())
+    else:
+        _serialize(steps, batch, out)
     for refusal in out.refusals:
         log.warning(
             "refused %s for %s (aggregator %s): %s",
@@ -254,17 +267,23 @@ def _rows_in_range(result: StrategyResult, n: int) -> bool:
     return bool(((rows >= 0) & (rows < n)).all()) and all(0 <= int(x) < n for x in locals_)
 
 
-def _collect_orders(
-    result: StrategyResult,
-    rows: np.ndarray,
-    batch: AssetBatch,
-    per_asset: dict[str, list[dict[str, Any]]],
-    owner: dict[str, str],
-    out: ShardOutput,
-) -> None:
+@dataclass(slots=True)
+class _Orders:
+    """The orders of one strategy result that passed validation (rows of the shard's batch)."""
+
+    row: np.ndarray
+    is_bid: np.ndarray
+    energy: np.ndarray
+    price: np.ndarray  # the prices validated, not a second computation of them
+
+
+def _check_orders(
+    result: StrategyResult, rows: np.ndarray, batch: AssetBatch, out: ShardOutput
+) -> _Orders | None:
+    """Validate a result's orders; refusals go to ``out``, the rest is returned."""
     orders = result.orders
     if not len(orders):
-        return
+        return None
     r = rows[orders.row]
     check = validate_orders(
         batch.kind[r],
@@ -280,17 +299,151 @@ def _collect_orders(
         row = int(r[i])
         out.refusals.append(Refusal(batch.aggregator[row], batch.uuid[row], side, reason))
     ok = np.flatnonzero(check.ok)
-    energy = orders.energy_kwh[ok].tolist()
-    price = check.price[ok].tolist()  # the prices validated, not a second computation of them
-    side = np.where(orders.is_bid[ok], "bid", "offer").tolist()
-    uuids = batch.uuid
-    aggs = batch.aggregator
-    for j, row in enumerate(r[ok].tolist()):
-        uuid = uuids[row]
-        per_asset.setdefault(uuid, []).append(
-            {"type": side[j], "energy": energy[j], "price": price[j], "replace_existing": True}
-        )
-        owner[uuid] = aggs[row]
+    return _Orders(r[ok], np.asarray(orders.is_bid)[ok], orders.energy_kwh[ok], check.price[ok])
+
+
+def _serialize(
+    steps: list[tuple[_Orders | None, list[tuple[str, str, dict[str, Any]]]]],
+    batch: AssetBatch,
+    out: ShardOutput,
+) -> None:
+    """Each aggregator's fragment: its assets' (and markets') commands, an asset listed where its
+    first command was decided, its commands in that order."""
+    per_asset: dict[str, list[dict[str, Any]]] = {}
+    owner: dict[str, str] = {}
+    uuids, aggs = batch.uuid, batch.aggregator
+    for orders, sent in steps:
+        if orders is not None:
+            energy = orders.energy.tolist()
+            price = orders.price.tolist()
+            side = np.where(orders.is_bid, "bid", "offer").tolist()
+            for j, row in enumerate(orders.row.tolist()):
+                uuid = uuids[row]
+                per_asset.setdefault(uuid, []).append(
+                    {
+                        "type": side[j],
+                        "energy": energy[j],
+                        "price": price[j],
+                        "replace_existing": True,
+                    }
+                )
+                owner[uuid] = aggs[row]
+        for uuid, agg, wire in sent:
+            per_asset.setdefault(uuid, []).append(wire)
+            owner[uuid] = agg
+    by_agg: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for uuid, cmds in per_asset.items():
+        agg = owner[uuid]
+        by_agg.setdefault(agg, {})[uuid] = cmds
+        out.counts[agg] = out.counts.get(agg, 0) + len(cmds)
+        out.commands += len(cmds)
+    out.fragments = {agg: orjson.dumps(cmds)[1:-1] for agg, cmds in by_agg.items()}
+
+
+# An order as _serialize writes it, in pieces: the numbers are rendered by orjson, all at once.
+_HEAD = np.array([b'{"type":"offer","energy":', b'{"type":"bid","energy":'], dtype=object)
+_PRICE = b',"price":'
+_TAIL = np.array([b',"replace_existing":true},', b',"replace_existing":true}]'], dtype=object)
+_KEY_OPEN = np.array([b',"', b'"'], dtype=object)  # an aggregator's later asset / its first
+_KEY_CLOSE = b'":['
+# The characters JSON writes as they are (printable ASCII but '"' and '\\'): a uuid of these only
+# is written between quotes, byte for byte.
+_PLAIN = bytes(c for c in range(0x20, 0x80) if c not in b'"\\')
+
+
+def _objects(items: list[bytes]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """Each float as orjson writes it (one call for the lot; a float's text has no comma)."""
+    return _objects(orjson.dumps(values.tolist())[1:-1].split(b","))
+
+
+def _render_orders(
+    groups: list[_Orders], batch: AssetBatch
+) -> tuple[dict[str, bytes], dict[str, int]] | None:
+    """:func:`_serialize`'s fragments and counts for orders only, built by numpy: every piece of
+    every fragment is put in place in one object array, then each fragment is one join.
+
+    None where its shortcuts do not hold (a uuid twice, a uuid JSON would escape, numbers that
+    are not float64): the caller serializes those with :func:`_serialize`.
+    """
+    if not groups:
+        return {}, {}
+    row = np.concatenate([g.row for g in groups])
+    is_bid = np.concatenate([g.is_bid for g in groups])
+    energy = np.concatenate([g.energy for g in groups])
+    price = np.concatenate([g.price for g in groups])
+    m = len(row)
+    if m == 0:
+        return {}, {}
+    if is_bid.dtype != np.bool_ or energy.dtype != np.float64 or price.dtype != np.float64:
+        return None
+    # Assets in the order of their first order (as per_asset lists them).
+    first_rows, first_at = np.unique(row, return_index=True)
+    assets = first_rows[np.argsort(first_at)]
+    uuids = [batch.uuid[r] for r in assets.tolist()]
+    text = "\x00".join(uuids)
+    k = len(uuids)
+    if not text.isascii() or len(set(uuids)) != k:
+        return None
+    joined = text.encode()
+    if joined.translate(None, _PLAIN) != b"\x00" * (k - 1):  # only the joints are left
+        return None
+    # Aggregators in the order of their first asset; the assets of each together, in order.
+    names: dict[str, int] = {}
+    run_code: list[int] = []
+    run_len: list[int] = []
+    for name, run in groupby(batch.aggregator):
+        run_code.append(names.setdefault(name, len(names)))
+        run_len.append(len(list(run)))
+    code = np.repeat(np.asarray(run_code, dtype=np.int64), run_len)[assets]
+    codes, code_first = np.unique(code, return_index=True)
+    agg_codes = codes[np.argsort(code_first)]
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[agg_codes] = np.arange(len(agg_codes))
+    by_agg = np.argsort(rank[code], kind="stable")
+    assets = assets[by_agg]
+    asset_agg = rank[code][by_agg]
+    at = np.empty(len(batch), dtype=np.int64)
+    at[assets] = np.arange(k)
+    order_asset = at[row]
+    o = np.argsort(order_asset, kind="stable")  # by asset, each asset's orders as decided
+    order_asset = order_asset[o]
+    per_asset = np.bincount(order_asset, minlength=k)
+    before = np.zeros(k, dtype=np.int64)
+    np.cumsum(per_asset[:-1], out=before[1:])
+    # Asset i is 3 pieces (key), then 5 per order: head, energy, ",price:", price, tail.
+    key_at = 3 * np.arange(k) + 5 * before
+    order_at = 3 * (order_asset + 1) + 5 * np.arange(m)
+    first_of_agg = np.ones(k, dtype=bool)
+    first_of_agg[1:] = asset_agg[1:] != asset_agg[:-1]
+    last_of_asset = np.ones(m, dtype=bool)
+    last_of_asset[:-1] = order_asset[1:] != order_asset[:-1]
+    pieces = np.empty(3 * k + 5 * m, dtype=object)
+    pieces[key_at] = _KEY_OPEN[first_of_agg.view(np.int8)]
+    pieces[key_at + 1] = _objects(joined.split(b"\x00"))[by_agg]
+    pieces[key_at + 2] = _KEY_CLOSE
+    pieces[order_at] = _HEAD[is_bid[o].view(np.int8)]
+    pieces[order_at + 1] = _numbers(energy[o])
+    pieces[order_at + 2] = _PRICE
+    pieces[order_at + 3] = _numbers(price[o])
+    pieces[order_at + 4] = _TAIL[last_of_asset.view(np.int8)]
+    starts = np.flatnonzero(first_of_agg)
+    bounds = [*key_at[starts].tolist(), len(pieces)]
+    orders_of = np.add.reduceat(per_asset, starts).tolist()
+    listed = pieces.tolist()
+    agg_names = list(names)
+    fragments: dict[str, bytes] = {}
+    counts: dict[str, int] = {}
+    for i, c in enumerate(agg_codes.tolist()):
+        name = agg_names[c]
+        fragments[name] = b"".join(listed[bounds[i] : bounds[i + 1]])
+        counts[name] = orders_of[i]
+    return fragments, counts
 
 
 def merge_fragments(fragments: Sequence[bytes]) -> bytes:

@@ -29,10 +29,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
+import msgspec
 import numpy as np
+from msgspec import UnsetType
 
 from gridfleet.exchange.messages import (
     UNSET,
@@ -130,7 +134,61 @@ def _num(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def market_fee(uid: str, node: GridNode) -> float:
+# The lean model a shard decodes pruned trees into (see :func:`flatten_parts`). It accepts and
+# refuses exactly what ``GridTree`` does, with the same messages (tests/platform/test_lean_tree.py),
+# but builds no dict for the objects flattening never reads, and leaves an absent number NaN
+# (JSON has no NaN) so that a whole column of them becomes an array in one step.
+_ABSENT = math.nan
+
+
+class _AnyObject(msgspec.Struct, gc=False):
+    """A JSON object whose members are skipped (validated as JSON): what ``dict[str, Any]``
+    accepts, without building the dict."""
+
+
+class _LeanInfo(msgspec.Struct, kw_only=True, gc=False):
+    """:class:`~gridfleet.exchange.messages.AssetInfo`, an absent number being NaN."""
+
+    energy_requirement_kWh: float = _ABSENT
+    available_energy_kWh: float = _ABSENT
+    energy_to_buy: float = _ABSENT
+    energy_to_sell: float = _ABSENT
+    used_storage: float = _ABSENT
+    free_storage: float = _ABSENT
+    energy_active_in_bids: float = _ABSENT
+    energy_active_in_offers: float = _ABSENT
+    energy_traded: float = _ABSENT
+    total_cost: float = _ABSENT
+    unsettled_deviation_raw: dict[str, float | None] | UnsetType | None = msgspec.field(
+        default=UNSET, name="unsettled_deviation_kWh"
+    )
+
+
+class _LeanNode(msgspec.Struct, kw_only=True, gc=False):
+    """:class:`~gridfleet.exchange.messages.GridNode` with :class:`_LeanInfo` and skipped bills."""
+
+    area_name: str
+    children: dict[str, _LeanNode] | UnsetType = UNSET
+    last_market_bill: _AnyObject | UnsetType | None = UNSET
+    last_market_stats: MarketStats | UnsetType | None = UNSET
+    last_market_fee: float | UnsetType | None = UNSET
+    current_market_fee: float | UnsetType | None = UNSET
+    asset_info: _LeanInfo | UnsetType | None = UNSET
+    last_slot_asset_info: _AnyObject | UnsetType | None = UNSET
+    asset_bill: _AnyObject | UnsetType | None = UNSET
+
+    @property
+    def is_market(self) -> bool:
+        return self.children is not UNSET
+
+
+_LeanTree = dict[str, _LeanNode]
+AnyNode = GridNode | _LeanNode
+AnyTree = Mapping[str, AnyNode]
+"""A tree in the wire model or in the lean one: fees and the Market Maker's way read both."""
+
+
+def market_fee(uid: str, node: AnyNode) -> float:
     """The fee (ct/kWh) of market ``node`` as the strategies price with it; null counts as 0.
 
     Raises RoundError for a fee the exchange cannot have set (gsy-e refuses negative fees, and
@@ -195,13 +253,11 @@ class RoundInput:
     slot_fees: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def market_maker_down_fees(tree: dict[str, GridNode]) -> dict[str, float]:
+def market_maker_down_fees(tree: AnyTree) -> dict[str, float]:
     """For each market on the way from the root to the Market Maker: the fees strictly below it
     on that way. Without a Market Maker in the tree, it is taken to hang off the root."""
 
-    def walk(
-        nodes: dict[str, GridNode], path: list[tuple[str, float]]
-    ) -> list[tuple[str, float]] | None:
+    def walk(nodes: AnyTree, path: list[tuple[str, float]]) -> list[tuple[str, float]] | None:
         for uid, node in nodes.items():
             if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
                 return path
@@ -230,7 +286,7 @@ class MarketMakerWay:
     markets: tuple[str, ...] | None
 
     @classmethod
-    def find(cls, tree: dict[str, GridNode]) -> MarketMakerWay:
+    def find(cls, tree: AnyTree) -> MarketMakerWay:
         return cls(_way(tree))
 
     @classmethod
@@ -242,7 +298,7 @@ class MarketMakerWay:
                 return cls(ref.place[uid][1])
         return cls(None)
 
-    def down_fees(self, tree: dict[str, GridNode]) -> dict[str, float]:
+    def down_fees(self, tree: AnyTree) -> dict[str, float]:
         """:func:`market_maker_down_fees` of ``tree``, walking only the way."""
         if self.markets is None:
             return {uid: 0.0 for uid in tree}
@@ -257,8 +313,8 @@ class MarketMakerWay:
         return {uid: sum(fees[i + 1 :]) for i, uid in enumerate(self.markets)}
 
 
-def _way(tree: dict[str, GridNode]) -> tuple[str, ...] | None:
-    def walk(nodes: dict[str, GridNode], path: tuple[str, ...]) -> tuple[str, ...] | None:
+def _way(tree: AnyTree) -> tuple[str, ...] | None:
+    def walk(nodes: AnyTree, path: tuple[str, ...]) -> tuple[str, ...] | None:
         for uid, node in nodes.items():
             if not node.is_market and node.area_name in MARKET_MAKER_NAMES:
                 return path
@@ -440,6 +496,166 @@ def rows_to_batch(rows: _Rows) -> AssetBatch:
     )
 
 
+@dataclass(slots=True)
+class _LeanRows:
+    """Rows of lean trees: each own leaf's uuid and node, its columns made for all at once."""
+
+    uuid: list[str] = field(default_factory=list)
+    node: list[_LeanNode] = field(default_factory=list)
+    aggregator: list[str] = field(default_factory=list)
+    parent: list[str] = field(default_factory=list)
+    fee: list[float] = field(default_factory=list)
+
+    def batch(self) -> AssetBatch:
+        """What :func:`rows_to_batch` makes of the same rows appended by :func:`flatten_tree`."""
+        n = len(self.uuid)
+        infos = cast(list[_LeanInfo], [node.asset_info for node in self.node])
+        f64 = np.float64
+        need = np.fromiter([i.energy_requirement_kWh for i in infos], f64, n)
+        avail = np.fromiter([i.available_energy_kWh for i in infos], f64, n)
+        buy = np.fromiter([i.energy_to_buy for i in infos], f64, n)
+        sell = np.fromiter([i.energy_to_sell for i in infos], f64, n)
+        used = np.fromiter([i.used_storage for i in infos], f64, n)
+        free = np.fromiter([i.free_storage for i in infos], f64, n)
+        has_need, has_avail = ~np.isnan(need), ~np.isnan(avail)
+        kind = np.where(
+            ~np.isnan(buy) | ~np.isnan(sell),
+            int(AssetKind.STORAGE),
+            np.where(
+                has_need,
+                np.where(has_avail, int(AssetKind.SMART_METER), int(AssetKind.LOAD)),
+                int(AssetKind.PV),
+            ),
+        ).astype(np.int8)
+        deviation: list[dict[str, float] | None] = []
+        raw = [i.unsettled_deviation_raw for i in infos]
+        if any(raw):  # UNSET, None and {} are false
+            deviation = [_deviation(d) for d in raw]
+            if all(d is None for d in deviation):
+                deviation = []
+        return AssetBatch(
+            uuid=self.uuid,
+            name=[node.area_name for node in self.node],
+            aggregator=self.aggregator,
+            parent_market=self.parent,
+            kind=kind,
+            energy_requirement_kwh=np.where(has_need, need, 0.0),
+            available_energy_kwh=np.where(has_avail, avail, 0.0),
+            energy_to_buy_kwh=np.where(np.isnan(buy), 0.0, buy),
+            # as flatten_tree: absent or negative (gsy-e's tiny negatives) is 0.0, -0.0 stays
+            energy_to_sell_kwh=np.where(sell >= 0.0, sell, 0.0),
+            used_storage_kwh=np.where(np.isnan(used), 0.0, used),
+            free_storage_kwh=np.where(np.isnan(free), 0.0, free),
+            grid_fee=np.fromiter(self.fee, f64, n),
+            unsettled_deviation_kwh=deviation,
+        )
+
+
+def _deviation(raw: dict[str, float | None] | UnsetType | None) -> dict[str, float] | None:
+    """``unsettled_deviation_kWh`` as :func:`flatten_tree` keeps it: its numbers, or None."""
+    if not isinstance(raw, dict):
+        return None
+    return {slot: kwh for slot, kwh in raw.items() if kwh is not None} or None
+
+
+def _flatten_lean(
+    tree: _LeanTree,
+    aggregator: str,
+    rows: _LeanRows,
+    markets: list[MarketView],
+    own_markets: frozenset[str],
+    mm_way: MarketMakerWay,
+    slot_fees: SlotFeeMap | None = None,
+    seen: dict[str, float] | None = None,
+) -> str | None:
+    """:func:`flatten_own` of a lean tree: the same rows, markets, fees and reasons, in the same
+    order. A leaf costs a check and two appends here; its columns are made by
+    :meth:`_LeanRows.batch`, for every tree of the shard at once."""
+    down = mm_way.down_fees(tree)
+    unset = UNSET
+    remembered = slot_fees or {}
+    uids: list[str] = []
+    leaves: list[_LeanNode] = []
+    parents: list[str] = []
+    fees: list[float] = []
+    found: list[MarketView] = []
+    fees_seen: dict[str, float] = {}
+    uid_, leaf_ = uids.append, leaves.append
+    # The order of flatten_tree's walk: each market's leaves, then its markets last first.
+    stack: list[tuple[dict[str, _LeanNode], str, str, float]] = [(tree, "", "", 0.0)]
+    try:
+        while stack:
+            nodes, parent_uid, parent_name, parent_fee = stack.pop()
+            first = len(uids)
+            for uid, node in nodes.items():
+                children = node.children
+                if children is not unset:
+                    fee = market_fee(uid, node)  # checked even when remembered: a poisoned tree
+                    to_mm = remembered.get(uid)
+                    if to_mm is None:
+                        below = down.get(uid)
+                        to_mm = fee + below if below is not None else fee + parent_fee
+                    if uid in own_markets:
+                        found.append(
+                            MarketView(
+                                uuid=uid,
+                                name=node.area_name,
+                                aggregator=aggregator,
+                                last_market_fee=_opt(node.last_market_fee),
+                                current_market_fee=_opt(node.current_market_fee),
+                                last_market_stats=stats_dict(node.last_market_stats),
+                            )
+                        )
+                    stack.append((children, uid, node.area_name, to_mm))
+                    continue
+                info = node.asset_info
+                if info is not unset and info is not None:
+                    uid_(uid)
+                    leaf_(node)
+            k = len(uids) - first
+            if k:
+                parents += [parent_name] * k
+                fees += [parent_fee] * k
+                if parent_uid:
+                    fees_seen[parent_uid] = parent_fee
+    except RoundError as exc:
+        return str(exc)
+    rows.uuid += uids
+    rows.node += leaves
+    rows.aggregator += [aggregator] * len(uids)
+    rows.parent += parents
+    rows.fee += fees
+    markets += found
+    if seen is not None:
+        seen.update(fees_seen)
+    return None
+
+
+def _concat(batches: list[AssetBatch]) -> AssetBatch:
+    """One batch of ``batches``' rows, in order."""
+    if len(batches) == 1:
+        return batches[0]
+    deviation: list[dict[str, float] | None] = []
+    if any(b.unsettled_deviation_kwh for b in batches):
+        for b in batches:
+            deviation += b.unsettled_deviation_kwh or [None] * len(b)
+    return AssetBatch(
+        uuid=[u for b in batches for u in b.uuid],
+        name=[x for b in batches for x in b.name],
+        aggregator=[x for b in batches for x in b.aggregator],
+        parent_market=[x for b in batches for x in b.parent_market],
+        kind=np.concatenate([b.kind for b in batches]),
+        energy_requirement_kwh=np.concatenate([b.energy_requirement_kwh for b in batches]),
+        available_energy_kwh=np.concatenate([b.available_energy_kwh for b in batches]),
+        energy_to_buy_kwh=np.concatenate([b.energy_to_buy_kwh for b in batches]),
+        energy_to_sell_kwh=np.concatenate([b.energy_to_sell_kwh for b in batches]),
+        used_storage_kwh=np.concatenate([b.used_storage_kwh for b in batches]),
+        free_storage_kwh=np.concatenate([b.free_storage_kwh for b in batches]),
+        grid_fee=np.concatenate([b.grid_fee for b in batches]),
+        unsettled_deviation_kwh=deviation,
+    )
+
+
 RoundEvent = MarketEvent | TickEvent | MarketEventHead | TickEventHead
 """A round's event: parsed whole (one process) or with its tree left raw (ingress)."""
 
@@ -609,6 +825,8 @@ def flatten_parts(
     own_markets: Mapping[str, frozenset[str]],
     slot_fees: Mapping[str, SlotFeeMap] | None = None,
     record: bool = False,
+    *,
+    lean: bool = True,
 ) -> FlatParts:
     """Parse and flatten the trees of a shard (what :func:`build_round` does for a whole round).
 
@@ -618,8 +836,15 @@ def flatten_parts(
     :func:`build_round` does in the round's first; each tree's fees are its own, or its
     aggregator's ``slot_fees`` (remembered at the slot's market event). ``record`` (a market
     event): collect each aggregator's fees to remember into the result's ``slot_fees``.
+
+    Trees not cut from a reference are decoded into the lean model (:class:`_LeanNode`), the
+    same rows at about half the cost; ``lean=False`` decodes them into the wire model and
+    flattens them with :func:`flatten_own` (the path the lean one is tested against).
     """
     rows = _Rows()
+    lean_rows = _LeanRows()
+    chunks: list[AssetBatch] = []  # rows flattened so far, in order, when both paths were taken
+    chunked = 0  # rows in ``chunks``
     remembered = slot_fees or {}
     seen_fees: dict[str, dict[str, float]] = {}
     markets: list[MarketView] = []
@@ -632,6 +857,7 @@ def flatten_parts(
     for part in parts:
         own = own_markets.get(part.aggregator, frozenset())
         tree: GridTree | None = None
+        lean_tree: _LeanTree | None = None
         if ref is not None and mm_way is not None:
             tree = ref.cut(part.tree, own, mm_way.markets)
             if tree is not None and ref_error is not None:
@@ -639,26 +865,41 @@ def flatten_parts(
                 continue
         is_ref = False
         if tree is None:
+            may_be_ref = ref is None and len(part.tree) >= CUT_MIN_BYTES and len(parts) > 1
             try:
-                tree = decode(part.tree, GridTree)
+                if lean and not may_be_ref:
+                    lean_tree = decode(part.tree, _LeanTree)
+                else:
+                    tree = decode(part.tree, GridTree)
             except ProtocolError as exc:
                 unusable[part.aggregator] = f"grid_tree: {exc}"
                 continue
-            if ref is None and len(part.tree) >= CUT_MIN_BYTES and len(parts) > 1:
+            if tree is not None and may_be_ref:
                 ref = Reference.of(part.tree, tree)
                 is_ref = ref is not None
         if mm_way is None:
             mm_way = (
                 MarketMakerWay.in_reference(ref)
                 if is_ref and ref is not None
-                else MarketMakerWay.find(tree)
+                else MarketMakerWay.find(cast(AnyTree, tree if lean_tree is None else lean_tree))
             )
-        first = len(rows.uuid)
+        first = chunked + len(rows.uuid) + len(lean_rows.uuid)
         mine: list[MarketView] = []
         seen: dict[str, float] | None = {} if record else None
-        why = flatten_own(
-            tree, part.aggregator, rows, mine, own, mm_way, remembered.get(part.aggregator), seen
-        )
+        agg_fees = remembered.get(part.aggregator)
+        if lean_tree is not None:
+            if rows.uuid:  # the other path's rows come first
+                chunks.append(rows_to_batch(rows))
+                chunked, rows = chunked + len(rows.uuid), _Rows()
+            why = _flatten_lean(
+                lean_tree, part.aggregator, lean_rows, mine, own, mm_way, agg_fees, seen
+            )
+        else:
+            assert tree is not None
+            if lean_rows.uuid:
+                chunks.append(lean_rows.batch())
+                chunked, lean_rows = chunked + len(lean_rows.uuid), _LeanRows()
+            why = flatten_own(tree, part.aggregator, rows, mine, own, mm_way, agg_fees, seen)
         if seen:
             seen_fees[part.aggregator] = seen
         if why is not None:
@@ -666,7 +907,7 @@ def flatten_parts(
             if is_ref:  # a market's fee: every tree with the same markets has it
                 ref_error = unusable[part.aggregator]
             continue
-        last = len(rows.uuid)
+        last = chunked + len(rows.uuid) + len(lean_rows.uuid)
         if part.start or part.stop is not None:
             sliced = True
             stop = last if part.stop is None else min(last, first + part.stop)
@@ -675,7 +916,11 @@ def flatten_parts(
             keep.append(np.arange(first, last))
         if part.start == 0:
             markets.extend(mine)  # a split aggregator's markets ride with its first shard
-    batch = rows_to_batch(rows)
+    if lean_rows.uuid:
+        chunks.append(lean_rows.batch())
+    if rows.uuid or not chunks:
+        chunks.append(rows_to_batch(rows))
+    batch = _concat(chunks)
     if sliced:
         batch = batch.take(np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64))
     return FlatParts(batch, markets, unusable, seen_fees)
