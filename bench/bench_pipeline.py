@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -502,6 +503,9 @@ def main() -> None:
                     )
                     if record_here:
                         recorded.add(rec)
+                    # a merged file holds rows of several invocations: each says which
+                    row["command"] = command_line()
+                    row["date"] = datetime.now(UTC).isoformat(timespec="seconds")
                     rows.append(row)
                     report_row(row)
     done = {_key(r) for r in rows}
@@ -510,18 +514,17 @@ def main() -> None:
         key=lambda r: (r["assets"], r["tree"] != "pruned", r["client"], _exchange(r)),
     )
     overhead = {}
-    for assets in args.sizes:
-        for tree in args.trees:
-            for mode in ("embedded", "replay"):
-                p, s = (
-                    next((r for r in rows if _key(r) == (assets, tree, c, mode)), None)
-                    for c in ("pipeline", "single")
-                )
-                if p and s and s["latency_ms"]["p50"] and p["latency_ms"]["p50"]:
-                    overhead[f"{assets}-{tree}" + ("" if mode == "embedded" else "-replay")] = {
-                        "p50_ratio": round(p["latency_ms"]["p50"] / s["latency_ms"]["p50"], 2),
-                        "p99_ratio": round(p["latency_ms"]["p99"] / s["latency_ms"]["p99"], 2),
-                    }
+    for assets, tree in sorted({(r["assets"], r["tree"]) for r in rows}):
+        for mode in ("embedded", "replay"):
+            p, s = (
+                next((r for r in rows if _key(r) == (assets, tree, c, mode)), None)
+                for c in ("pipeline", "single")
+            )
+            if p and s and s["latency_ms"]["p50"] and p["latency_ms"]["p50"]:
+                overhead[f"{assets}-{tree}" + ("" if mode == "embedded" else "-replay")] = {
+                    "p50_ratio": round(p["latency_ms"]["p50"] / s["latency_ms"]["p50"], 2),
+                    "p99_ratio": round(p["latency_ms"]["p99"] / s["latency_ms"]["p99"], 2),
+                }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     png = args.results_dir / "pipeline.png"
     plot(rows, png, args.tick_interval)
