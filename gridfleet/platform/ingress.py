@@ -440,12 +440,13 @@ class Ingress:
                 return
             streamed = self._streams[pending.id] = StreamedRound(manifest)
         first = streamed.shards
-        streamed.shards += len(shards)
-        streamed.sent.update(a for shard in shards for a in shard.aggregators)
-        streamed.manifest.shards = streamed.shards
+        streamed.manifest.shards = first + len(shards)
         write_round(self.broker, self.keys, streamed.manifest, shards, first)
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, streamed.manifest.round_id, numbers, streamed.deadline)
+        # Counted as out only once written and sent: after a broker error they go with the rest.
+        streamed.shards += len(shards)
+        streamed.sent.update(a for shard in shards for a in shard.aggregators)
         if first == 0:
             # The coordinator starts now: each early shard's aggregators are answered when it is
             # done, not when the round's last event is in.
