@@ -91,6 +91,13 @@ def open_run(run_id: str, ledger_db: str | None, config_path: str | None) -> Any
     help="Serve the writer's Prometheus /metrics and /healthz on this port (0: off; 9100 in "
     "deploy/k8s).",
 )
+@click.option(
+    "--consumer",
+    default=None,
+    help="This writer's name in the broker's consumer group (default: ledger@HOSTNAME). Give a "
+    "fixed one where the host name changes on every restart (a Kubernetes pod): the next "
+    "writer then takes over its pending entries at once, not after 30 s.",
+)
 def ledger(
     config_path: str | None,
     broker_url: str | None,
@@ -100,6 +107,7 @@ def ledger(
     stats_file: Path | None,
     namespace: str | None,
     metrics_port: int,
+    consumer: str | None,
 ) -> None:
     """Copy the fleet's runs from the broker into the ledger, as they happen."""
     import redis
@@ -123,8 +131,15 @@ def ledger(
     ns = namespace or (config.namespace if config is not None else "gf")
     stop = threading.Event()
     _stop_on_signals(stop)
+    if consumer is not None and not consumer.strip():
+        raise BadInput("--consumer: give a name (or leave the option out)")
     writer = LedgerWriter(
-        redis.Redis.from_url(broker_url), engine, Keys(ns), stop=stop, run_id=run_id
+        redis.Redis.from_url(broker_url),
+        engine,
+        Keys(ns),
+        consumer=consumer,
+        stop=stop,
+        run_id=run_id,
     )
     if metrics_port:
         from gridfleet.ledger.metrics import serve

@@ -646,6 +646,9 @@ def test_the_ledger_writer_runs_beside_the_fleet(rendered: Rendered, variant: st
     assert deployment["spec"]["replicas"] == 1
     args = container["args"]
     assert args[0] == "ledger" and "--run-id" not in args, "follows run after run"
+    # a fixed name: the next pod takes the last one's pending entries at once (an overlap in a
+    # rolling update may write an entry twice, which the ledger keeps once)
+    assert args[args.index("--consumer") + 1] == "ledger"
     assert args[args.index("-c") + 1] == env_map(container)["GRIDFLEET_CONFIG"]["value"]
     broker = env_map(container)["GRIDFLEET_BROKER_URL"]["valueFrom"]["secretKeyRef"]
     assert broker["key"] == "broker-url"

@@ -107,6 +107,7 @@ def test_kill_9_of_the_writer_mid_run_loses_nothing_and_counts_nothing_twice(
         sys.executable, "-m", "gridfleet.cli", "ledger",
         "--broker-url", redis_url, "--ledger-url", ledger_url,
         "--namespace", keys.ns, "--run-id", run_id, "--log-level", "WARNING",
+        "--consumer", "ledger-k8s",  # as deploy/k8s names it: the pod name changes, this not
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     feed = threading.Thread(target=producer, daemon=True)
@@ -132,6 +133,8 @@ def test_kill_9_of_the_writer_mid_run_loses_nothing_and_counts_nothing_twice(
             os.killpg(first.pid, signal.SIGKILL)
     assert count(engine, schema.trades) == 4 * total  # every trade, once
     assert r.xpending(run_keys.events, GROUP)["pending"] == 0
+    # the second writer read its own pending entries under the same name: no second consumer
+    assert [c["name"] for c in r.xinfo_consumers(run_keys.events, GROUP)] == [b"ledger-k8s"]
 
 
 def test_a_writer_started_before_its_run_waits_for_it(redis_url: str, tmp_path: Path) -> None:
