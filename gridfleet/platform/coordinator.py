@@ -336,7 +336,9 @@ class Coordinator:
             self.broker.mget([self.keys.shard_output(round_id, s) for s in order]) if order else []
         )
         waves.shards.update(order)
-        timeline: list[str] = []  # per shard: started +ran, ms from the round's first event
+        timeline: list[str] | None = (  # per shard: started+ran, ms from the round's first event
+            [] if log.isEnabledFor(logging.DEBUG) else None
+        )
         ready: dict[str, list[bytes]] = {}
         decided: set[str] = set()  # aggregators whose batch this wave settles
         for raw_out in outputs:
@@ -349,9 +351,11 @@ class Coordinator:
             waves.unusable.update(out.get("unusable", {}))
             waves.shard_seconds.append(out["duration_s"])
             self._shard_seconds.append(out["duration_s"])
-            timeline.append(
-                f"{(out['started_at'] - waves.received_at) * 1e3:.0f}+{out['duration_s'] * 1e3:.0f}"
-            )
+            if timeline is not None:
+                timeline.append(
+                    f"{(out['started_at'] - waves.received_at) * 1e3:.0f}"
+                    f"+{out['duration_s'] * 1e3:.0f}"
+                )
             waves.refused.update(r["aggregator"] for r in out["refusals"])
             waves.failed.update(r["aggregator"] for r in out["errors"])
             split = set(out.get("split", ()))
@@ -395,14 +399,15 @@ class Coordinator:
         if bodies:
             self.link.send_batches(bodies)
         waves.published_at = now = time.time()
-        log.debug(
-            "round %s: wave of shards %s (started+ran ms: %s), %d batches out at %.0f ms",
-            round_id,
-            order,
-            " ".join(timeline),
-            len(bodies),
-            (now - waves.received_at) * 1e3,
-        )
+        if timeline is not None:
+            log.debug(
+                "round %s: wave of shards %s (started+ran ms: %s), %d batches out at %.0f ms",
+                round_id,
+                order,
+                " ".join(timeline),
+                len(bodies),
+                (now - waves.received_at) * 1e3,
+            )
         waves.decided_at.update(dict.fromkeys(decided, now))
         waves.transaction.update((b.aggregator_uuid, b.transaction_id) for b in bodies)
 
@@ -466,11 +471,14 @@ class Coordinator:
         """
         last_call = manifest.deadline - self.config.hedge_margin_s / 2
         stall = self._stall_after()
+        started: dict[int, float] = {}  # a claim is set once: read each shard's once
         while True:
             running = sorted(set(range(manifest.shards)) - done - set(hedged))
             if not running:
                 return
-            started = claimed_at(self.broker, self.keys, round_id, running)
+            unknown = [s for s in running if s not in started]
+            if unknown:
+                started.update(claimed_at(self.broker, self.keys, round_id, unknown))
             due = {s: max(last_call, started.get(s, 0.0) + stall) for s in running}
             now = time.time()
             overdue = [s for s in running if due[s] <= now]
