@@ -79,7 +79,22 @@ class FleetSpec:
         return hashlib.sha256(packb(self.to_dict())).hexdigest()[:16]
 
     def strategy_indices(self, batch: AssetBatch) -> np.ndarray:
-        """Each asset's strategy: its own override, else its aggregator's for its kind."""
+        """Each asset's strategy: its own override, else its aggregator's for its kind.
+
+        Looked up once per run of an aggregator's rows (rows come tree by tree) when no asset
+        of the batch has its own strategy; else row by row (:meth:`strategy_indices_per_row`).
+        """
+        if len(batch) == 0 or (self.by_asset and not self.by_asset.keys().isdisjoint(batch.uuid)):
+            return self.strategy_indices_per_row(batch)
+        runs = [(aggregator, len(list(rows))) for aggregator, rows in groupby(batch.aggregator)]
+        table = [self.by_kind[aggregator] for aggregator, _ in runs]  # KeyError as per row
+        if any(len(per_kind) != len(AssetKind) for per_kind in table):
+            return self.strategy_indices_per_row(batch)
+        run_of_row = np.repeat(np.arange(len(runs)), [n for _, n in runs])
+        return np.asarray(table, dtype=np.int64)[run_of_row, batch.kind]
+
+    def strategy_indices_per_row(self, batch: AssetBatch) -> np.ndarray:
+        """:meth:`strategy_indices`, one asset at a time (the reference it is tested against)."""
         by_asset, by_kind = self.by_asset, self.by_kind
         return np.fromiter(
             (
@@ -337,19 +352,6 @@ def claimed_at(r: redis.Redis, keys: Keys, round_id: str, shards: list[int]) -> 
     return found
 
 
-def _strategy_indices(spec: FleetSpec, batch: AssetBatch) -> np.ndarray:
-    """:meth:`FleetSpec.strategy_indices`, looked up once per run of an aggregator's rows
-    (a shard's rows come tree by tree) when no asset of the batch has its own strategy."""
-    if len(batch) == 0 or (spec.by_asset and not spec.by_asset.keys().isdisjoint(batch.uuid)):
-        return spec.strategy_indices(batch)
-    runs = [(aggregator, len(list(rows))) for aggregator, rows in groupby(batch.aggregator)]
-    table = [spec.by_kind[aggregator] for aggregator, _ in runs]  # KeyError as the method's
-    if any(len(per_kind) != len(AssetKind) for per_kind in table):
-        return spec.strategy_indices(batch)
-    run_of_row = np.repeat(np.arange(len(runs)), [n for _, n in runs])
-    return np.asarray(table, dtype=np.int64)[run_of_row, batch.kind]
-
-
 @dataclass(slots=True)
 class ShardRun:
     output: ShardOutput
@@ -428,7 +430,7 @@ def run_shard(
         output = evaluate_shard(
             ctx,
             batch,
-            _strategy_indices(rt.spec, batch),
+            rt.spec.strategy_indices(batch),
             rt.strategies,
             seen,
             markets,

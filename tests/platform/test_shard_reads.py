@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gridfleet.platform.bulk_redis import bulk_strings, hmget_many
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.shard import FleetSpec, _strategy_indices
+from gridfleet.platform.shard import FleetSpec
 from gridfleet.strategies.context import AssetBatch
 
 ASSETS = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(2000)]
@@ -86,11 +86,11 @@ def test_strategies_per_run_of_rows_are_the_specs_per_row(
         by_asset=by_asset,
     )
     batch = batch_of([a for a, _ in rows], [k for _, k in rows], ASSETS[: len(rows)])
-    got = _strategy_indices(spec, batch)
-    assert got.dtype == np.int64 and got.tolist() == spec.strategy_indices(batch).tolist()
+    got = spec.strategy_indices(batch)
+    assert got.dtype == np.int64 and got.tolist() == spec.strategy_indices_per_row(batch).tolist()
 
 
 def test_an_aggregator_without_strategies_fails_as_the_spec_does() -> None:
     spec = FleetSpec(strategies=[], by_kind={"a": [0, 0, 0, 0]})
     with pytest.raises(KeyError):
-        _strategy_indices(spec, batch_of(["a", "z"], [0, 0], ASSETS[:2]))
+        spec.strategy_indices(batch_of(["a", "z"], [0, 0], ASSETS[:2]))
