@@ -35,7 +35,7 @@ from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
-from gridfleet.simulator.events import FINISH_EVENT, EventBuilder, trade_rows
+from gridfleet.simulator.events import FINISH_EVENT, EventBuilder
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.reporting import Counts
@@ -43,6 +43,7 @@ from gridfleet.simulator.selection import Selection, device_map, new_registry
 from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.simconfig import TICKS_PER_SLOT, SimConfig
 from gridfleet.simulator.state import ExchangeState, TradeReport
+from gridfleet.simulator.trade_events import trade_event, trade_rows
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class Engine:
         fit, mmr = self._rates()
         out = self.outlet.outbox()
         for agg, trade_list in rows.items():
-            payload = self.events.trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
+            payload = trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
             self.counts.bytes_sent += len(payload)
             out.aggregator_event(agg, payload)
         self.counts.events_sent += len(rows)

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from gridfleet.simulator.batch import ASSET, MARKET
-from gridfleet.simulator.events import EventBuilder, owner_array
+from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.registry import AggregatorRegistry
+from gridfleet.simulator.trade_events import owner_array
 
 
 def device_map(grid: Grid) -> dict[str, tuple[int, int]]:

@@ -19,9 +19,10 @@ import orjson
 import pytest
 
 from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler
-from gridfleet.simulator.events import EventBuilder, owner_array, trade_rows
+from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import LOAD, PV, generate_grid
 from gridfleet.simulator.state import ExchangeState
+from gridfleet.simulator.trade_events import owner_array, trade_rows
 from tests.simulator.reference import batch_v1, events_v1, state_v1
 
 START = datetime(2024, 6, 1, 11, 30)
