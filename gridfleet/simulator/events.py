@@ -9,7 +9,9 @@ byte pieces that are serialised once per tick and shared:
 - one *other leaf* per asset (``"<uuid>":{"area_name":"..."}``), built once.
 
 Each aggregator has a *template*: the list of pieces its tree is made of, in order, rebuilt only
-when its selection changes. Building an event is then one ``b"".join`` over the template.
+when its selection changes. All trees are laid out piece by piece in one array, an own leaf as
+its own pieces (keys, numbers, tail), so a refresh writes the numbers that changed in place and
+building a tree is one ``b"".join`` over its slice.
 
 Tree modes:
 
@@ -22,14 +24,15 @@ Tree modes:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import itemgetter
+from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 import numpy as np
 import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
-from gridfleet.simulator.numfmt import reprs_f64_str
+from gridfleet.simulator.numfmt import reprs_f64
 from gridfleet.simulator.state import ExchangeState
 
 TreeMode = Literal["full", "pruned"]
@@ -51,9 +54,16 @@ def _js(x: str) -> str:
 class EventBuilder:
     """Serialises events for all aggregators of one simulation.
 
-    All pieces live in one list, ``pool``: market heads, then own leaves, then other leaves,
-    then literals (comma, closers, the Market Maker). A template is a list of positions in
-    the pool, so a tree is ``"".join(itemgetter(*template)(pool))``: one C-level pass.
+    Every tree is laid out, piece by piece, in one numpy object array of bytes, ``flat``: a
+    tree is one slice of it, so building it is one ``b"".join``. Shared pieces (market heads,
+    other leaves, commas, closers, the Market Maker) are the same object wherever they occur;
+    an own leaf is its pieces in place (uuid, keys, each number, its last-slot tail), so a
+    refresh writes the re-rendered numbers straight to their positions: no leaf is made as a
+    string of its own.
+
+    Templates (which pieces a tree is made of) are kept as positions in the *pool* numbering:
+    market heads, then own leaves, then other leaves, then literals. ``flat`` is laid out again
+    from them (vectorised) when a template changes.
     """
 
     def __init__(self, grid: Grid, mode: TreeMode = "full") -> None:
@@ -66,20 +76,30 @@ class EventBuilder:
         lit0 = n_m + 2 * n_a
         self._comma, self._close, self._mm = lit0, lit0 + 1, lit0 + 2
         self._open_tree, self._close_tree = lit0 + 3, lit0 + 4
-        self._uuid_js = [_js(u) for u in grid.asset_uuid]
-        self._uuid_arr = np.array(self._uuid_js, dtype=object)
-        self._name_js = [_js(n) for n in grid.asset_name]
-        self.name_js = self._name_js  # asset names as JSON strings (trade rows)
-        other = [
-            f'{u}:{{"area_name":{n}}}' for u, n in zip(self._uuid_js, self._name_js, strict=True)
-        ]
+        uuid_js = [_js(u) for u in grid.asset_uuid]
+        self.name_js = [_js(n) for n in grid.asset_name]  # asset names as JSON (trade rows)
         mm = f'{_js(grid.market_maker_uuid)}:{{"area_name":{_js(grid.market_maker_name)}}}'
-        self.pool: list[str] = [""] * n_m + [""] * n_a + other + [",", "}}", mm, "{", "}"]
-        self._tail: list[str] = [""] * n_a  # last-slot part of own leaves, rebuilt per slot
+        # the one-piece entries of the pool numbering (own leaves' slots stay unused)
+        self._single = np.empty(lit0 + 5, dtype=object)
+        self._single[: n_m + n_a] = b""
+        self._single[n_m + n_a : lit0] = [
+            f'{u}:{{"area_name":{n}}}'.encode() for u, n in zip(uuid_js, self.name_js, strict=True)
+        ]
+        self._single[lit0:] = [b",", b"}}", mm.encode(), b"{", b"}"]
+        # per asset, the pieces of its own leaf but the inner keys (see _LEAF_SHAPES): its
+        # uuid and the opening; its settlement deviations (if any) and first key; its numbers
+        # as last rendered (by column of its kind's shape); asset_info's closing brace and
+        # the last-slot tail
+        self._lead = np.array([f"{u}{_OPENING}".encode() for u in uuid_js], dtype=object)
+        first_key = [_LEAF_SHAPES[k][0][0] for k in range(len(_LEAF_SHAPES))]
+        self._dev_key = np.array([first_key[k] for k in grid.kind.tolist()], dtype=object)
+        self._val = [np.full(n_a, b"", dtype=object) for _ in range(_MAX_NUMBERS)]
+        self._tail = np.full(n_a, b"}", dtype=object)
         self._tail_slot = -1
         self._last_cols: np.ndarray | None = None
         self._last_idx: np.ndarray | None = None
         self._templates: dict[str, list[int]] = {}
+        self._layout: _Layout | None = None  # None: lay ``flat`` out again before using it
 
     # ------------------------------------------------------------------ shared pieces
 
@@ -97,29 +117,37 @@ class EventBuilder:
                 "current_market_fee": cur if cur else None,
                 "area_name": m.name,
             }
-            body = orjson.dumps(node).decode()
-            self.pool[self._head0 + m.index] = f'{_js(m.uuid)}:{body[:-1]},"children":{{'
+            body = orjson.dumps(node)
+            self._single[self._head0 + m.index] = (
+                orjson.dumps(m.uuid) + b":" + body[:-1] + b',"children":{'
+            )
+        lay = self._layout
+        if lay is not None:
+            lay.flat[lay.head_at] = self._single[lay.head_piece]
 
     def refresh_own_leaves(self, state: ExchangeState, assets: Iterable[int]) -> None:
         """Leaves with ``asset_info`` for the given (selected) assets, from the state arrays.
 
-        The hot part of an event round (every changed leaf per tick): numbers are rendered in
-        bulk (as ``repr`` writes them) and the leaves of each kind made by one join
-        (:meth:`_leaves`).
+        The hot part of an event round (every changed leaf per tick): the numbers of the
+        leaves that changed are rendered in bulk (as ``repr`` writes them) and written to
+        their places in the trees.
         """
         idx = np.fromiter(assets, dtype=np.int64)
         if len(idx) == 0:
             return
         g = self.grid
-        fresh = self._tail_slot != state.slot_index
-        if fresh:
-            l_tr = reprs_f64_str(np.round(state.last_traded, 8))
-            l_co = reprs_f64_str(np.round(state.last_cost, 8))
-            self._tail = [
-                f',"last_slot_asset_info":{{"energy_traded":{t},"total_cost":{c}}},"asset_bill":null,"area_name":{n}}}'
-                for t, c, n in zip(l_tr, l_co, self._name_js, strict=True)
+        lay = self._lay_out()
+        if self._tail_slot != state.slot_index:
+            l_tr = reprs_f64(np.round(state.last_traded, 8))
+            l_co = reprs_f64(np.round(state.last_cost, 8))
+            self._tail[:] = [
+                b'},"last_slot_asset_info":{"energy_traded":%b,"total_cost":%b},'
+                b'"asset_bill":null,"area_name":%b}' % (t, c, n.encode())
+                for t, c, n in zip(l_tr, l_co, self.name_js, strict=True)
             ]
             self._tail_slot = state.slot_index
+            self._last_cols = None  # a new slot re-renders everything
+            lay.flat[lay.tail_at] = self._tail[lay.leaf_asset]
         cols = np.stack(
             (
                 state.bought[idx] + state.sold[idx],
@@ -143,8 +171,7 @@ class EventBuilder:
         # the same energy changes nothing); a new slot re-renders everything.
         prev = self._last_cols
         if (
-            fresh
-            or prev is None
+            prev is None
             or self._last_idx is None
             or prev.shape != cols.shape
             or not np.array_equal(self._last_idx, idx)
@@ -158,52 +185,32 @@ class EventBuilder:
         sub = cols[:, changed]
         idx = idx[changed]
         kind = g.kind[idx]
-        pool, own0 = self.pool, self._own0
-        for k, shape in _LEAF_SHAPES.items():
+        # where the changed leaves sit in the trees: their row in ``sub`` per occurrence
+        row_of = np.full(g.n_assets, -1, dtype=np.int64)
+        row_of[idx] = np.arange(len(idx))
+        occ_row = row_of[lay.leaf_asset]
+        for k, (keys, rows) in _LEAF_SHAPES.items():
             sel = np.flatnonzero(kind == k)
             if not len(sel):
                 continue
             a_sel = idx[sel]
-            a_l = a_sel.tolist()
-            dev = (
-                [f"{settlement.info_json(a)}," for a in a_l]
-                if settlement is not None and k != STORAGE
-                else None
-            )
-            leaves = self._leaves(shape, a_sel, sub[:, sel], dev)
-            list(map(pool.__setitem__, (own0 + a_sel).tolist(), leaves))
-
-    def _leaves(
-        self,
-        shape: tuple[str, list[tuple[str, int]]],
-        assets: np.ndarray,
-        cols: np.ndarray,
-        dev: list[str] | None,
-    ) -> list[str]:
-        """Own leaves of assets of one kind: ``uuid``, the opening, the settlement deviations
-        (``dev``, loads and PVs), then per number its key and its value rendered in bulk (as
-        ``repr`` writes it), the closing brace and the asset's tail. Each leaf's pieces sit in
-        one flat list, put in place column by column; one join makes every leaf, cut apart at
-        a NUL after each (JSON text holds no raw NUL)."""
-        opening, numbers = shape
-        n = len(assets)
-        width = 2 * len(numbers) + 6
-        row = ["", opening, "", *(x for key, _ in numbers for x in (key, "")), "}", "", "\0"]
-        flat = row * n
-        flat[0::width] = self._uuid_arr[assets].tolist()
-        if dev is not None:
-            flat[2::width] = dev
-        for c, (_, r) in enumerate(numbers):
-            flat[4 + 2 * c :: width] = reprs_f64_str(cols[r])
-        flat[width - 2 :: width] = [self._tail[a] for a in assets.tolist()]
-        # Joined and cut apart in chunks: one join of every leaf (30 MB at 100 000 assets)
-        # takes fresh pages from the OS each time; a chunk's memory is reused for the next.
-        leaves: list[str] = []
-        step = _LEAF_CHUNK * width
-        for lo in range(0, len(flat), step):
-            leaves += "".join(flat[lo : lo + step]).split("\0")
-            leaves.pop()
-        return leaves
+            # each changed leaf's place in the trees (usually one, found by its asset); the
+            # rendered numbers are in ``sel`` order, so ``pick`` orders them by place
+            at = np.flatnonzero((occ_row >= 0) & (lay.leaf_kind == k))
+            base = lay.leaf_at[at]
+            pick: np.ndarray | slice = slice(None)
+            if len(at) != len(sel) or not np.array_equal(lay.leaf_asset[at], a_sel):
+                pick = np.searchsorted(sel, occ_row[at])
+            if settlement is not None and k != STORAGE:
+                self._dev_key[a_sel] = [
+                    f"{settlement.info_json(a)},".encode() + keys[0] for a in a_sel.tolist()
+                ]
+                lay.flat[base + 1] = self._dev_key[a_sel][pick]
+            for c, r in enumerate(rows):
+                rendered = np.empty(len(sel), dtype=object)
+                rendered[:] = reprs_f64(sub[r, sel])
+                self._val[c][a_sel] = rendered
+                lay.flat[base + 2 + 2 * c] = rendered[pick]
 
     # ------------------------------------------------------------------ templates
 
@@ -252,17 +259,76 @@ class EventBuilder:
             emit(0)
         # the tree's braces are pieces too: one join makes it
         self._templates[key] = [self._open_tree, *pieces, self._close_tree]
+        self._layout = None
         return pieces
 
     def forget(self, key: str) -> None:
-        self._templates.pop(key, None)
+        if self._templates.pop(key, None) is not None:
+            self._layout = None
 
     def tree(self, key: str) -> bytes:
         """The serialised ``grid_tree`` value (with braces) for the aggregator ``key``."""
-        pieces = self._templates.get(key)
-        if pieces is None:
+        lay = self._lay_out()
+        span = lay.span.get(key)
+        if span is None:
             return b"{}"
-        return "".join(itemgetter(*pieces)(self.pool)).encode()
+        return b"".join(lay.flat[span[0] : span[1]].tolist())
+
+    def own_leaf(self, asset: int) -> bytes | None:
+        """The asset's own leaf as it stands in a tree (None: in no tree's template)."""
+        lay = self._lay_out()
+        at = np.flatnonzero(lay.leaf_asset == asset)
+        if not len(at):
+            return None
+        lo = int(lay.leaf_at[at[0]])
+        return b"".join(lay.flat[lo : int(lay.tail_at[at[0]]) + 1].tolist())
+
+    def _lay_out(self) -> _Layout:
+        """``flat`` for the current templates (laid out again only after one changed): every
+        template's pieces in turn, own leaves expanded to their pieces, with the numbers, tails
+        and deviations last rendered."""
+        if self._layout is not None:
+            return self._layout
+        keys = list(self._templates)
+        lens = np.fromiter(map(len, self._templates.values()), dtype=np.int64, count=len(keys))
+        t = np.fromiter(
+            chain.from_iterable(self._templates.values()), dtype=np.int64, count=int(lens.sum())
+        )
+        own = (t >= self._own0) & (t < self._other0)
+        leaf_asset = t[own] - self._own0
+        leaf_kind = self.grid.kind[leaf_asset].astype(np.int64)
+        width = np.ones(len(t), dtype=np.int64)
+        width[own] = _WIDTH[leaf_kind]
+        at = np.zeros(len(t) + 1, dtype=np.int64)
+        np.cumsum(width, out=at[1:])
+        flat = np.empty(int(at[-1]), dtype=object)
+        single = np.flatnonzero(~own)
+        flat[at[single]] = self._single[t[single]]
+        leaf_at = at[:-1][own]
+        for k, (number_keys, _) in _LEAF_SHAPES.items():
+            sel = np.flatnonzero(leaf_kind == k)
+            base, a = leaf_at[sel], leaf_asset[sel]
+            flat[base] = self._lead[a]
+            flat[base + 1] = self._dev_key[a]
+            for c, key in enumerate(number_keys):
+                if c:
+                    flat[base + 1 + 2 * c] = key
+                flat[base + 2 + 2 * c] = self._val[c][a]
+        ends = np.cumsum(lens)
+        bounds = at[np.concatenate(([0], ends))].tolist()
+        head = np.flatnonzero(t < self._own0)
+        self._layout = _Layout(
+            flat=flat,
+            span={k: (bounds[i], bounds[i + 1]) for i, k in enumerate(keys)},
+            head_at=at[head],
+            head_piece=t[head],
+            leaf_asset=leaf_asset,
+            leaf_kind=leaf_kind,
+            leaf_at=leaf_at,
+            tail_at=leaf_at + _WIDTH[leaf_kind] - 1,
+        )
+        flat[self._layout.tail_at] = self._tail[leaf_asset]
+        return self._layout
 
     # ------------------------------------------------------------------ envelopes
 
@@ -295,42 +361,62 @@ class EventBuilder:
         )
 
 
-_LEAF_CHUNK = 1024  # leaves joined at a time (see EventBuilder._leaves)
-
-# Own leaves per kind: the opening of asset_info, then (key, row of the numbers in
-# refresh_own_leaves) per number, in gsy-e's order.
-_LEAF_SHAPES: dict[int, tuple[str, list[tuple[str, int]]]] = {
+# An own leaf's pieces: its uuid and the opening of asset_info; its settlement deviations
+# (loads and PVs, with settlement) and its first key; then its numbers, the keys between them;
+# asset_info's closing brace and its last-slot tail. Per kind: the keys of its numbers and the
+# row of each number in refresh_own_leaves's columns, in gsy-e's order.
+_OPENING = ':{"asset_info":{'
+_LEAF_SHAPES: dict[int, tuple[list[bytes], list[int]]] = {
     LOAD: (
-        ':{"asset_info":{',
         [
-            ('"energy_requirement_kWh":', 2),
-            (',"energy_active_in_bids":', 4),
-            (',"energy_traded":', 0),
-            (',"total_cost":', 1),
+            b'"energy_requirement_kWh":',
+            b',"energy_active_in_bids":',
+            b',"energy_traded":',
+            b',"total_cost":',
         ],
+        [2, 4, 0, 1],
     ),
     PV: (
-        ':{"asset_info":{',
         [
-            ('"available_energy_kWh":', 3),
-            (',"energy_active_in_offers":', 5),
-            (',"energy_traded":', 0),
-            (',"total_cost":', 1),
+            b'"available_energy_kWh":',
+            b',"energy_active_in_offers":',
+            b',"energy_traded":',
+            b',"total_cost":',
         ],
+        [3, 5, 0, 1],
     ),
     STORAGE: (
-        ':{"asset_info":{',
         [
-            ('"energy_to_sell":', 7),
-            (',"energy_active_in_bids":', 4),
-            (',"energy_to_buy":', 6),
-            (',"energy_active_in_offers":', 5),
-            (',"free_storage":', 9),
-            (',"used_storage":', 8),
-            (',"energy_traded":', 0),
-            (',"total_cost":', 1),
+            b'"energy_to_sell":',
+            b',"energy_active_in_bids":',
+            b',"energy_to_buy":',
+            b',"energy_active_in_offers":',
+            b',"free_storage":',
+            b',"used_storage":',
+            b',"energy_traded":',
+            b',"total_cost":',
         ],
+        [7, 4, 6, 5, 9, 8, 0, 1],
     ),
 }
+_MAX_NUMBERS = max(len(keys) for keys, _ in _LEAF_SHAPES.values())
+# pieces per own leaf, by kind: lead, deviations + first key, numbers and the keys between, tail
+_WIDTH = np.array([2 + 2 * len(_LEAF_SHAPES[k][0]) for k in sorted(_LEAF_SHAPES)], dtype=np.int64)
+
+
+@dataclass(slots=True)
+class _Layout:
+    """Where everything sits in ``flat``: each tree's span, the market heads (position and pool
+    entry) and the own leaves (asset, kind, first piece, tail piece), per occurrence."""
+
+    flat: np.ndarray
+    span: dict[str, tuple[int, int]]
+    head_at: np.ndarray
+    head_piece: np.ndarray
+    leaf_asset: np.ndarray
+    leaf_kind: np.ndarray
+    leaf_at: np.ndarray
+    tail_at: np.ndarray
+
 
 FINISH_EVENT = b'{"event":"finish","simulation_id":null,"num_ticks":10.0}'
