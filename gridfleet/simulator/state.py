@@ -496,15 +496,17 @@ class ExchangeState:
         q2 = np.repeat(trades.energy, 2)
         own = both >= 0
         np.subtract.at(self.o_energy, both[own], q2[own])
-        touched = np.unique(both[own])
+        touched = _distinct(both[own], self.n_rows)
         done_rows = touched[self.o_energy[touched] <= EPS_KWH]
         self.o_alive[done_rows] = False
         # Touched assets: active energies recounted from their live orders, oldest first.
-        t_assets = np.unique(self.o_asset[touched])
+        t_assets = _distinct(self.o_asset[touched], self.grid.n_assets)
         self.active_bid[t_assets] = 0.0
         self.active_offer[t_assets] = 0.0
         live = rows[self.o_alive[rows]]
-        live = live[np.isin(self.o_asset[live], t_assets)]
+        is_touched = np.zeros(self.grid.n_assets, dtype=bool)
+        is_touched[t_assets] = True
+        live = live[is_touched[self.o_asset[live]]]
         lb = self.o_bid[live]
         np.add.at(self.active_bid, self.o_asset[live[lb]], self.o_energy[live[lb]])
         np.add.at(self.active_offer, self.o_asset[live[~lb]], self.o_energy[live[~lb]])
@@ -540,3 +542,10 @@ def _concat(parts: list[Trades]) -> Trades:
             )
         )
     )
+
+
+def _distinct(values: np.ndarray, bound: int) -> np.ndarray:
+    """``np.unique(values)`` for integers in ``[0, bound)``: a mask instead of a sort."""
+    seen = np.zeros(bound, dtype=bool)
+    seen[values] = True
+    return np.flatnonzero(seen)
