@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Container
 from datetime import datetime
+from functools import partial
 
 import numpy as np
 import orjson
@@ -43,7 +44,7 @@ from gridfleet.simulator.selection import Selection, device_map, new_registry
 from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.simconfig import TICKS_PER_SLOT, SimConfig
 from gridfleet.simulator.state import ExchangeState, TradeReport
-from gridfleet.simulator.trade_events import trade_event, trade_rows
+from gridfleet.simulator.trade_events import trade_payloads
 
 log = logging.getLogger(__name__)
 
@@ -266,36 +267,26 @@ class Engine:
         t0 = time.perf_counter()
         self.counts.trades += len(report)
         self.counts.energy_traded_kwh += float(sum(report.energy.tolist()))
-        when = self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00")
-        rows: dict[str, list[bytes]] = {}
-        for part in (report, settled):
-            if part is None or not len(part):
-                continue
-            for agg, entries in trade_rows(
-                part,
-                self.grid,
-                self.selection.owner_arr,
-                when,
-                self._trade_seq,
-                self.events.name_js,
-            ).items():
-                text = ",".join(entries).encode()
-                have = rows.get(agg)
-                if have is None:
-                    rows[agg] = [text]
-                else:  # settlement trades after the spot ones
-                    have += (b",", text)
-            self._trade_seq += len(part)
+        parts = [report] if settled is None else [report, settled]
+        payloads = trade_payloads(
+            parts,
+            self.grid,
+            self.selection.owner_arr,
+            self.events.name_js,
+            self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            self._trade_seq,
+            partial(self._tree, keep=True),
+            self._rates(),
+        )
+        self._trade_seq += sum(len(p) for p in parts)
         if settled is not None and len(settled):
             self.counts.settlement_trades += len(settled)
             self.counts.settlement_energy_kwh += float(sum(settled.energy.tolist()))
-        fit, mmr = self._rates()
         out = self.outlet.outbox()
-        for agg, trade_list in rows.items():
-            payload = trade_event(trade_list, self._tree(agg, keep=True), fit, mmr)
+        for agg, payload in payloads.items():
             self.counts.bytes_sent += len(payload)
             out.aggregator_event(agg, payload)
-        self.counts.events_sent += len(rows)
+        self.counts.events_sent += len(payloads)
         self.deliver(out)
         self.counts.trade_events_ms.append((time.perf_counter() - t0) * 1000)
 
