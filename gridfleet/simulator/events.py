@@ -78,6 +78,7 @@ class EventBuilder:
         self._open_tree, self._close_tree = lit0 + 3, lit0 + 4
         uuid_js = [_js(u) for u in grid.asset_uuid]
         self.name_js = [_js(n) for n in grid.asset_name]  # asset names as JSON (trade rows)
+        self._name_b = [n.encode() for n in self.name_js]
         mm = f'{_js(grid.market_maker_uuid)}:{{"area_name":{_js(grid.market_maker_name)}}}'
         # the one-piece entries of the pool numbering (own leaves' slots stay unused)
         self._single = np.empty(lit0 + 5, dtype=object)
@@ -138,13 +139,14 @@ class EventBuilder:
         g = self.grid
         lay = self._lay_out()
         if self._tail_slot != state.slot_index:
-            l_tr = reprs_f64(np.round(state.last_traded, 8))
-            l_co = reprs_f64(np.round(state.last_cost, 8))
-            self._tail[:] = [
-                b'},"last_slot_asset_info":{"energy_traded":%b,"total_cost":%b},'
-                b'"asset_bill":null,"area_name":%b}' % (t, c, n.encode())
-                for t, c, n in zip(l_tr, l_co, self.name_js, strict=True)
-            ]
+            # every asset's tail in one join, cut apart at a NUL after each (JSON has none)
+            flat = _TAIL_ROW * g.n_assets
+            flat[1::7] = reprs_f64(np.round(state.last_traded, 8))
+            flat[3::7] = reprs_f64(np.round(state.last_cost, 8))
+            flat[5::7] = self._name_b
+            tails = b"".join(flat).split(b"\0")
+            tails.pop()
+            self._tail[:] = tails
             self._tail_slot = state.slot_index
             self._last_cols = None  # a new slot re-renders everything
             lay.flat[lay.tail_at] = self._tail[lay.leaf_asset]
@@ -399,6 +401,16 @@ _LEAF_SHAPES: dict[int, tuple[list[bytes], list[int]]] = {
         [7, 4, 6, 5, 9, 8, 0, 1],
     ),
 }
+# an own leaf's last piece: asset_info's closing brace, the last slot's figures, the name
+_TAIL_ROW = [
+    b'},"last_slot_asset_info":{"energy_traded":',
+    b"",
+    b',"total_cost":',
+    b"",
+    b'},"asset_bill":null,"area_name":',
+    b"",
+    b"}\0",
+]
 _MAX_NUMBERS = max(len(keys) for keys, _ in _LEAF_SHAPES.values())
 # pieces per own leaf, by kind: lead, deviations + first key, numbers and the keys between, tail
 _WIDTH = np.array([2 + 2 * len(_LEAF_SHAPES[k][0]) for k in sorted(_LEAF_SHAPES)], dtype=np.int64)
