@@ -32,8 +32,9 @@ import numpy as np
 import orjson
 
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
-from gridfleet.simulator.numfmt import reprs_f64
+from gridfleet.simulator.numfmt import reprs_f64, round8
 from gridfleet.simulator.state import ExchangeState
+from gridfleet.simulator.stats import MarketStats
 
 TreeMode = Literal["full", "pruned"]
 
@@ -79,6 +80,8 @@ class EventBuilder:
         uuid_js = [_js(u) for u in grid.asset_uuid]
         self.name_js = [_js(n) for n in grid.asset_name]  # asset names as JSON (trade rows)
         self._name_b = [n.encode() for n in self.name_js]
+        self._market_uuid_js = [orjson.dumps(m.uuid) for m in grid.markets]
+        self._market_name_js = [orjson.dumps(m.name) for m in grid.markets]
         mm = f'{_js(grid.market_maker_uuid)}:{{"area_name":{_js(grid.market_maker_name)}}}'
         # the one-piece entries of the pool numbering (own leaves' slots stay unused)
         self._single = np.empty(lit0 + 5, dtype=object)
@@ -108,20 +111,14 @@ class EventBuilder:
         """Market heads: statistics of the last slot, last and current fees, as gsy-e's tree
         has them: ``current_market_fee`` is the area's fee now (after a ``grid_fees`` command
         mid-slot, the next slot's), ``last_market_fee`` the last closed market's fee."""
-        current = state.fee_rates()
-        for m in self.grid.markets:
-            cur = float(current[m.index])
-            node = {
-                "last_market_bill": {"accumulated_trades": {}, "external_trades": {}},
-                "last_market_stats": state.stats.last_market_stats(m.index),
-                "last_market_fee": float(state.last_fee[m.index]),
-                "current_market_fee": cur if cur else None,
-                "area_name": m.name,
-            }
-            body = orjson.dumps(node)
-            self._single[self._head0 + m.index] = (
-                orjson.dumps(m.uuid) + b":" + body[:-1] + b',"children":{'
-            )
+        heads = market_heads(
+            state.stats,
+            state.last_fee,
+            state.fee_rates(),
+            self._market_uuid_js,
+            self._market_name_js,
+        )
+        self._single[self._head0 : self._head0 + len(heads)] = heads
         lay = self._layout
         if lay is not None:
             lay.flat[lay.head_at] = self._single[lay.head_piece]
@@ -429,6 +426,75 @@ class _Layout:
     leaf_kind: np.ndarray
     leaf_at: np.ndarray
     tail_at: np.ndarray
+
+
+def market_heads(
+    stats: MarketStats,
+    last_fee: np.ndarray,
+    current_fee: np.ndarray,
+    uuid_js: list[bytes],
+    name_js: list[bytes],
+) -> list[bytes]:
+    """Every market's head, ``"<uuid>":{...,"children":{``, as ``orjson.dumps`` writes gsy-e's
+    node (tests/simulator/test_round_pieces.py holds it to that): the last slot's statistics
+    (``null`` where the market saw no trade), the last and the current fee (``null`` when 0).
+
+    Numbers are rendered in bulk: orjson writes a numpy float64 as it writes the same Python
+    float, and :func:`round8` is ``round(x, 8)`` bit for bit.
+    """
+    n = len(uuid_js)
+    traded = ~np.isnan(stats.avg_rate)
+    cols = [stats.min_rate, stats.max_rate, stats.avg_rate, stats.median_rate, stats.volume]
+    flat = _HEAD_ROW * n
+    for c, col in enumerate(cols):
+        text = _orjson_floats(round8(np.where(traded, col, 0.0)))
+        flat[2 + 2 * c :: _HEAD_W] = [
+            t if ok else b"null" for t, ok in zip(text, traded.tolist(), strict=True)
+        ]
+    flat[0::_HEAD_W] = uuid_js
+    flat[12::_HEAD_W] = _orjson_floats(last_fee.astype(np.float64))
+    cur = current_fee.astype(np.float64)
+    flat[14::_HEAD_W] = [
+        t if c else b"null" for t, c in zip(_orjson_floats(cur), cur.tolist(), strict=True)
+    ]
+    flat[16::_HEAD_W] = name_js
+    heads = b"".join(flat).split(b"\0")
+    heads.pop()
+    return heads
+
+
+def _orjson_floats(arr: np.ndarray) -> list[bytes]:
+    """``[orjson.dumps(float(x)) for x in arr]`` in one call."""
+    if not len(arr):
+        return []
+    return orjson.dumps(np.ascontiguousarray(arr), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(
+        b","
+    )
+
+
+# a market head's pieces (see market_heads): uuid, statistics, fees, name
+_HEAD_ROW = [
+    b"",
+    b':{"last_market_bill":{"accumulated_trades":{},"external_trades":{}},'
+    b'"last_market_stats":{"min_trade_rate":',
+    b"",
+    b',"max_trade_rate":',
+    b"",
+    b',"avg_trade_rate":',
+    b"",
+    b',"median_trade_rate":',
+    b"",
+    b',"total_traded_energy_kWh":',
+    b"",
+    b'},"last_market_fee":',
+    b"",
+    b',"current_market_fee":',
+    b"",
+    b',"area_name":',
+    b"",
+    b',"children":{\0',
+]
+_HEAD_W = len(_HEAD_ROW)
 
 
 FINISH_EVENT = b'{"event":"finish","simulation_id":null,"num_ticks":10.0}'

@@ -6,14 +6,17 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
+import numpy as np
+import orjson
 import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridfleet.runtime.redis_server import RedisServer
-from gridfleet.simulator.events import EventBuilder
+from gridfleet.simulator.events import EventBuilder, market_heads
 from gridfleet.simulator.redis_door import _NO_COPY_BYTES, RedisOutbox
+from gridfleet.simulator.stats import MarketStats
 from tests.simulator.reference import events_v1
 from tests.simulator.test_batch_fast import Twin, _batch
 
@@ -82,3 +85,63 @@ def test_large_events_published_without_a_copy_arrive_whole(server: RedisServer)
     assert got == payloads
     sub.close()
     client.close()
+
+
+def _head_as_gsy_e_node(stats: MarketStats, last: float, cur: float, uuid: str, name: str) -> bytes:
+    """The definition: one market's node serialised by orjson, cut before its children."""
+    node = {
+        "last_market_bill": {"accumulated_trades": {}, "external_trades": {}},
+        "last_market_stats": stats.last_market_stats(0),
+        "last_market_fee": last,
+        "current_market_fee": cur if cur else None,
+        "area_name": name,
+    }
+    return orjson.dumps(uuid) + b":" + orjson.dumps(node)[:-1] + b',"children":{'
+
+
+_rates = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.sampled_from([0.0, -0.0, 1e-05, 1.5e-07, 1e16, 1e17, 123456.789, 30.000000005]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    markets=st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.tuples(*[_rates] * 5)),  # no trade, or the five statistics
+            _rates,
+            _rates,
+            st.text(max_size=8),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_market_heads_in_bulk_equal_each_node_serialised(
+    markets: list[tuple[tuple[float, ...] | None, float, float, str]],
+) -> None:
+    n = len(markets)
+    stats = MarketStats.empty(n)
+    for m, (five, _, _, _) in enumerate(markets):
+        if five is not None:
+            (
+                stats.min_rate[m],
+                stats.max_rate[m],
+                stats.avg_rate[m],
+                stats.median_rate[m],
+                stats.volume[m],
+            ) = five
+    last = np.array([x[1] for x in markets])
+    cur = np.array([x[2] for x in markets])
+    uuids = [f"m-{m}" for m in range(n)]
+    names = [x[3] for x in markets]
+    got = market_heads(
+        stats, last, cur, [orjson.dumps(u) for u in uuids], [orjson.dumps(x) for x in names]
+    )
+    for m in range(n):
+        one = MarketStats.empty(1)
+        for f in ("min_rate", "max_rate", "avg_rate", "median_rate", "volume"):
+            getattr(one, f)[0] = getattr(stats, f)[m]
+        want = _head_as_gsy_e_node(one, float(last[m]), float(cur[m]), uuids[m], names[m])
+        assert got[m] == want
