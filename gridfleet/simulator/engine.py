@@ -44,7 +44,7 @@ from gridfleet.simulator.selection import Selection, device_map, new_registry
 from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.simconfig import TICKS_PER_SLOT, SimConfig
 from gridfleet.simulator.state import ExchangeState, TradeReport
-from gridfleet.simulator.trade_events import trade_payloads
+from gridfleet.simulator.trade_events import AssetLabels, trade_payloads
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Engine:
         self.registry = new_registry(grid, self.devices)
         self.handler = BatchHandler(self.state, self.devices)
         self.events = EventBuilder(grid, config.tree)
+        self._labels = AssetLabels(grid, self.events.name_js)  # for trade events
         self.selection = Selection(grid, self.devices, self.registry, self.events)
         self.deadline = DeadlineTracker()
         self.watcher = EngineWatcher()
@@ -270,9 +271,8 @@ class Engine:
         parts = [report] if settled is None else [report, settled]
         payloads = trade_payloads(
             parts,
-            self.grid,
+            self._labels,
             self.selection.owner_arr,
-            self.events.name_js,
             self._sim_time().strftime("%Y-%m-%dT%H:%M:%S+00:00"),
             self._trade_seq,
             partial(self._tree, keep=True),

@@ -151,11 +151,18 @@ _SIDE_TAIL = np.array(
 )
 
 
+class AssetLabels:
+    """A grid's asset uuids and names (the Market Maker's last) as bytes, encoded once."""
+
+    def __init__(self, grid: Grid, name_js: list[str]) -> None:
+        self.uuids = _encoded(grid.asset_uuid)
+        self.names = _encoded([*name_js, _js(grid.market_maker_name)])  # -1: the Market Maker
+
+
 def trade_payloads(
     parts: Sequence[TradeReport],
-    grid: Grid,
+    labels: AssetLabels,
     owner: tuple[np.ndarray, list[str]],
-    name_js: list[str],
     time_str: str,
     seq: int,
     tree: Callable[[str], bytes],
@@ -181,10 +188,10 @@ def trade_payloads(
     buyer, seller = buyer[keep], seller[keep]
     t, side = order >> 1, order & 1  # the entry's trade (in keep) and side (1: the seller's)
     asset = np.where(side == 1, seller[t], buyer[t])
-    names = _encoded([*name_js, _js(grid.market_maker_name)])  # index -1: the Market Maker
+    names = labels.names
     m = len(order)
     flat = _ENTRY * m
-    flat[1::_W] = _encoded(grid.asset_uuid)[asset].tolist()
+    flat[1::_W] = labels.uuids[asset].tolist()
     flat[2::_W] = _common(parts, keep, time_str, seq)[t].tolist()
     flat[3::_W] = _SIDE_HEAD[side].tolist()
     flat[4::_W] = names[asset].tolist()

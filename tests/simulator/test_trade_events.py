@@ -15,6 +15,7 @@ from gridfleet.simulator.grid import Grid, generate_grid
 from gridfleet.simulator.settlement import ORDER_ID_PREFIX as SETTLEMENT_PREFIX
 from gridfleet.simulator.state import SPOT_ORDER_ID_PREFIX, TradeReport
 from gridfleet.simulator.trade_events import (
+    AssetLabels,
     owner_array,
     trade_event,
     trade_payloads,
@@ -116,7 +117,9 @@ def test_payloads_are_the_readable_events(
     owner = owner_array(grid, {a: k for a, k in enumerate(owned) if k is not None})
     trees = {k: f'{{"tree":"{k}"}}'.encode() for k in KEYS}
     parts = [spot] if settled is None else [spot, settled]
-    got = trade_payloads(parts, grid, owner, _name_js(grid), when, seq, trees.__getitem__, rates)
+    got = trade_payloads(
+        parts, AssetLabels(grid, _name_js(grid)), owner, when, seq, trees.__getitem__, rates
+    )
     want = _sent(parts, grid, owner, when, seq, trees, rates)
     assert list(got) == list(want)
     assert got == want
@@ -145,7 +148,13 @@ def test_a_settling_tick_is_the_readable_events() -> None:
     trees = {k: f'{{"tree":"{k}"}}'.encode() for k in owner[1]}
     when = "2024-06-01T12:00:00+00:00"
     got = trade_payloads(
-        [spot, settled], grid, owner, _name_js(grid), when, 7, trees.__getitem__, (10.0, 30.0)
+        [spot, settled],
+        AssetLabels(grid, _name_js(grid)),
+        owner,
+        when,
+        7,
+        trees.__getitem__,
+        (10.0, 30.0),
     )
     want = _sent([spot, settled], grid, owner, when, 7, trees, (10.0, 30.0))
     assert list(got) == list(want)
