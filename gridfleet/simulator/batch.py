@@ -16,14 +16,17 @@ import math
 import operator
 from collections.abc import Collection, Sequence
 from itertools import chain, compress, repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 import numpy as np
 import orjson
+from msgspec.structs import asdict
 
+from gridfleet.simulator.batch_decode import Order, Typed
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
 from gridfleet.simulator.numfmt import hex12b, reprs_b, reprs_f64, round8
+from gridfleet.simulator.registry import AggregatorRegistry
 from gridfleet.simulator.settlement import SETTLEMENT_MARKET, OrderRefused, parse_time_slot
 from gridfleet.simulator.state import (
     MIN_ENERGY_KWH,
@@ -42,7 +45,8 @@ MARKET = 1
 _INT_MAX = 2**53  # ints the fast path takes: exact as float64
 
 Response = dict[str, Any]
-BatchItem = tuple[dict[str, Any], Collection[str], Any]  # (batch, sender's devices, sender)
+# (batch: as orjson reads it, or of the common shape, decoded strictly; sender's devices; sender)
+BatchItem = tuple[dict[str, Any] | Typed, Collection[str], Any]
 # a device of a batch: (uuid, ASSET|MARKET, index, commands, first candidate or -1: general path)
 _Device = tuple[str, int, int, list[Any], int]
 # a batch: (envelope head or b"": general path, transaction id as JSON, batch, its devices)
@@ -51,6 +55,8 @@ _Head = tuple[bytes, str, Any, list[_Device]]
 _Candidate = tuple[int, bool, Any, Any, bool, bool]
 # a fast-path batch: (first candidate, end candidate, every device fast, commands answered)
 _Span = tuple[int, int, bool, int]
+# a batch's devices that are the sender's: (uuids, kinds, indices, their assets), in order
+_Found = tuple[list[str], list[int], list[int], set[int]]
 
 _NOT_A_DICT: dict[str, Any] = {}  # stands in for a command that is not an object: fails every check
 _K = 16  # pieces of one fast-path answer (see BatchHandler._place)
@@ -224,6 +230,78 @@ def _numbers(values: list[Any]) -> tuple[np.ndarray, np.ndarray, bool]:
     return arr, ~np.array(good, dtype=bool), int in types
 
 
+class _Fields:
+    """The fields the fast path reads of a chunk's commands, as columns in command order, and
+    which commands fail the key and type checks."""
+
+    def __init__(self, m: int) -> None:
+        self.bad = np.zeros(m, dtype=bool)
+        self.is_b = np.zeros(m, dtype=bool)  # type "bid"
+        self.is_o = np.zeros(m, dtype=bool)  # type "offer"
+        self.en = np.zeros(m)
+        self.pr = np.zeros(m)
+        self.prices: list[Any] = []  # the price objects as sent
+        self.int_price = False  # an int among them
+        self.slots: list[Any] = []  # time_slot (None: absent or null)
+        self.rep = np.zeros(m, dtype=bool)  # replace_existing is not False
+
+
+def _dict_fields(flat: list[Any]) -> _Fields:
+    """The fields of commands as orjson reads them: :meth:`BatchHandler.order`'s key and type
+    checks as a few C-level passes."""
+    m = len(flat)
+    f = _Fields(m)
+    if set(map(type, flat)) != {dict}:
+        f.bad = np.fromiter((type(c) is not dict for c in flat), dtype=bool, count=m)
+        flat = [c if type(c) is dict else _NOT_A_DICT for c in flat]
+    f.bad |= ~np.fromiter(map(ORDER_KEYS.issuperset, flat), dtype=bool, count=m)
+    get = dict.get
+    ty = list(map(get, flat, repeat("type")))
+    f.is_b = np.fromiter(map(operator.eq, ty, repeat("bid")), dtype=bool, count=m)
+    f.is_o = np.fromiter(map(operator.eq, ty, repeat("offer")), dtype=bool, count=m)
+    f.prices = list(map(get, flat, repeat("price")))
+    f.en, en_bad, _ = _numbers(list(map(get, flat, repeat("energy"))))
+    f.pr, pr_bad, f.int_price = _numbers(f.prices)
+    f.bad |= en_bad | pr_bad
+    f.slots = list(map(get, flat, repeat("time_slot")))
+    f.rep = np.fromiter(
+        map(
+            operator.is_not,
+            map(get, flat, repeat("replace_existing"), repeat(True)),
+            repeat(False),
+        ),
+        dtype=bool,
+        count=m,
+    )
+    return f
+
+
+_TYPE = attrgetter("type")
+_ENERGY = attrgetter("energy")
+_PRICE = attrgetter("price")
+_SLOT = attrgetter("time_slot")
+_REPLACE = attrgetter("replace_existing")
+
+
+def _order_fields(flat: list[Order]) -> _Fields:
+    """The same of :class:`Order` structs: their decoder did the key and type checks (a bid or an
+    offer, finite numbers, ints within 2**53, a bool ``replace_existing``)."""
+    m = len(flat)
+    f = _Fields(m)
+    f.is_b = np.fromiter(map(operator.eq, map(_TYPE, flat), repeat("bid")), dtype=bool, count=m)
+    f.is_o = ~f.is_b
+    f.en = np.fromiter(map(_ENERGY, flat), dtype=np.float64, count=m)
+    f.prices = list(map(_PRICE, flat))
+    f.pr = np.array(f.prices, dtype=np.float64)
+    # an int price is a whole number: only those need a look at their type
+    f.int_price = any(
+        type(f.prices[i]) is int for i in np.flatnonzero(f.pr == np.floor(f.pr)).tolist()
+    )
+    f.slots = list(map(_SLOT, flat))
+    f.rep = np.fromiter(map(_REPLACE, flat), dtype=bool, count=m)
+    return f
+
+
 def _bulk_plan(
     vals: list[Any],
     kinds: list[int],
@@ -231,16 +309,18 @@ def _bulk_plan(
     kind_of: np.ndarray,
     slot_now: str,
     closing: bool,
+    typed: bool | None = False,
 ) -> tuple[list[Any], np.ndarray, np.ndarray, _Cands]:
     """:func:`_device_plan` for the devices of a whole chunk at once (their command lists
     ``vals``, kinds and indices, in order): the shape checks as a few C-level passes
-    (``map`` over the commands) and numpy over every command.
+    (``map`` over the commands) and numpy over every command. ``typed``: True when every
+    command list is the strict decoder's (of :class:`Order` structs), None when some are.
 
     Returns the command lists (a lone command wrapped in a list, as the general path does),
     the number of commands per device, each device's first candidate (-1: general path) and the
     candidates, numbered in command order over the fast devices."""
     n = len(vals)
-    if n and set(map(type, vals)) != {list}:
+    if n and not typed and set(map(type, vals)) != {list}:
         vals = [v if type(v) is list else (v if isinstance(v, list) else [v]) for v in vals]
     lens = np.fromiter(map(len, vals), dtype=np.int64, count=n)
     starts = np.full(n, -1, dtype=np.int64)
@@ -259,42 +339,22 @@ def _bulk_plan(
     dev = np.repeat(okd, cl)  # device of each command
     seg = np.zeros(len(okd), dtype=np.int64)  # each device's first command
     np.cumsum(cl[:-1], out=seg[1:])
-    if set(map(type, flat)) != {dict}:
-        bad = np.fromiter((type(c) is not dict for c in flat), dtype=bool, count=m)
-        flat = [c if type(c) is dict else _NOT_A_DICT for c in flat]
-    else:
-        bad = np.zeros(m, dtype=bool)
-    bad |= ~np.fromiter(map(ORDER_KEYS.issuperset, flat), dtype=bool, count=m)
-    get = dict.get
-    ty = list(map(get, flat, repeat("type")))
-    is_b = np.fromiter(map(operator.eq, ty, repeat("bid")), dtype=bool, count=m)
-    is_o = np.fromiter(map(operator.eq, ty, repeat("offer")), dtype=bool, count=m)
+    if typed is None:  # structs among dicts: as dicts, which read the same for these checks
+        flat = [asdict(c) if type(c) is Order else c for c in flat]
+    f = _order_fields(flat) if typed else _dict_fields(flat)
+    bad, is_b, is_o = f.bad, f.is_b, f.is_o
     k = kind_of[ad[dev]]
     bad |= ~(is_b | is_o) | (is_b & (k == PV)) | (is_o & (k == LOAD))
     two = seg[cl == 2]
     bad[two + 1] |= is_b[two] == is_b[two + 1]  # two bids or two offers
-    pr_obj = list(map(get, flat, repeat("price")))
-    en, en_bad, _ = _numbers(list(map(get, flat, repeat("energy"))))
-    pr, pr_bad, pr_int = _numbers(pr_obj)
-    bad |= en_bad | pr_bad
-    ts = list(map(get, flat, repeat("time_slot")))
     late = np.zeros(m, dtype=bool)
-    if ts.count(None) != m:
-        for j, s in enumerate(ts):
+    if f.slots.count(None) != m:
+        for j, s in enumerate(f.slots):
             if s is not None:
                 if isinstance(s, str) and s[:16] == slot_now:
                     late[j] = closing
                 else:
                     bad[j] = True  # another market (settlement) or none: the general path says
-    rep = np.fromiter(
-        map(
-            operator.is_not,
-            map(get, flat, repeat("replace_existing"), repeat(True)),
-            repeat(False),
-        ),
-        dtype=bool,
-        count=m,
-    )
     dev_bad = np.logical_or.reduceat(bad, seg)
     fast = okd[~dev_bad]
     fl = lens[fast]
@@ -304,14 +364,20 @@ def _bulk_plan(
     cands.m = int(keep.sum())
     cands.dev = dev[keep]
     cands.idx = ad[cands.dev]
-    cands.is_b, cands.en, cands.pr = is_b[keep], en[keep], pr[keep]
-    cands.rep, cands.late = rep[keep], late[keep]
-    cands.prices = pr_obj if cands.m == m else list(compress(pr_obj, keep.tolist()))
-    cands.int_price = pr_int and any(type(p) is int for p in cands.prices)
+    cands.is_b, cands.en, cands.pr = is_b[keep], f.en[keep], f.pr[keep]
+    cands.rep, cands.late = f.rep[keep], late[keep]
+    cands.prices = f.prices if cands.m == m else list(compress(f.prices, keep.tolist()))
+    cands.int_price = f.int_price and any(type(p) is int for p in cands.prices)
     cands.q = q[keep]
     cands.first = cands.q == 0
     cands.last = cands.q == lens[cands.dev] - 1
     return vals, lens, starts, cands
+
+
+def _as_sent(batch: dict[str, Any] | Typed, uuid: str, cmds: list[Any]) -> list[Any]:
+    """A device's commands as orjson reads them (those of a strictly decoded batch are structs,
+    which lack the keys' order an error answer quotes)."""
+    return batch.as_dict()["batch_commands"][uuid] if type(batch) is Typed else cmds
 
 
 def _placed(is_bid: bool, rendered: str, uuid: str, tid: Any, market_type: str) -> Response:
@@ -364,12 +430,20 @@ class BatchHandler:
         self._tail_o = np.empty(n, dtype=object)  # the seller, up to the transaction id
         self._end_o = np.empty(n, dtype=object)  # an offer's answer after the transaction id
         self._ujs: dict[str, bytes] = {}  # device uuid -> as JSON
+        # The registry whose version changes with every selection; set (by the engine's
+        # intake), which of the devices a sender names are its own is remembered per sender
+        # while the version stays (see _devices_of).
+        self.selections: AggregatorRegistry | None = None
+        # per sender: its selection, the uuids its last batch named, what _devices_of found
+        self._known: dict[str, tuple[Collection[str], list[str], *_Found]] = {}
+        self._named: dict[str, int] = {}  # per sender: hash of the uuids its last batch named
+        self._known_version: int | None = None  # the selection version they are valid for
         self._make_pieces(np.arange(n))
 
     # ------------------------------------------------------------------ whole batches
 
     def respond(
-        self, batch: dict[str, Any], selected: Collection[str], aggregator: Any
+        self, batch: dict[str, Any] | Typed, selected: Collection[str], aggregator: Any
     ) -> tuple[bytes | None, int]:
         """Apply one BATCHED message: see :meth:`respond_many`."""
         result = self.respond_many([(batch, selected, aggregator)])[0]
@@ -380,7 +454,9 @@ class BatchHandler:
     def respond_many(
         self, items: Sequence[BatchItem]
     ) -> list[tuple[bytes | None, int] | Exception]:
-        """Apply BATCHED messages ``(batch, sender's selected devices, sender uuid)`` in order.
+        """Apply BATCHED messages ``(batch, sender's selected devices, sender uuid)`` in order;
+        a batch is what orjson reads, or a :class:`Typed` (the common shape, decoded strictly:
+        its orders skip the key and type checks, and the general path reads its dicts).
 
         For each: its serialised ``batch_commands`` answer (None: no answer) and the number of
         commands answered, or the exception the original code raised while answering it (a
@@ -397,8 +473,14 @@ class BatchHandler:
         other device takes the general path (:meth:`command`), devices in order. Devices of
         different assets share no state, so only the order ids (rows, in command order) tie
         them; a batch naming an asset that an earlier batch of ``items`` named starts a new
-        round of this, so it sees that batch's effect.
+        round of this, so it sees that batch's effect. Which devices a sender names are its own is
+        remembered per sender while the version of :attr:`selections` stays.
         """
+        version = None if self.selections is None else self.selections.version
+        if version != self._known_version:
+            self._known.clear()
+            self._named.clear()
+            self._known_version = version
         heads, spans, cands, cut = self._plan(items)
         checked = self._check(cands)
         row0 = self.state.n_rows
@@ -414,7 +496,6 @@ class BatchHandler:
         span of candidates), the fast-path candidates, and where to cut ``items`` (the first
         batch naming an asset an earlier one named)."""
         st = self.state
-        devices = self.devices
         heads: list[_Head] = []
         seen: set[int] = set()
         cut = len(items)
@@ -424,21 +505,13 @@ class BatchHandler:
         d_kinds: list[int] = []
         d_idx: list[int] = []
         ranges: list[tuple[int, int, int]] = []  # (batch, first device, end device)
-        kind0, index1 = itemgetter(0), itemgetter(1)
+        n_typed = sum(type(b) is Typed for b, _, _ in items)
         for bi, (batch, selected, aggregator) in enumerate(items):
-            commands = batch.get("batch_commands")
+            commands = batch.commands if type(batch) is Typed else batch.get("batch_commands")
             if not isinstance(commands, dict):
                 heads.append((b"", "", None, []))
                 continue
-            keys = list(filter(selected.__contains__, commands))
-            found = list(map(devices.get, keys))
-            if None in found:  # unknown devices: silently dropped, like gsy-e
-                keys = [u for u, d in zip(keys, found, strict=True) if d is not None]
-                found = [d for d in found if d is not None]
-            devs = cast(list[tuple[int, int]], found)
-            kinds = list(map(kind0, devs))
-            idxs = list(map(index1, devs))
-            assets = {i for kd, i in devs if kd == ASSET} if MARKET in kinds else set(idxs)
+            keys, kinds, idxs, assets = self._devices_of(commands, selected, aggregator)
             if not seen.isdisjoint(assets):
                 cut = bi
                 break
@@ -450,11 +523,15 @@ class BatchHandler:
             heads.append((head, tid_js, batch, []))
             ranges.append((bi, len(d_keys), len(d_keys) + len(keys)))
             d_keys += keys
-            d_vals += map(commands.__getitem__, keys)
+            # every device named is the sender's (the common case): its values, without lookups
+            d_vals += (
+                commands.values() if len(keys) == len(commands) else map(commands.__getitem__, keys)
+            )
             d_kinds += kinds
             d_idx += idxs
+        typed = n_typed == len(items) or (None if n_typed else False)  # all, some (None), none
         vals, lens, starts, cands = _bulk_plan(
-            d_vals, d_kinds, d_idx, st.grid.kind, st.market_slot, self.closing
+            d_vals, d_kinds, d_idx, st.grid.kind, st.market_slot, self.closing, typed
         )
         spans: list[_Span] = [(0, 0, False, 0)] * len(heads)
         if ranges:
@@ -485,6 +562,39 @@ class BatchHandler:
             cands.batch = r[:, 0][dev_batch][cands.dev]
             cands.pos = (np.arange(n_dev) - first_dev)[cands.dev]
         return heads, spans, cands, cut
+
+    def _devices_of(
+        self, commands: dict[str, Any], selected: Collection[str], sender: Any
+    ) -> _Found:
+        """The sender's devices among those ``commands`` names, in order (unknown ones and
+        others' are dropped silently, like gsy-e). Remembered per sender while the selection
+        version stays (fast path only): a fleet names the same devices every tick, and comparing
+        two lists of uuids costs a tenth of looking them up again. They are kept once a sender
+        named the same uuids twice in a row: one whose devices change every tick leaves no
+        long-lived containers behind (each would count towards the collector's next passes)."""
+        remember = self._known_version is not None and self.fast and isinstance(sender, str)
+        if remember:
+            names = list(commands)
+            known = self._known.get(sender)
+            if known is not None and known[0] is selected and known[1] == names:
+                return known[2:]
+        keys = list(filter(selected.__contains__, commands))
+        found = list(map(self.devices.get, keys))
+        if None in found:  # unknown devices
+            keys = [u for u, d in zip(keys, found, strict=True) if d is not None]
+            found = [d for d in found if d is not None]
+        devs = cast(list[tuple[int, int]], found)
+        kinds = list(map(itemgetter(0), devs))
+        idxs = list(map(itemgetter(1), devs))
+        assets = {i for kd, i in devs if kd == ASSET} if MARKET in kinds else set(idxs)
+        if remember:
+            self._known.pop(sender, None)
+            named = hash(tuple(names))
+            if self._named.get(sender) == named:
+                names = keys if len(keys) == len(names) else names  # one list, not two
+                self._known[sender] = (selected, names, keys, kinds, idxs, assets)
+            self._named[sender] = named
+        return keys, kinds, idxs, assets
 
     def _check(self, cands: _Cands) -> _Checked:
         """The checks of :meth:`order` after the shape ones, for all candidates at once."""
@@ -545,7 +655,8 @@ class BatchHandler:
                 st.reserve(row0 + acc_before[fast_before] + extra)
                 n0 = st.n_rows
                 gen.answers[bi, pi] = b",".join(
-                    orjson.dumps(self.command(kind, a, uuid, c, tid)) for c in cmds
+                    orjson.dumps(self.command(kind, a, uuid, c, tid))
+                    for c in _as_sent(batch, uuid, cmds)
                 )
                 if st.n_rows != n0:
                     extra += st.n_rows - n0
@@ -661,9 +772,8 @@ class BatchHandler:
             q = int(c.q[j])
             uuid, _, a, cmds, _ = plan[int(c.pos[j])]
             verb = "bid" if c.is_b[j] else "offer"
-            err = orjson.dumps(
-                self._order_error(a, uuid, cmds[q], batch.get("transaction_id"), verb)
-            )
+            cmd = _as_sent(batch, uuid, cmds)[q]
+            err = orjson.dumps(self._order_error(a, uuid, cmd, batch.get("transaction_id"), verb))
             flat[j * _K + 1 : j * _K + _K - 1] = [err, *blank]
 
     def _assemble(
@@ -704,8 +814,10 @@ class BatchHandler:
         return out
 
     def _respond_general(
-        self, batch: dict[str, Any], selected: Collection[str], aggregator: Any
+        self, batch: dict[str, Any] | Typed, selected: Collection[str], aggregator: Any
     ) -> tuple[bytes | None, int] | Exception:
+        if isinstance(batch, Typed):
+            batch = batch.as_dict()
         out = self.handle(batch, selected if isinstance(selected, set) else set(selected))
         if out is None:
             return None, 0

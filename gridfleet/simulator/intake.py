@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gridfleet.runtime.interpreter import gc_paused
+from gridfleet.simulator.batch import BatchItem
+from gridfleet.simulator.batch_decode import Typed, decode_batch
 from gridfleet.simulator.door import AGG_COMMAND, BATCH, CALL, CONTROL, REGISTER, Inbound, Outbox
 
 if TYPE_CHECKING:
     from gridfleet.simulator.engine import Engine
 
 log = logging.getLogger(__name__)
-
-BatchItem = tuple[dict[str, Any], set[str], str]  # (batch, sender's devices, sender uuid)
 
 
 class Intake:
@@ -36,6 +36,7 @@ class Intake:
         self.inbound: queue.Queue[Inbound] = queue.Queue()
         self.backlog: collections.deque[Inbound] = collections.deque()
         self.batch_chunk = 200  # messages applied between two looks at the dispatch clock
+        engine.handler.selections = engine.registry  # what the handler remembers follows it
 
     def drain(self, wait: float, until: float = math.inf) -> None:
         """Apply what came in, in chunks of ``batch_chunk`` messages, until ``until`` (the next
@@ -69,7 +70,7 @@ class Intake:
             if msg.kind == CALL and msg.call is not None:
                 msg.call(self.engine)  # a door waits on it: run it, the state is still ours
             elif msg.kind == BATCH and msg.at <= now:
-                data = self.parse(msg)
+                data = self.parse_batch(msg)
                 if data is not None:
                     self.batch_item(data, msg.at)
 
@@ -86,13 +87,14 @@ class Intake:
                     if msg.call is not None:
                         msg.call(self.engine)
                     continue
-                data = self.parse(msg)
-                if data is None:
-                    continue
                 if msg.kind == BATCH:
-                    item = self.batch_item(data, msg.at)
+                    batch = self.parse_batch(msg)
+                    item = None if batch is None else self.batch_item(batch, msg.at)
                     if item is not None:
                         group.append(item)
+                    continue
+                data = self.parse(msg)
+                if data is None:
                     continue
                 if group:
                     self.answer(group, out)
@@ -116,6 +118,12 @@ class Intake:
             log.info("message (%s, %s) is not a JSON object; ignored", msg.kind, msg.origin)
             return None
         return data
+
+    @classmethod
+    def parse_batch(cls, msg: Inbound) -> dict[str, Any] | Typed | None:
+        """A BATCHED message: of the common shape, decoded strictly (cheaper to apply); else
+        as :meth:`parse` reads it."""
+        return decode_batch(msg.data) or cls.parse(msg)
 
     def handle(self, msg: Inbound, data: dict[str, Any], out: Outbox) -> Outbox:
         """Answer one non-batch message into ``out``; returns the outbox to go on with (a
@@ -158,7 +166,7 @@ class Intake:
             return engine.outlet.outbox()
         return out
 
-    def batch_item(self, data: dict[str, Any], at: float) -> BatchItem | None:
+    def batch_item(self, data: dict[str, Any] | Typed, at: float) -> BatchItem | None:
         """Count a batch and record its arrival (``at``: when the door read it); return what
         the handler needs, or None when it gets no answer."""
         engine = self.engine

@@ -27,6 +27,9 @@ class AggregatorRegistry:
     selected: dict[str, set[str]] = field(default_factory=dict)  # aggregator uuid -> device uuids
     registered: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)  # aggregators whose selection changed
+    # counts the selection changes (what the batch handler remembers of a sender's devices
+    # holds while it stays); ``selected`` is changed here only
+    version: int = 0
 
     def register(self, name: str, data: dict[str, Any]) -> dict[str, Any] | None:
         """The answer to the registration of asset or market ``name``; None if unknown."""
@@ -55,6 +58,7 @@ class AggregatorRegistry:
             # gsy-e quirk kept on purpose: the aggregator's uuid IS the CREATE's transaction id
             self.aggregators[tid] = str(data.get("name", ""))
             self.selected[tid] = set()
+            self.version += 1
             return [{"status": "ready", "name": data.get("name"), "transaction_id": tid}]
         if ctype == "DELETE":
             if agg not in self.aggregators:
@@ -63,6 +67,7 @@ class AggregatorRegistry:
                 self.owner.pop(d, None)
             del self.aggregators[agg]
             self.changed.add(agg)
+            self.version += 1
             return [{"status": "deleted", "aggregator_uuid": agg, "transaction_id": tid}]
         if ctype == "SELECT":
             base = {"aggregator_uuid": agg, "device_uuid": dev, "transaction_id": tid}
@@ -78,6 +83,7 @@ class AggregatorRegistry:
             self.owner[dev] = agg
             self.selected[agg].add(dev)
             self.changed.add(agg)
+            self.version += 1
             return [{"status": "SELECTED", **base}]
         if ctype == "UNSELECT":
             base = {"aggregator_uuid": agg, "device_uuid": dev, "transaction_id": tid}
@@ -92,6 +98,7 @@ class AggregatorRegistry:
             del self.owner[dev]
             self.selected[agg].discard(dev)
             self.changed.add(agg)
+            self.version += 1
             answer = {"status": "UNSELECTED", **base}
             return [answer, answer]  # gsy-e publishes a successful UNSELECT twice
         log.info("aggregator command of unknown type %r ignored", ctype)
