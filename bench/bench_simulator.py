@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gridfleet.runtime.interpreter import gc_paused
+from gridfleet.runtime.interpreter import gc_paused, keep_freed_memory
 from gridfleet.runtime.redis_server import RedisServer
 from gridfleet.simulator import SimConfig, Simulator, assign_aggregators, generate_grid
 from gridfleet.simulator.batch_decode import decode_batch
@@ -255,6 +255,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    keep_freed_memory()  # as the gridfleet command sets it for the exchange's process
     results = []
     with RedisServer() as server:
         drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(server.port)])

@@ -219,7 +219,7 @@ def export(
     rounds_path: Path | None,
     rejections_path: Path | None,
 ) -> None:
-    """Export a run from the ledger: CSV, or Parquet for a .parquet name (needs pyarrow)."""
+    """Export a run from the ledger: CSV, or Parquet for a .parquet name."""
     from gridfleet.ledger.store import EXPORTS, export_csv, export_parquet
 
     wanted = {"trades": trades_path, "rounds": rounds_path, "rejections": rejections_path}
@@ -235,8 +235,6 @@ def export(
             else:
                 with path.open("w", newline="") as out:
                     n = export_csv(engine, run_id, what, out)
-        except ImportError:
-            raise BadInput("Parquet needs pyarrow: pip install pyarrow, or export .csv") from None
         except OSError as exc:
             raise BadInput(f"cannot write {path}: {exc.strerror}") from None
         click.echo(f"{n} {EXPORTS[what].noun} of run {run_id} -> {path}", err=True)

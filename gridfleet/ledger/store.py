@@ -316,7 +316,7 @@ def export_csv(engine: Engine, run_id: str, what: str, out: TextIO) -> int:
 
 
 def export_parquet(engine: Engine, run_id: str, what: str, path: Path) -> int:
-    """Write the run's rows of ``what`` as Parquet (needs pyarrow: ImportError without it)."""
+    """Write the run's rows of ``what`` as Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

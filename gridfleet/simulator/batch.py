@@ -21,11 +21,13 @@ from typing import Any, cast
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from msgspec.structs import asdict
 
 from gridfleet.simulator.batch_decode import Order, Typed
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
-from gridfleet.simulator.numfmt import hex12b, reprs_b, reprs_f64, round8
+from gridfleet.simulator.numfmt import hex12s, reprs_arrow, reprs_b, round8
 from gridfleet.simulator.registry import AggregatorRegistry
 from gridfleet.simulator.settlement import SETTLEMENT_MARKET, OrderRefused, parse_time_slot
 from gridfleet.simulator.state import (
@@ -59,23 +61,16 @@ _Span = tuple[int, int, bool, int]
 _Found = tuple[list[str], list[int], list[int], set[int]]
 
 _NOT_A_DICT: dict[str, Any] = {}  # stands in for a command that is not an object: fails every check
-_K = 16  # pieces of one fast-path answer (see BatchHandler._place)
 _Q = '\\"'  # a quote inside the order's rendering, itself a JSON string
 _E_K = f"{_Q}, {_Q}energy{_Q}: ".encode()
 _R_K = f", {_Q}energy_rate{_Q}: ".encode()
 _P_K = f", {_Q}price{_Q}: ".encode()
 _O_K = f", {_Q}original_price{_Q}: ".encode()
 _OID = f"{_Q}id{_Q}: {_Q}{SPOT_ORDER_ID_PREFIX}"
-# the opening of a ready answer, by side (index: is bid)
-_OPEN = np.array(
-    [
-        f'{{"command":"offer","status":"ready","offer":"{{{_Q}type{_Q}: {_Q}Offer{_Q}, {_OID}'.encode(),
-        f'{{"command":"bid","status":"ready","bid":"{{{_Q}type{_Q}: {_Q}Bid{_Q}, {_OID}'.encode(),
-    ],
-    dtype=object,
-)
+# the opening of a ready answer, by side
+_OPEN_OFFER = f'{{"command":"offer","status":"ready","offer":"{{{_Q}type{_Q}: {_Q}Offer{_Q}, {_OID}'
+_OPEN_BID = f'{{"command":"bid","status":"ready","bid":"{{{_Q}type{_Q}: {_Q}Bid{_Q}, {_OID}'
 _BID_END = b',"market_type":"Spot Market","message":""}'
-_TRAIL = np.array([b"", b"]"], dtype=object)  # closes a device's list after its last answer
 
 
 class _Cands:
@@ -407,6 +402,68 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# by is bid: the opening of the answer; by is last of its device: what closes the device's list
+_OPENING = pa.array([_OPEN_OFFER.encode(), _OPEN_BID.encode()], pa.large_binary())
+_TRAIL = pa.array([b"", b"]"], pa.large_binary())
+
+
+def _bin(value: bytes) -> pa.Scalar:
+    return pa.scalar(value, pa.large_binary())
+
+
+def _bins(values: Sequence[bytes] | np.ndarray) -> pa.Array:
+    return pa.array(values, pa.large_binary())
+
+
+def _join(*columns: pa.Array | pa.Scalar) -> pa.Array:
+    """Row by row, the columns' values concatenated (Arrow, in C)."""
+    return pc.binary_join_element_wise(*columns, _bin(b""))
+
+
+class _AssetPieces:
+    """The constant pieces of every asset's ready answers, as Arrow columns (by asset)."""
+
+    def __init__(self, state: ExchangeState) -> None:
+        q = _Q
+        lead, clead, tail_b, tail_o, end_o = [], [], [], [], []
+        for a, uuid in enumerate(state.grid.asset_uuid):
+            esc = orjson.dumps(state.party(a)).decode()[1:-1]
+            ujs = orjson.dumps(uuid).decode()
+            lead.append(f"{ujs}:[".encode())
+            clead.append(f",{ujs}:[".encode())
+            tail_b.append(f'{q}buyer{q}: {esc}}}","area_uuid":{ujs},"transaction_id":'.encode())
+            tail_o.append(f'{q}seller{q}: {esc}}}","transaction_id":'.encode())
+            end_o.append(f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'.encode())
+        self.n = len(lead)
+        # by asset a: ``,"<uuid>":[`` at a, ``"<uuid>":[`` at n + a, and a lone comma at 2n
+        self.sep = _bins([*clead, *lead, b","])
+        # the seller up to the transaction id at a, the buyer at n + a
+        self.tail = _bins([*tail_o, *tail_b])
+        # an offer's answer after the transaction id at a, a bid's at n
+        self.end = _bins([*end_o, _BID_END])
+        # Arrow sets each compute function up on its first call (~100 ms in all): here, not in
+        # the first round
+        warm = _join(self.sep.take(np.array([2 * self.n])), reprs_arrow(np.zeros(1)))
+        pc.replace_with_mask(warm, pa.array([True]), _bins([b""]))
+
+
+class _Answers:
+    """The fast-path answers of a chunk, one Arrow row per candidate; a range of candidates
+    is one contiguous range of bytes."""
+
+    def __init__(self, rows: pa.Array | None) -> None:
+        if rows is None:
+            self._data, self._at = memoryview(b""), np.zeros(1, dtype=np.int64)
+            return
+        _, offsets, data = rows.buffers()
+        self._at = np.frombuffer(offsets, dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
+        self._data = memoryview(data)
+
+    def range(self, lo: int, hi: int) -> memoryview:
+        """Candidates ``lo`` to ``hi`` (excluded), their answers' bytes one after the other."""
+        return self._data[int(self._at[lo]) : int(self._at[hi])]
+
+
 class BatchHandler:
     """Turns commands into state changes and responses. ``devices`` maps uuid -> (ASSET|MARKET, index)."""
 
@@ -421,14 +478,7 @@ class BatchHandler:
         # False: every command takes the general path (:meth:`command`); the reference for the
         # fast path and the "before" figure of the benchmark.
         self.fast = True
-        # per asset, the constant pieces of its ready answers (see :meth:`_place`)
-        n = state.grid.n_assets
-        self._made = np.zeros(n, dtype=bool)
-        self._lead = np.empty(n, dtype=object)  # "<uuid>":[
-        self._clead = np.empty(n, dtype=object)  # ,"<uuid>":[
-        self._tail_b = np.empty(n, dtype=object)  # the buyer, up to the transaction id
-        self._tail_o = np.empty(n, dtype=object)  # the seller, up to the transaction id
-        self._end_o = np.empty(n, dtype=object)  # an offer's answer after the transaction id
+        self._pieces = _AssetPieces(state)  # per asset, the constant pieces of its answers
         self._ujs: dict[str, bytes] = {}  # device uuid -> as JSON
         # The registry whose version changes with every selection; set (by the engine's
         # intake), which of the devices a sender names are its own is remembered per sender
@@ -438,7 +488,6 @@ class BatchHandler:
         self._known: dict[str, tuple[Collection[str], list[str], *_Found]] = {}
         self._named: dict[str, int] = {}  # per sender: hash of the uuids its last batch named
         self._known_version: int | None = None  # the selection version they are valid for
-        self._make_pieces(np.arange(n))
 
     # ------------------------------------------------------------------ whole batches
 
@@ -671,41 +720,19 @@ class BatchHandler:
             ujs = self._ujs[uuid] = orjson.dumps(uuid)
         return ujs
 
-    def _make_pieces(self, idx: np.ndarray) -> None:
-        """The constant pieces of the ready answers of these assets, where not made yet
-        (every asset's, when the handler is made: ~1 s of CPU per million assets)."""
-        st = self.state
-        need = idx[~self._made[idx]]
-        if not len(need):
-            return
-        q = _Q
-        for a in np.unique(need).tolist():
-            esc = orjson.dumps(st.party(a)).decode()[1:-1]
-            ujs = orjson.dumps(st.grid.asset_uuid[a]).decode()
-            self._lead[a] = f"{ujs}:[".encode()
-            self._clead[a] = f",{ujs}:[".encode()
-            self._tail_b[a] = f'{q}buyer{q}: {esc}}}","area_uuid":{ujs},"transaction_id":'.encode()
-            self._tail_o[a] = f'{q}seller{q}: {esc}}}","transaction_id":'.encode()
-            self._end_o[a] = (
-                f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'.encode()
-            )
-        self._made[need] = True
-
-    def _place(
-        self, heads: list[_Head], checked: _Checked, gen: _General, row0: int
-    ) -> list[bytes]:
+    def _place(self, heads: list[_Head], checked: _Checked, gen: _General, row0: int) -> _Answers:
         """Write the accepted orders (rows, columns, chains, sums) in bulk and render every
-        candidate's answer: ``_K`` byte pieces per candidate, in one flat list (candidate j's
-        at ``j * _K``), from per-asset templates and numbers rendered in bulk. A candidate's
-        pieces open with the comma before it (none for the first answer of a batch) and its
-        device's ``"<uuid>":[``, and close its device's list after its last command; a
-        rejected candidate's middle is its error answer."""
+        candidate's answer, one Arrow row each, from per-asset templates and numbers rendered
+        in bulk, column by column in C (no Python object per answer). A candidate's row opens
+        with the comma before it (none for the first answer of a batch) and its device's
+        ``"<uuid>":[``, and closes its device's list after its last command; a rejected
+        candidate's middle is its error answer."""
         st = self.state
         c = checked.cands
         m, n_acc, acc = checked.m, checked.n_acc, checked.acc
         if not m:
             st.reserve(row0 + gen.extra)
-            return []
+            return _Answers(None)
         seq = np.zeros(m, dtype=np.int64)
         rate = np.zeros(m)
         if n_acc:
@@ -719,70 +746,74 @@ class BatchHandler:
             st.write_orders(rows, c.idx[acc], c.is_b[acc], e_acc, rate[acc], c.rep[acc])
             seq[acc] = rows + st.seq_base + 1
         st.reserve(row0 + n_acc + gen.extra)
-        idx, is_b = c.idx, c.is_b
         # the first answer of a batch: its first device is fast (no comma before it)
         first_item = np.zeros(m, dtype=bool)
         for _, _, _, plan in heads:
             if plan and plan[0][4] >= 0:
                 first_item[plan[0][4]] = True
-        sep = self._clead[idx]
-        sep[first_item] = self._lead[idx[first_item]]
-        sep[~c.first] = b","
-        tails = np.where(is_b, self._tail_b[idx], self._tail_o[idx])
-        ends = self._end_o[idx]
-        ends[is_b] = _BID_END
-        tid_of = np.array([h[1].encode() for h in heads], dtype=object)
-        batch_of = c.batch
+        pieces = self._pieces
+        n = pieces.n
+        idx, is_b = c.idx, c.is_b
+        # each column is one take from a table of pieces (Arrow's if_else on binary is slow)
+        sep = pieces.sep.take(np.where(c.first, np.where(first_item, n + idx, idx), 2 * n))
+        p8 = round8(c.pr)
+        if c.int_price:  # an int price is written as sent (rounding it keeps it an int)
+            p8_obj = [
+                x if type(x) is int else r for x, r in zip(c.prices, p8.tolist(), strict=True)
+            ]
+            price8, price = _bins(reprs_b(p8_obj)), _bins(reprs_b(c.prices))
+        else:
+            price8, price = reprs_arrow(p8), reprs_arrow(c.pr)
+        tids = _bins([h[1].encode() for h in heads]).take(c.batch)
         mid = (
             f", {_Q}creation_time{_Q}: {_Q}{self.sim_time}{_Q}, "
             f"{_Q}time_slot{_Q}: {_Q}{st.time_slot}{_Q}, "
         ).encode()
-        row = [b"", b"", b"", _E_K, b"", _R_K, b"", _P_K, b"", _O_K, b"", mid, b"", b"", b"", b""]
-        flat = row * m
-        flat[0::_K] = sep.tolist()
-        flat[1::_K] = _OPEN[is_b.astype(np.intp)].tolist()
-        flat[2::_K] = hex12b(seq)
-        flat[4::_K] = reprs_f64(c.en)
-        flat[6::_K] = reprs_f64(round8(rate))
-        p8 = round8(c.pr)
-        if c.int_price:
-            p8_obj = [
-                x if type(x) is int else r for x, r in zip(c.prices, p8.tolist(), strict=True)
-            ]
-            flat[8::_K] = reprs_b(p8_obj)
-            flat[10::_K] = reprs_b(c.prices)
-        else:
-            flat[8::_K] = reprs_f64(p8)
-            flat[10::_K] = reprs_f64(c.pr)
-        flat[12::_K] = tails.tolist()
-        flat[13::_K] = tid_of[batch_of].tolist()
-        flat[14::_K] = ends.tolist()
-        flat[15::_K] = _TRAIL[c.last.astype(np.intp)].tolist()
+        middle = [
+            _OPENING.take(is_b.astype(np.int64)),
+            _bins(hex12s(seq)),
+            _bin(_E_K),
+            reprs_arrow(c.en),
+            _bin(_R_K),
+            reprs_arrow(round8(rate)),
+            _bin(_P_K),
+            price8,
+            _bin(_O_K),
+            price,
+            _bin(mid),
+            pieces.tail.take(np.where(is_b, n + idx, idx)),
+            tids,
+            pieces.end.take(np.where(is_b, n, idx)),
+        ]
+        trail = _TRAIL.take(c.last.astype(np.int64))
         if n_acc < m:
-            self._rejections(heads, checked, flat)
-        return flat
+            rendered = _join(*middle)
+            errors = self._rejections(heads, checked)
+            rendered = pc.replace_with_mask(rendered, pa.array(~checked.good), _bins(errors))
+            return _Answers(_join(sep, rendered, trail))
+        return _Answers(_join(sep, *middle, trail))
 
-    def _rejections(self, heads: list[_Head], checked: _Checked, flat: list[bytes]) -> None:
-        """Put the rejected candidates' errors (naming the command's arguments) in their
-        answers' place."""
+    def _rejections(self, heads: list[_Head], checked: _Checked) -> list[bytes]:
+        """The rejected candidates' errors (naming the command's arguments), in order."""
         c = checked.cands
-        blank = [b""] * (_K - 3)
+        errors: list[bytes] = []
         for j in np.flatnonzero(~checked.good).tolist():
             _, _, batch, plan = heads[int(c.batch[j])]
             q = int(c.q[j])
             uuid, _, a, cmds, _ = plan[int(c.pos[j])]
             verb = "bid" if c.is_b[j] else "offer"
             cmd = _as_sent(batch, uuid, cmds)[q]
-            err = orjson.dumps(self._order_error(a, uuid, cmd, batch.get("transaction_id"), verb))
-            flat[j * _K + 1 : j * _K + _K - 1] = [err, *blank]
+            errors.append(
+                orjson.dumps(self._order_error(a, uuid, cmd, batch.get("transaction_id"), verb))
+            )
+        return errors
 
     def _assemble(
-        self, heads: list[_Head], spans: list[_Span], gen: _General, flat: list[bytes]
+        self, heads: list[_Head], spans: list[_Span], gen: _General, answers: _Answers
     ) -> list[tuple[bytes | None, int] | Exception]:
-        """The answers, in the batches' order: a fast batch is one join over its candidates'
-        pieces; general devices' answers go between fast devices' pieces."""
+        """The answers, in the batches' order: a fast batch is its envelope around one range
+        of the rendered answers; general devices' answers go between fast devices' ranges."""
         out: list[tuple[bytes | None, int] | Exception] = []
-        k = _K
         for bi, (head, _, _, plan) in enumerate(heads):
             done = gen.results[bi]
             if done is not None:
@@ -792,15 +823,13 @@ class BatchHandler:
                 out.append((None, 0))
                 continue
             lo, hi, all_fast, n_cmds = spans[bi]
-            if all_fast:  # the envelope goes into the first and last pieces: one join
-                flat[lo * k] = head + flat[lo * k]
-                flat[hi * k - 1] += b"}}"
-                out.append((b"".join(flat[lo * k : hi * k]), n_cmds))
+            if all_fast:
+                out.append((b"".join((head, answers.range(lo, hi), b"}}")), n_cmds))
                 continue
-            parts = [head]
+            parts: list[bytes | memoryview] = [head]
             for pi, (uuid, _, _, cmds, start) in enumerate(plan):
                 if start >= 0:
-                    parts += flat[start * k : (start + len(cmds)) * k]
+                    parts.append(answers.range(start, start + len(cmds)))
                 else:
                     parts += (
                         b"," if pi else b"",

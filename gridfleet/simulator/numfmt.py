@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def round8(x: np.ndarray) -> np.ndarray:
@@ -121,4 +123,22 @@ def reprs_f64_str(arr: np.ndarray) -> list[str]:
     out = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode().split(",")
     for i in _odd(arr):
         out[i] = repr(float(arr[i]))
+    return out
+
+
+def reprs_arrow(arr: np.ndarray) -> pa.Array:
+    """:func:`reprs_f64` as an Arrow ``large_binary`` column, made without a Python object per
+    value: orjson's text of the whole array, split in C; the few values outside orjson's
+    ``repr``-compatible range are then put in place."""
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    if not len(arr):
+        return pa.array([], pa.large_binary())
+    text = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+    out = pc.split_pattern(pa.array([text], pa.large_binary()), b",").flatten()
+    odd = _odd(arr)
+    if odd:
+        mask = np.zeros(len(arr), dtype=bool)
+        mask[odd] = True
+        fixed = pa.array([repr(float(arr[i])).encode() for i in odd], pa.large_binary())
+        out = pc.replace_with_mask(out, pa.array(mask), fixed)
     return out
