@@ -488,6 +488,10 @@ class BatchHandler:
         self._known: dict[str, tuple[Collection[str], list[str], *_Found]] = {}
         self._named: dict[str, int] = {}  # per sender: hash of the uuids its last batch named
         self._known_version: int | None = None  # the selection version they are valid for
+        # Per aggregator, its selected devices as the engine's selection last synced them
+        # (:attr:`Selection.own_devices`): one small map to look a batch's uuids up in, valid
+        # while the aggregator is not among the registry's ``changed`` ones.
+        self.own_devices: dict[str, dict[str, tuple[int, int]]] = {}
 
     # ------------------------------------------------------------------ whole batches
 
@@ -627,9 +631,14 @@ class BatchHandler:
             known = self._known.get(sender)
             if known is not None and known[0] is selected and known[1] == names:
                 return known[2:]
-        keys = list(filter(selected.__contains__, commands))
-        found = list(map(self.devices.get, keys))
-        if None in found:  # unknown devices
+        own = self._own_devices(sender, selected)
+        if own is not None:  # one lookup in a small map of the sender's devices
+            keys = list(commands)
+            found = list(map(own.get, keys))
+        else:
+            keys = list(filter(selected.__contains__, commands))
+            found = list(map(self.devices.get, keys))
+        if None in found:  # unknown devices, or (own map) others'
             keys = [u for u, d in zip(keys, found, strict=True) if d is not None]
             found = [d for d in found if d is not None]
         devs = cast(list[tuple[int, int]], found)
@@ -644,6 +653,18 @@ class BatchHandler:
                 self._known[sender] = (selected, names, keys, kinds, idxs, assets)
             self._named[sender] = named
         return keys, kinds, idxs, assets
+
+    def _own_devices(
+        self, sender: Any, selected: Collection[str]
+    ) -> dict[str, tuple[int, int]] | None:
+        """The sender's devices as last synced, if that is still its selection."""
+        reg = self.selections
+        if reg is None or not isinstance(sender, str) or sender in reg.changed:
+            return None
+        own = self.own_devices.get(sender)
+        if own is None or reg.selected.get(sender) is not selected or len(own) != len(selected):
+            return None
+        return own
 
     def _check(self, cands: _Cands) -> _Checked:
         """The checks of :meth:`order` after the shape ones, for all candidates at once."""

@@ -92,6 +92,7 @@ class Engine:
         self.events = EventBuilder(grid, config.tree)
         self._labels = AssetLabels(grid, self.events.name_js)  # for trade events
         self.selection = Selection(grid, self.devices, self.registry, self.events)
+        self.handler.own_devices = self.selection.own_devices  # shared: synced per round
         self.deadline = DeadlineTracker()
         self.watcher = EngineWatcher()
         self.counts = Counts(settlement_markets=settlement is not None)

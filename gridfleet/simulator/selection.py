@@ -67,6 +67,9 @@ class Selection:
         self.registry = registry
         self.events = events
         self.own_assets: dict[str, list[int]] = {}  # aggregator uuid -> its asset indices
+        # aggregator uuid -> its selected devices, uuid -> (ASSET|MARKET, index): the batch
+        # handler's lookup for an aggregator whose selection has not changed since sync
+        self.own_devices: dict[str, dict[str, tuple[int, int]]] = {}
         self.asset_owner: dict[int, str] = {}  # asset index -> aggregator uuid
         self.owner_arr: tuple[np.ndarray, list[str]] = owner_array(grid, {})
 
@@ -79,13 +82,12 @@ class Selection:
             if agg not in reg.aggregators:
                 self.events.forget(agg)
                 self.own_assets.pop(agg, None)
+                self.own_devices.pop(agg, None)
                 continue
-            assets = sorted(
-                self.devices[d][1] for d in reg.selected[agg] if self.devices[d][0] == ASSET
-            )
-            markets = [
-                self.devices[d][1] for d in reg.selected[agg] if self.devices[d][0] == MARKET
-            ]
+            own = {d: self.devices[d] for d in reg.selected[agg]}
+            self.own_devices[agg] = own
+            assets = sorted(i for kind, i in own.values() if kind == ASSET)
+            markets = [i for kind, i in own.values() if kind == MARKET]
             self.own_assets[agg] = assets
             self.events.template(agg, assets, markets)
         if changed:

@@ -26,9 +26,11 @@ from hypothesis import strategies as st
 from gridfleet.simulator.batch import ASSET, MARKET, ORDER_KEYS, BatchHandler, _bulk_plan
 from gridfleet.simulator.batch_decode import Typed, decode_batch
 from gridfleet.simulator.door import BATCH, Inbound
+from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import LOAD, PV, generate_grid
 from gridfleet.simulator.intake import Intake
 from gridfleet.simulator.registry import AggregatorRegistry
+from gridfleet.simulator.selection import Selection
 from gridfleet.simulator.settlement import SettlementMarkets
 from gridfleet.simulator.state import ExchangeState
 from tests.simulator.test_batch_fast import AGG, SLOT, START, Twin, _batch, _old_bytes
@@ -407,7 +409,8 @@ def test_a_settlement_slot_in_a_strictly_decoded_batch_takes_the_general_path() 
 def test_remembered_devices_follow_every_selection_change() -> None:
     """Batches naming the same devices again and again while devices are selected and
     unselected between them (sometimes one just named): the handler that remembers answers
-    as one that does not, and as the general path."""
+    as one that does not, as one that looks them up in the synced selection maps (synced at
+    some rounds only), and as the general path."""
     grid = generate_grid(60, houses_size=10, seed=4)
     devices: dict[str, tuple[int, int]] = {u: (ASSET, i) for i, u in enumerate(grid.asset_uuid)}
     devices.update({m.uuid: (MARKET, m.index) for m in grid.markets})
@@ -415,17 +418,21 @@ def test_remembered_devices_follow_every_selection_change() -> None:
     aggs = ["agg-a", "agg-b"]
     for agg in aggs:
         registry.command({"type": "CREATE", "name": agg, "transaction_id": agg})
-    states = [ExchangeState(grid, SLOT, START) for _ in range(3)]
+    states = [ExchangeState(grid, SLOT, START) for _ in range(4)]
     handlers = [BatchHandler(s, devices) for s in states]
     handlers[0].selections = registry
     handlers[2].fast = False
+    # the fourth looks devices up in the maps the engine's selection syncs, remembering nothing
+    selection = Selection(grid, devices, registry, EventBuilder(grid, "pruned"))
+    handlers[3].selections = registry
+    handlers[3].own_devices = selection.own_devices
     for s, h in zip(states, handlers, strict=True):
         s.open_slot(1)
         h.sim_time = s.slot_start.strftime("%Y-%m-%dT%H:%M:%S")
     rng = random.Random(8)
     uuids = [*grid.asset_uuid, grid.markets[1].uuid, "31b7be79-cd9a-4549-aef8-35b1543e54f4"]
     named = {agg: rng.sample(uuids, 30) for agg in aggs}
-    hits = 0
+    hits = own_hits = 0
     for _ in range(60):
         for _ in range(rng.choice([0, 0, 1, 3])):
             agg, dev = rng.choice(aggs), rng.choice(named[aggs[0]] + named[aggs[1]])
@@ -447,12 +454,19 @@ def test_remembered_devices_follow_every_selection_change() -> None:
                 {"transaction_id": "t", "aggregator_uuid": agg, "batch_commands": cmds}
             )
             batches.append((raw, agg))
+        if rng.random() < 0.5:  # synced at some rounds only: stale maps must not be used
+            selection.sync()
         before = dict(handlers[0]._known)
+        handlers[3]._known.clear()
+        handlers[3]._named.clear()
         out = []
         for h in handlers:
             items = [(decode_batch(r), registry.selected[agg], agg) for r, agg in batches]
             out.append(h.respond_many(items))
-        assert out[0] == out[1] == out[2]
+        assert out[0] == out[1] == out[2] == out[3]
+        own_hits += sum(
+            handlers[3]._own_devices(agg, registry.selected[agg]) is not None for agg in aggs
+        )
         hits += sum(before.get(agg) is handlers[0]._known.get(agg) for _, agg in batches)
         n = states[0].n_rows
         assert all(s.n_rows == n for s in states)
@@ -460,3 +474,4 @@ def test_remembered_devices_follow_every_selection_change() -> None:
             a = getattr(states[0], name)[: max(n, len(states[0].active_bid))]
             assert all(np.array_equal(a, getattr(s, name)[: len(a)]) for s in states[1:]), name
     assert hits > 20  # remembered devices were used
+    assert own_hits > 20  # and the synced maps
