@@ -11,13 +11,14 @@ one ``trade`` event with its entries and the same tree as its tick event.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import repeat
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
+from gridfleet.simulator import arrow_text
 from gridfleet.simulator.grid import Grid
-from gridfleet.simulator.numfmt import hex12, hex12b, hex12s, reprs, reprs_f64, round8
+from gridfleet.simulator.numfmt import hex12, hex12s, reprs, round8
 from gridfleet.simulator.state import TradeReport
 
 
@@ -139,24 +140,22 @@ def trade_rows(
     return {keys[k]: rows for k, rows in enumerate(out) if rows}
 
 
-# The pieces of one entry in trade_payloads' flat list: its opening up to the asset id (for an
-# event's first entry the event's opening), asset id, the trade's common part (trade id to
-# fees), the side's keys around the asset's name, seller and buyer names, order ids.
-_W = 10
-_OPEN = b'{"trade_list":[{"event":"trade","asset_id":"'
-_ENTRY = [b',{"event":"trade","asset_id":"', *[b""] * 6, b',"buyer_origin":', b"", b""]
-_SIDE_HEAD = np.array([b',"seller":"anonymous","buyer":', b',"seller":'], dtype=object)
-_SIDE_TAIL = np.array(
-    [b',"seller_origin":', b',"buyer":"anonymous","seller_origin":'], dtype=object
-)
+# An event's opening, an entry's start (an event's first entry without its comma), the end of
+# its entries and the keys around its asset's name, per side (0: the buyer's, 1: the seller's).
+_OPEN = b'{"trade_list":['
+_ENTRY = b',{"event":"trade","asset_id":"'
+_TREE = b'],"grid_tree":'
+_SIDE_HEAD = arrow_text.texts([b',"seller":"anonymous","buyer":', b',"seller":'])
+_SIDE_TAIL = arrow_text.texts([b',"seller_origin":', b',"buyer":"anonymous","seller_origin":'])
 
 
 class AssetLabels:
-    """A grid's asset uuids and names (the Market Maker's last) as bytes, encoded once."""
+    """A grid's asset uuids and names (the Market Maker's last) as text columns, encoded once."""
 
     def __init__(self, grid: Grid, name_js: list[str]) -> None:
-        self.uuids = _encoded(grid.asset_uuid)
-        self.names = _encoded([*name_js, _js(grid.market_maker_name)])  # -1: the Market Maker
+        self.uuids = arrow_text.texts([x.encode() for x in grid.asset_uuid])
+        self.names = arrow_text.texts([x.encode() for x in [*name_js, _js(grid.market_maker_name)]])
+        arrow_text.warm_up()  # here, once per engine, rather than in its first trade tick
 
 
 def trade_payloads(
@@ -173,9 +172,9 @@ def trade_payloads(
     ``seq``), an aggregator's entries of a part after those of the parts before; ``tree`` gives
     its tree, ``rates`` the feed-in tariff and Market Maker rates.
 
-    A settling tick has ~40 000 trades: the columns are rendered in bulk, a trade's common part
-    and its order ids joined once for both its sides, and every entry's pieces put in one flat
-    list, grouped by aggregator; an aggregator's event is then one join of its slice.
+    A settling tick has ~40 000 trades: every entry is rendered by Arrow text columns (no
+    Python object per entry), grouped by aggregator, so an aggregator's entries are one slice
+    of their bytes, joined once with its event's opening, tree and close.
     """
     parts = [p for p in parts if len(p)]
     if not parts:
@@ -185,20 +184,23 @@ def trade_payloads(
     keep, order, agg_of = _entries(parts, own_arr[buyer], own_arr[seller], len(keys))
     if not len(keep):
         return {}
-    buyer, seller = buyer[keep], seller[keep]
+    names = labels.names
+    mm = len(names) - 1  # the Market Maker (-1) is the last name
+    buyer, seller = np.where(buyer < 0, mm, buyer)[keep], np.where(seller < 0, mm, seller)[keep]
     t, side = order >> 1, order & 1  # the entry's trade (in keep) and side (1: the seller's)
     asset = np.where(side == 1, seller[t], buyer[t])
-    names = labels.names
-    m = len(order)
-    flat = _ENTRY * m
-    flat[1::_W] = labels.uuids[asset].tolist()
-    flat[2::_W] = _common(parts, keep, time_str, seq)[t].tolist()
-    flat[3::_W] = _SIDE_HEAD[side].tolist()
-    flat[4::_W] = names[asset].tolist()
-    flat[5::_W] = _SIDE_TAIL[side].tolist()
-    flat[6::_W] = names[seller[t]].tolist()
-    flat[8::_W] = names[buyer[t]].tolist()
-    flat[9::_W] = _order_ids(parts, keep)[t].tolist()
+    entries = arrow_text.join(
+        _ENTRY,
+        labels.uuids.take(asset),
+        _common(parts, keep, time_str, seq).take(t),
+        _SIDE_HEAD.take(side),
+        names.take(asset),
+        _SIDE_TAIL.take(side),
+        names.take(seller[t]),
+        b',"buyer_origin":',
+        names.take(buyer[t]),
+        _order_ids(parts, keep).take(t),
+    )
     close = b"".join(
         [
             b',"feed_in_tariff_rate":',
@@ -208,14 +210,14 @@ def trade_payloads(
             b',"event":"trade","simulation_id":null,"num_ticks":10.0}',
         ]
     )
-    cuts = (np.flatnonzero(np.diff(agg_of)) + 1).tolist()
+    offsets, data = arrow_text.spans(entries)
+    firsts = np.flatnonzero(np.diff(agg_of, prepend=-1))  # each event's first entry
+    bounds = offsets[[*firsts, len(order)]].tolist()
     out: dict[str, bytes] = {}
-    for k, lo, hi in zip(agg_of[[0, *cuts]].tolist(), [0, *cuts], [*cuts, m], strict=True):
+    for k, lo, hi in zip(agg_of[firsts].tolist(), bounds[:-1], bounds[1:], strict=True):
         agg = keys[k]
-        pieces = flat[lo * _W : hi * _W]
-        pieces[0] = _OPEN
-        pieces += (b'],"grid_tree":', tree(agg), close)
-        out[agg] = b"".join(pieces)
+        # lo + 1: the first entry without its comma
+        out[agg] = b"".join([_OPEN, data[lo + 1 : hi], _TREE, tree(agg), close])
     return out
 
 
@@ -243,90 +245,43 @@ def _entries(
     return keep, order, side_owner[order]
 
 
-def _common(parts: list[TradeReport], keep: np.ndarray, time_str: str, seq: int) -> np.ndarray:
+def _common(parts: list[TradeReport], keep: np.ndarray, time_str: str, seq: int) -> pa.Array:
     """Per kept trade, its entries' common part: trade id, time, price, energy and fees."""
-    fee = reprs_f64(round8(_column(parts, "fee", np.float64)[keep]))
-    return np.array(
-        _joined(
-            b'","trade_id":"00000000-0000-4000-9000-',
-            hex12b(keep + seq),
-            f'","time":"{time_str}","trade_price":'.encode(),
-            reprs_f64(round8(_column(parts, "price", np.float64)[keep])),
-            b',"traded_energy":',
-            reprs_f64(_column(parts, "energy", np.float64)[keep]),
-            b',"total_fee":',
-            fee,
-            b',"local_market_fee":',
-            fee,
-        ),
-        dtype=object,
+    fee = arrow_text.floats(round8(_column(parts, "fee", np.float64)[keep]))
+    return arrow_text.join(
+        b'","trade_id":"00000000-0000-4000-9000-',
+        arrow_text.fixed(hex12s(keep + seq)),
+        f'","time":"{time_str}","trade_price":'.encode(),
+        arrow_text.floats(round8(_column(parts, "price", np.float64)[keep])),
+        b',"traded_energy":',
+        arrow_text.floats(_column(parts, "energy", np.float64)[keep]),
+        b',"total_fee":',
+        fee,
+        b',"local_market_fee":',
+        fee,
     )
 
 
-def _order_ids(parts: list[TradeReport], keep: np.ndarray) -> np.ndarray:
+def _order_ids(parts: list[TradeReport], keep: np.ndarray) -> pa.Array:
     """Per kept trade, the end of its entries: bid, offer and residual ids."""
-    bid = np.concatenate([_ids(p.bid_seq, p.id_prefix, b"market-maker-bid") for p in parts])
-    offer = np.concatenate([_ids(p.offer_seq, p.id_prefix, b"market-maker-offer") for p in parts])
-    bid, offer = bid[keep], offer[keep]
-    return _rows(
-        [
-            b',"bid_id":"',
-            bid,
-            b'","offer_id":"',
-            offer,
-            b'","residual_bid_id":"',
-            np.where(_column(parts, "bid_residual", bool)[keep], bid, b"None"),
-            b'","residual_offer_id":"',
-            np.where(_column(parts, "offer_residual", bool)[keep], offer, b"None"),
-            b'"}',
-        ]
+    part = np.repeat(np.arange(len(parts)), [len(p) for p in parts])[keep]
+    prefix = arrow_text.texts([p.id_prefix.encode() for p in parts]).take(part)
+    bid = _ids(prefix, _column(parts, "bid_seq", np.int64)[keep], b"market-maker-bid")
+    offer = _ids(prefix, _column(parts, "offer_seq", np.int64)[keep], b"market-maker-offer")
+    return arrow_text.join(
+        b',"bid_id":"',
+        bid,
+        b'","offer_id":"',
+        offer,
+        b'","residual_bid_id":"',
+        arrow_text.where(_column(parts, "bid_residual", bool)[keep], bid, b"None"),
+        b'","residual_offer_id":"',
+        arrow_text.where(_column(parts, "offer_residual", bool)[keep], offer, b"None"),
+        b'"}',
     )
 
 
-def _ids(seq: np.ndarray, prefix: str, market_maker: bytes) -> np.ndarray:
-    """Order ids as an ``S`` array: the prefix and the number in 12 hex digits (-1: the
-    Market Maker's)."""
-    seq = np.asarray(seq, dtype=np.int64)
-    head = np.frombuffer(prefix.encode(), dtype=np.uint8)
-    ids = np.empty((len(seq), len(head) + 12), dtype=np.uint8)
-    ids[:, : len(head)] = head
-    ids[:, len(head) :] = hex12s(np.maximum(seq, 0)).view(np.uint8).reshape(-1, 12)
-    return np.where(seq >= 0, ids.view(f"S{ids.shape[1]}").ravel(), market_maker)
-
-
-def _rows(fields: list[bytes | np.ndarray]) -> np.ndarray:
-    """Per row, its fields joined: a ``bytes`` field is the same in every row, an ``S`` array
-    holds each row's own (none ends in a NUL byte). Rows whose fields have the same lengths are
-    laid out together, one numpy copy per field, instead of one join per row."""
-    cols = [(f, np.char.str_len(f)) for f in fields if isinstance(f, np.ndarray)]
-    key = np.zeros(len(cols[0][0]), dtype=np.int64)
-    for f, length in cols:  # all lengths in one number (fields of a few dozen bytes)
-        key = key * (f.itemsize + 1) + length
-    order = np.argsort(key, kind="stable")
-    out = np.empty(len(key), dtype=object)
-    for rows in np.split(order, np.flatnonzero(np.diff(key[order])) + 1):
-        widths = iter([int(length[rows[0]]) for _, length in cols])
-        pieces = [
-            np.frombuffer(f, dtype=np.uint8)
-            if isinstance(f, bytes)
-            else f[rows].view(np.uint8).reshape(len(rows), f.itemsize)[:, : next(widths)]
-            for f in fields
-        ]
-        mat = np.empty((len(rows), sum(p.shape[-1] for p in pieces)), dtype=np.uint8)
-        at = 0
-        for p in pieces:
-            mat[:, at : at + p.shape[-1]] = p
-            at += p.shape[-1]
-        out[rows] = mat.view(f"S{at}").ravel().tolist()
-    return out
-
-
-def _joined(*cols: bytes | list[bytes]) -> list[bytes]:
-    """Per row, each column's piece joined (a ``bytes`` column repeats)."""
-    pieces = [repeat(c) if isinstance(c, bytes) else c for c in cols]
-    return list(map(b"".join, zip(*pieces, strict=False)))  # the repeats never end
-
-
-def _encoded(texts: list[str]) -> np.ndarray:
-    """The texts UTF-8 encoded, as an object array (to pick pieces in bulk)."""
-    return np.array(list(map(str.encode, texts)), dtype=object)
+def _ids(prefix: pa.Array, seq: np.ndarray, market_maker: bytes) -> pa.Array:
+    """Order ids: the prefix and the number in 12 hex digits (-1: the Market Maker's)."""
+    ids = arrow_text.join(prefix, arrow_text.fixed(hex12s(np.maximum(seq, 0))))
+    return arrow_text.where(seq >= 0, ids, market_maker)

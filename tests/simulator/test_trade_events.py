@@ -8,9 +8,12 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridfleet.simulator import arrow_text
 from gridfleet.simulator.grid import Grid, generate_grid
 from gridfleet.simulator.settlement import ORDER_ID_PREFIX as SETTLEMENT_PREFIX
 from gridfleet.simulator.state import SPOT_ORDER_ID_PREFIX, TradeReport
@@ -159,3 +162,29 @@ def test_a_settling_tick_is_the_readable_events() -> None:
     want = _sent([spot, settled], grid, owner, when, 7, trees, (10.0, 30.0))
     assert list(got) == list(want)
     assert got == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(numbers, max_size=30))
+def test_arrow_floats_are_repr(values: list[float]) -> None:
+    """Every float as ``repr`` writes it, orjson's other notations and non-finite ones too."""
+    got = arrow_text.floats(np.array(values, dtype=np.float64))
+    assert got.type == arrow_text.TEXT
+    assert got.to_pylist() == [repr(v).encode() for v in values]
+
+
+def test_arrow_fixed_keeps_every_byte() -> None:
+    """Rows of an ``S`` array as they are, NUL bytes included (``pa.array`` cuts at one)."""
+    rows = np.array([b"a\x00b", b"\x00\x00c", b"xyz"], dtype="S3")
+    assert arrow_text.fixed(rows).to_pylist() == [b"a\x00b", b"\x00\x00c", b"xyz"]
+
+
+def test_arrow_spans_cut_joined_rows() -> None:
+    """Consecutive rows are one slice of the column's data, also in a sliced column."""
+    col = arrow_text.join(b"<", arrow_text.texts([b"", b"ab", b"c", b"def"]), b">")
+    offsets, data = arrow_text.spans(col)
+    assert bytes(data[offsets[1] : offsets[3]]) == b"<ab><c>"
+    offsets, data = arrow_text.spans(col.slice(2))
+    assert bytes(data[offsets[0] : offsets[2]]) == b"<c><def>"
+    with pytest.raises(TypeError):
+        arrow_text.spans(pa.array([b"x"], pa.binary()))
