@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gridfleet.simulator.numfmt import _odd
+from gridfleet.simulator.numfmt import odd_positions
 
 TEXT = pa.large_binary()
 
@@ -41,7 +41,7 @@ def floats(values: np.ndarray) -> pa.Array:
         return texts([])
     dumped = orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
     out = pc.split_pattern(pa.scalar(dumped, TEXT), b",").values
-    odd = _odd(values)
+    odd = odd_positions(values)
     if not odd:
         return out
     mask = np.zeros(len(values), dtype=bool)

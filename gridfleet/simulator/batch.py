@@ -25,9 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from msgspec.structs import asdict
 
+from gridfleet.simulator.arrow_text import fixed, floats, join, spans, texts, warm_up
 from gridfleet.simulator.batch_decode import Order, Typed
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
-from gridfleet.simulator.numfmt import hex12s, reprs_arrow, reprs_b, round8
+from gridfleet.simulator.numfmt import hex12s, reprs_b, round8
 from gridfleet.simulator.registry import AggregatorRegistry
 from gridfleet.simulator.settlement import SETTLEMENT_MARKET, OrderRefused, parse_time_slot
 from gridfleet.simulator.state import (
@@ -403,21 +404,8 @@ def _is_number(v: Any) -> bool:
 
 
 # by is bid: the opening of the answer; by is last of its device: what closes the device's list
-_OPENING = pa.array([_OPEN_OFFER.encode(), _OPEN_BID.encode()], pa.large_binary())
-_TRAIL = pa.array([b"", b"]"], pa.large_binary())
-
-
-def _bin(value: bytes) -> pa.Scalar:
-    return pa.scalar(value, pa.large_binary())
-
-
-def _bins(values: Sequence[bytes] | np.ndarray) -> pa.Array:
-    return pa.array(values, pa.large_binary())
-
-
-def _join(*columns: pa.Array | pa.Scalar) -> pa.Array:
-    """Row by row, the columns' values concatenated (Arrow, in C)."""
-    return pc.binary_join_element_wise(*columns, _bin(b""))
+_OPENING = texts([_OPEN_OFFER.encode(), _OPEN_BID.encode()])
+_TRAIL = texts([b"", b"]"])
 
 
 class _AssetPieces:
@@ -436,15 +424,12 @@ class _AssetPieces:
             end_o.append(f',"area_uuid":{ujs},"market_type":"Spot Market","message":""}}'.encode())
         self.n = len(lead)
         # by asset a: ``,"<uuid>":[`` at a, ``"<uuid>":[`` at n + a, and a lone comma at 2n
-        self.sep = _bins([*clead, *lead, b","])
+        self.sep = texts([*clead, *lead, b","])
         # the seller up to the transaction id at a, the buyer at n + a
-        self.tail = _bins([*tail_o, *tail_b])
+        self.tail = texts([*tail_o, *tail_b])
         # an offer's answer after the transaction id at a, a bid's at n
-        self.end = _bins([*end_o, _BID_END])
-        # Arrow sets each compute function up on its first call (~100 ms in all): here, not in
-        # the first round
-        warm = _join(self.sep.take(np.array([2 * self.n])), reprs_arrow(np.zeros(1)))
-        pc.replace_with_mask(warm, pa.array([True]), _bins([b""]))
+        self.end = texts([*end_o, _BID_END])
+        warm_up()  # each Arrow kernel's first call costs ms: here, not in the first round
 
 
 class _Answers:
@@ -453,11 +438,9 @@ class _Answers:
 
     def __init__(self, rows: pa.Array | None) -> None:
         if rows is None:
-            self._data, self._at = memoryview(b""), np.zeros(1, dtype=np.int64)
-            return
-        _, offsets, data = rows.buffers()
-        self._at = np.frombuffer(offsets, dtype=np.int64)[rows.offset : rows.offset + len(rows) + 1]
-        self._data = memoryview(data)
+            self._at, self._data = np.zeros(1, dtype=np.int64), memoryview(b"")
+        else:
+            self._at, self._data = spans(rows)
 
     def range(self, lo: int, hi: int) -> memoryview:
         """Candidates ``lo`` to ``hi`` (excluded), their answers' bytes one after the other."""
@@ -782,37 +765,37 @@ class BatchHandler:
             p8_obj = [
                 x if type(x) is int else r for x, r in zip(c.prices, p8.tolist(), strict=True)
             ]
-            price8, price = _bins(reprs_b(p8_obj)), _bins(reprs_b(c.prices))
+            price8, price = texts(reprs_b(p8_obj)), texts(reprs_b(c.prices))
         else:
-            price8, price = reprs_arrow(p8), reprs_arrow(c.pr)
-        tids = _bins([h[1].encode() for h in heads]).take(c.batch)
+            price8, price = floats(p8), floats(c.pr)
+        tids = texts([h[1].encode() for h in heads]).take(c.batch)
         mid = (
             f", {_Q}creation_time{_Q}: {_Q}{self.sim_time}{_Q}, "
             f"{_Q}time_slot{_Q}: {_Q}{st.time_slot}{_Q}, "
         ).encode()
         middle = [
             _OPENING.take(is_b.astype(np.int64)),
-            _bins(hex12s(seq)),
-            _bin(_E_K),
-            reprs_arrow(c.en),
-            _bin(_R_K),
-            reprs_arrow(round8(rate)),
-            _bin(_P_K),
+            fixed(hex12s(seq)),
+            _E_K,
+            floats(c.en),
+            _R_K,
+            floats(round8(rate)),
+            _P_K,
             price8,
-            _bin(_O_K),
+            _O_K,
             price,
-            _bin(mid),
+            mid,
             pieces.tail.take(np.where(is_b, n + idx, idx)),
             tids,
             pieces.end.take(np.where(is_b, n, idx)),
         ]
         trail = _TRAIL.take(c.last.astype(np.int64))
         if n_acc < m:
-            rendered = _join(*middle)
+            rendered = join(*middle)
             errors = self._rejections(heads, checked)
-            rendered = pc.replace_with_mask(rendered, pa.array(~checked.good), _bins(errors))
-            return _Answers(_join(sep, rendered, trail))
-        return _Answers(_join(sep, *middle, trail))
+            rendered = pc.replace_with_mask(rendered, ~checked.good, texts(errors))
+            return _Answers(join(sep, rendered, trail))
+        return _Answers(join(sep, *middle, trail))
 
     def _rejections(self, heads: list[_Head], checked: _Checked) -> list[bytes]:
         """The rejected candidates' errors (naming the command's arguments), in order."""

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pyarrow as pa
-import pyarrow.compute as pc
 
 
 def round8(x: np.ndarray) -> np.ndarray:
@@ -67,12 +65,7 @@ def hex12s(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(digits).view("S12").ravel()
 
 
-def hex12b(values: np.ndarray) -> list[bytes]:
-    """``[f"{v:012x}".encode() for v in values]`` for 0 <= v < 16**12, vectorised."""
-    return list(hex12s(values).tolist())
-
-
-def _odd(arr: np.ndarray) -> list[int]:
+def odd_positions(arr: np.ndarray) -> list[int]:
     """Positions of the values outside orjson's ``repr``-compatible notation range."""
     mag = np.abs(arr)
     with np.errstate(invalid="ignore"):
@@ -82,7 +75,7 @@ def _odd(arr: np.ndarray) -> list[int]:
 
 def _fix_odd(out: list[bytes], arr: np.ndarray, values: Any) -> list[bytes]:
     """Values outside orjson's ``repr``-compatible range get ``repr`` itself."""
-    for i in _odd(arr):
+    for i in odd_positions(arr):
         out[i] = repr(values[i]).encode()
     return out
 
@@ -113,32 +106,3 @@ class _Floats:
 
     def __getitem__(self, i: int) -> float:
         return float(self.arr[i])
-
-
-def reprs_f64_str(arr: np.ndarray) -> list[str]:
-    """:func:`reprs_f64` as ``str``: ``[repr(float(v)) for v in arr]``."""
-    if not len(arr):
-        return []
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    out = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].decode().split(",")
-    for i in _odd(arr):
-        out[i] = repr(float(arr[i]))
-    return out
-
-
-def reprs_arrow(arr: np.ndarray) -> pa.Array:
-    """:func:`reprs_f64` as an Arrow ``large_binary`` column, made without a Python object per
-    value: orjson's text of the whole array, split in C; the few values outside orjson's
-    ``repr``-compatible range are then put in place."""
-    arr = np.ascontiguousarray(arr, dtype=np.float64)
-    if not len(arr):
-        return pa.array([], pa.large_binary())
-    text = orjson.dumps(arr, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-    out = pc.split_pattern(pa.array([text], pa.large_binary()), b",").flatten()
-    odd = _odd(arr)
-    if odd:
-        mask = np.zeros(len(arr), dtype=bool)
-        mask[odd] = True
-        fixed = pa.array([repr(float(arr[i])).encode() for i in odd], pa.large_binary())
-        out = pc.replace_with_mask(out, pa.array(mask), fixed)
-    return out

@@ -21,10 +21,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridfleet.simulator.arrow_text import floats
 from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler, _bulk_plan, _device_plan
 from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import generate_grid
-from gridfleet.simulator.numfmt import hex12b, reprs_arrow, reprs_b, reprs_f64
+from gridfleet.simulator.numfmt import hex12s, reprs_b, reprs_f64
 from gridfleet.simulator.state import ExchangeState
 from tests.simulator.reference import events_v1
 from tests.simulator.test_batch_fast import SLOT, START, Twin, _batch
@@ -129,7 +130,7 @@ def test_bulk_plan_equals_the_device_plan(
 def test_byte_renderers_equal_repr(values: list[float]) -> None:
     want = [repr(v).encode() for v in values]
     assert reprs_f64(np.array(values, dtype=np.float64)) == want
-    assert reprs_arrow(np.array(values, dtype=np.float64)).to_pylist() == want
+    assert floats(np.array(values, dtype=np.float64)).to_pylist() == want
     assert reprs_b(values) == want
     mixed: list[Any] = [int(v) if math.isfinite(v) and abs(v) < 2**53 else v for v in values]
     assert reprs_b(mixed) == [repr(v).encode() for v in mixed]
@@ -146,11 +147,11 @@ def test_byte_renderers_on_the_hard_cases() -> None:
         )
     )
     assert reprs_f64(x) == [repr(v).encode() for v in x.tolist()]
-    assert reprs_arrow(x).to_pylist() == reprs_f64(x)
+    assert floats(x).to_pylist() == reprs_f64(x)
     ids = np.array([0, 1, 255, 2**47 - 1, 123456789, 16**12 - 1])
-    assert hex12b(ids) == [f"{v:012x}".encode() for v in ids.tolist()]
+    assert hex12s(ids).tolist() == [f"{v:012x}".encode() for v in ids.tolist()]
     assert reprs_f64(np.zeros(0)) == [] and reprs_b([]) == []
-    assert reprs_arrow(np.zeros(0)).to_pylist() == []
+    assert floats(np.zeros(0)).to_pylist() == []
 
 
 def test_a_chunk_of_many_batches_equals_the_general_path() -> None:
