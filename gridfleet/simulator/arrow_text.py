@@ -17,6 +17,11 @@ import pyarrow.compute as pc
 from gridfleet.simulator.numfmt import odd_positions
 
 TEXT = pa.large_binary()
+# Arrow's default pool (mimalloc) maps its arenas on 2 MB huge pages; the kernel sometimes spends
+# a few hundred ms compacting memory to find them on first touch, inside a round (seen in about
+# one process in ten). The C library's malloc reuses what a round frees instead (see
+# runtime.interpreter.keep_freed_memory), for ~2 ms per settling round.
+pa.set_memory_pool(pa.system_memory_pool())
 
 
 def texts(values: Sequence[bytes]) -> pa.Array:

@@ -30,7 +30,9 @@ from typing import Literal
 
 import numpy as np
 import orjson
+import pyarrow as pa
 
+from gridfleet.simulator.arrow_text import floats, join, texts
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
 from gridfleet.simulator.numfmt import reprs_f64, round8
 from gridfleet.simulator.state import ExchangeState
@@ -58,9 +60,8 @@ class EventBuilder:
     Every tree is laid out, piece by piece, in one numpy object array of bytes, ``flat``: a
     tree is one slice of it, so building it is one ``b"".join``. Shared pieces (market heads,
     other leaves, commas, closers, the Market Maker) are the same object wherever they occur;
-    an own leaf is its pieces in place (uuid, keys, each number, its last-slot tail), so a
-    refresh writes the re-rendered numbers straight to their positions: no leaf is made as a
-    string of its own.
+    an own leaf is one piece, re-rendered (in Arrow, column by column: uuid, keys, numbers,
+    last-slot tail) only when its numbers changed and written to its place.
 
     Templates (which pieces a tree is made of) are kept as positions in the *pool* numbering:
     market heads, then own leaves, then other leaves, then literals. ``flat`` is laid out again
@@ -90,15 +91,12 @@ class EventBuilder:
             f'{u}:{{"area_name":{n}}}'.encode() for u, n in zip(uuid_js, self.name_js, strict=True)
         ]
         self._single[lit0:] = [b",", b"}}", mm.encode(), b"{", b"}"]
-        # per asset, the pieces of its own leaf but the inner keys (see _LEAF_SHAPES): its
-        # uuid and the opening; its settlement deviations (if any) and first key; its numbers
-        # as last rendered (by column of its kind's shape); asset_info's closing brace and
-        # the last-slot tail
-        self._lead = np.array([f"{u}{_OPENING}".encode() for u in uuid_js], dtype=object)
-        first_key = [_LEAF_SHAPES[k][0][0] for k in range(len(_LEAF_SHAPES))]
-        self._dev_key = np.array([first_key[k] for k in grid.kind.tolist()], dtype=object)
-        self._val = [np.full(n_a, b"", dtype=object) for _ in range(_MAX_NUMBERS)]
-        self._tail = np.full(n_a, b"}", dtype=object)
+        # per asset, the pieces of its own leaf that are not numbers or inner keys (see
+        # _LEAF_SHAPES): its uuid and the opening; asset_info's closing brace and the
+        # last-slot tail (made again per slot); and the leaf as last rendered
+        self._lead = texts([f"{u}{_OPENING}".encode() for u in uuid_js])
+        self._tail = texts([b"}"] * n_a)
+        self._leaf = np.full(n_a, b"", dtype=object)
         self._tail_slot = -1
         self._last_cols: np.ndarray | None = None
         self._last_idx: np.ndarray | None = None
@@ -143,10 +141,9 @@ class EventBuilder:
             flat[5::7] = self._name_b
             tails = b"".join(flat).split(b"\0")
             tails.pop()
-            self._tail[:] = tails
+            self._tail = texts(tails)
             self._tail_slot = state.slot_index
             self._last_cols = None  # a new slot re-renders everything
-            lay.flat[lay.tail_at] = self._tail[lay.leaf_asset]
         cols = np.stack(
             (
                 state.bought[idx] + state.sold[idx],
@@ -181,35 +178,31 @@ class EventBuilder:
         self._last_cols, self._last_idx = cols, idx
         if len(changed) == 0:
             return
-        sub = cols[:, changed]
-        idx = idx[changed]
+        if len(changed) < len(idx):  # (all changed: no copy of the columns)
+            cols, idx = cols[:, changed], idx[changed]
         kind = g.kind[idx]
-        # where the changed leaves sit in the trees: their row in ``sub`` per occurrence
-        row_of = np.full(g.n_assets, -1, dtype=np.int64)
-        row_of[idx] = np.arange(len(idx))
-        occ_row = row_of[lay.leaf_asset]
         for k, (keys, rows) in _LEAF_SHAPES.items():
             sel = np.flatnonzero(kind == k)
             if not len(sel):
                 continue
             a_sel = idx[sel]
-            # each changed leaf's place in the trees (usually one, found by its asset); the
-            # rendered numbers are in ``sel`` order, so ``pick`` orders them by place
-            at = np.flatnonzero((occ_row >= 0) & (lay.leaf_kind == k))
-            base = lay.leaf_at[at]
-            pick: np.ndarray | slice = slice(None)
-            if len(at) != len(sel) or not np.array_equal(lay.leaf_asset[at], a_sel):
-                pick = np.searchsorted(sel, occ_row[at])
+            first: pa.Array | bytes = keys[0]
             if settlement is not None and k != STORAGE:
-                self._dev_key[a_sel] = [
-                    f"{settlement.info_json(a)},".encode() + keys[0] for a in a_sel.tolist()
-                ]
-                lay.flat[base + 1] = self._dev_key[a_sel][pick]
+                first = texts(
+                    [f"{settlement.info_json(a)},".encode() + keys[0] for a in a_sel.tolist()]
+                )
+            pieces: list[pa.Array | bytes] = [self._lead.take(a_sel), first]
             for c, r in enumerate(rows):
-                rendered = np.empty(len(sel), dtype=object)
-                rendered[:] = reprs_f64(sub[r, sel])
-                self._val[c][a_sel] = rendered
-                lay.flat[base + 2 + 2 * c] = rendered[pick]
+                if c:
+                    pieces.append(keys[c])
+                pieces.append(floats(cols[r, sel]))
+            pieces.append(self._tail.take(a_sel))
+            self._leaf[a_sel] = join(*pieces).to_pylist()
+        # the changed leaves in their places in the trees
+        changed_leaf = np.zeros(g.n_assets, dtype=bool)
+        changed_leaf[idx] = True
+        at = np.flatnonzero(changed_leaf[lay.leaf_asset])
+        lay.flat[lay.leaf_at[at]] = self._leaf[lay.leaf_asset[at]]
 
     # ------------------------------------------------------------------ templates
 
@@ -277,10 +270,7 @@ class EventBuilder:
         """The asset's own leaf as it stands in a tree (None: in no tree's template)."""
         lay = self._lay_out()
         at = np.flatnonzero(lay.leaf_asset == asset)
-        if not len(at):
-            return None
-        lo = int(lay.leaf_at[at[0]])
-        return b"".join(lay.flat[lo : int(lay.tail_at[at[0]]) + 1].tolist())
+        return None if not len(at) else bytes(lay.flat[lay.leaf_at[at[0]]])
 
     def _lay_out(self) -> _Layout:
         """``flat`` for the current templates (laid out again only after one changed): every
@@ -294,39 +284,20 @@ class EventBuilder:
             chain.from_iterable(self._templates.values()), dtype=np.int64, count=int(lens.sum())
         )
         own = (t >= self._own0) & (t < self._other0)
+        flat = self._single[np.where(own, 0, t)]  # own leaves' places filled below
+        leaf_at = np.flatnonzero(own)
         leaf_asset = t[own] - self._own0
-        leaf_kind = self.grid.kind[leaf_asset].astype(np.int64)
-        width = np.ones(len(t), dtype=np.int64)
-        width[own] = _WIDTH[leaf_kind]
-        at = np.zeros(len(t) + 1, dtype=np.int64)
-        np.cumsum(width, out=at[1:])
-        flat = np.empty(int(at[-1]), dtype=object)
-        single = np.flatnonzero(~own)
-        flat[at[single]] = self._single[t[single]]
-        leaf_at = at[:-1][own]
-        for k, (number_keys, _) in _LEAF_SHAPES.items():
-            sel = np.flatnonzero(leaf_kind == k)
-            base, a = leaf_at[sel], leaf_asset[sel]
-            flat[base] = self._lead[a]
-            flat[base + 1] = self._dev_key[a]
-            for c, key in enumerate(number_keys):
-                if c:
-                    flat[base + 1 + 2 * c] = key
-                flat[base + 2 + 2 * c] = self._val[c][a]
-        ends = np.cumsum(lens)
-        bounds = at[np.concatenate(([0], ends))].tolist()
+        flat[leaf_at] = self._leaf[leaf_asset]
+        bounds = np.concatenate(([0], np.cumsum(lens))).tolist()
         head = np.flatnonzero(t < self._own0)
         self._layout = _Layout(
             flat=flat,
             span={k: (bounds[i], bounds[i + 1]) for i, k in enumerate(keys)},
-            head_at=at[head],
+            head_at=head,
             head_piece=t[head],
             leaf_asset=leaf_asset,
-            leaf_kind=leaf_kind,
             leaf_at=leaf_at,
-            tail_at=leaf_at + _WIDTH[leaf_kind] - 1,
         )
-        flat[self._layout.tail_at] = self._tail[leaf_asset]
         return self._layout
 
     # ------------------------------------------------------------------ envelopes
@@ -408,24 +379,19 @@ _TAIL_ROW = [
     b"",
     b"}\0",
 ]
-_MAX_NUMBERS = max(len(keys) for keys, _ in _LEAF_SHAPES.values())
-# pieces per own leaf, by kind: lead, deviations + first key, numbers and the keys between, tail
-_WIDTH = np.array([2 + 2 * len(_LEAF_SHAPES[k][0]) for k in sorted(_LEAF_SHAPES)], dtype=np.int64)
 
 
 @dataclass(slots=True)
 class _Layout:
     """Where everything sits in ``flat``: each tree's span, the market heads (position and pool
-    entry) and the own leaves (asset, kind, first piece, tail piece), per occurrence."""
+    entry) and the own leaves (asset and position), per occurrence."""
 
     flat: np.ndarray
     span: dict[str, tuple[int, int]]
     head_at: np.ndarray
     head_piece: np.ndarray
     leaf_asset: np.ndarray
-    leaf_kind: np.ndarray
     leaf_at: np.ndarray
-    tail_at: np.ndarray
 
 
 def market_heads(
