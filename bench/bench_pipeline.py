@@ -40,7 +40,7 @@ import yaml
 from bench._util import RESULTS, command_line, write_results
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.runs import current_run
-from gridfleet.runtime.interpreter import favour_reader_threads
+from gridfleet.runtime.interpreter import favour_reader_threads, keep_freed_memory
 from gridfleet.runtime.processes import ProcessGroup, gridfleet_command
 from gridfleet.runtime.redis_server import RedisServer, free_port
 from gridfleet.simulator.deadline import percentiles
@@ -437,6 +437,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     favour_reader_threads()  # as `gridfleet sim` runs the exchange
+    keep_freed_memory()
     modes = [m for m in ("embedded", "replay") if m in args.exchange]
     results_json = args.results_dir / "pipeline.json"
     rows = []

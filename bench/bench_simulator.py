@@ -255,7 +255,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    keep_freed_memory()  # as the gridfleet command sets it for the exchange's process
+    keep_freed_memory()  # as `gridfleet sim` sets it for the exchange's process
     results = []
     with RedisServer() as server:
         drain = subprocess.Popen([sys.executable, "-c", DRAIN, str(server.port)])

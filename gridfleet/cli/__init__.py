@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from gridfleet import __version__
-from gridfleet.runtime.interpreter import favour_reader_threads, keep_freed_memory
+from gridfleet.runtime.interpreter import favour_reader_threads
 from gridfleet.runtime.redact import redact
 
 EXIT_OK = 0
@@ -626,6 +626,4 @@ def main() -> None:
     """Console-script entry point."""
     # Every long-running command has socket-reader threads next to a busy main thread.
     favour_reader_threads()
-    # Every service allocates and frees a round's worth of memory per tick.
-    keep_freed_memory()
     cli.main(standalone_mode=True)

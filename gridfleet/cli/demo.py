@@ -113,6 +113,7 @@ def demo(
     """
     # Imported here: building the command line must stay light (`gridfleet health worker`).
     from gridfleet.demo import DemoError, DemoOptions, run_demo
+    from gridfleet.runtime.interpreter import keep_freed_memory
     from gridfleet.simulator.grid import GridError
 
     opts = DemoOptions(
@@ -132,6 +133,7 @@ def demo(
         settlement=settlement,
     )
     try:
+        keep_freed_memory()  # this process hosts the embedded exchange
         code = run_demo(opts)
     except GridError as exc:
         raise click.UsageError(str(exc)) from None

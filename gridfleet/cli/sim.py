@@ -11,6 +11,7 @@ import click
 import redis
 
 from gridfleet.cli import from_settings
+from gridfleet.runtime.interpreter import keep_freed_memory
 from gridfleet.runtime.redact import redact
 from gridfleet.simulator import GridError, SimConfig, Simulator, assign_aggregators
 from gridfleet.simulator.standalone import (
@@ -219,6 +220,7 @@ def sim(
             "that is gigabytes per tick. Consider --tree pruned.",
             err=True,
         )
+    keep_freed_memory()  # this process is the exchange: it frees a round's worth per tick
     simulator = Simulator(grid, redis_url=redis_url, config=config, rest=rest)
     try:
         simulator.start()
