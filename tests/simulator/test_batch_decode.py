@@ -159,7 +159,7 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and repr(a) == repr(b)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(_message_text())
 def test_what_the_strict_decoder_takes_orjson_reads_the_same(text: str) -> None:
     raw = text.encode("utf-8", "surrogatepass")
