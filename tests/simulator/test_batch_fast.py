@@ -22,8 +22,9 @@ from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler
 from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import LOAD, PV, generate_grid
 from gridfleet.simulator.state import ExchangeState
-from gridfleet.simulator.trade_events import owner_array, trade_rows
+from gridfleet.simulator.trade_events import owner_array
 from tests.simulator.reference import batch_v1, events_v1, state_v1
+from tests.simulator.reference.trade_events_v2 import trade_rows
 
 START = datetime(2024, 6, 1, 11, 30)
 SLOT = timedelta(minutes=15)

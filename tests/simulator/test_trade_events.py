@@ -1,5 +1,6 @@
 """The engine's trade events in bulk (:func:`trade_payloads`) against their readable definition
-(:func:`trade_rows` per part, joined per aggregator into :func:`trade_event`), byte for byte."""
+(tests/simulator/reference/trade_events_v2.py: :func:`trade_rows` per part, joined per
+aggregator into :func:`trade_event`), byte for byte."""
 
 from __future__ import annotations
 
@@ -17,13 +18,8 @@ from gridfleet.simulator import arrow_text
 from gridfleet.simulator.grid import Grid, generate_grid
 from gridfleet.simulator.settlement import ORDER_ID_PREFIX as SETTLEMENT_PREFIX
 from gridfleet.simulator.state import SPOT_ORDER_ID_PREFIX, TradeReport
-from gridfleet.simulator.trade_events import (
-    AssetLabels,
-    owner_array,
-    trade_event,
-    trade_payloads,
-    trade_rows,
-)
+from gridfleet.simulator.trade_events import AssetLabels, owner_array, trade_payloads
+from tests.simulator.reference.trade_events_v2 import trade_event, trade_rows
 
 BASE = generate_grid(24, houses_size=6, seed=3)
 KEYS = ["agg-a", "agg-b", "agg-c", "agg-d"]
