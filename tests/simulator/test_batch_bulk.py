@@ -242,10 +242,7 @@ def test_own_leaves_rendered_in_bulk_equal_the_original() -> None:
     for b in (new, old):  # every leaf in a tree (the new builder keeps leaves in trees only)
         b.template("all", assets)
     for slot in (1, 2):
-        if slot != 1:
-            for s in (tw.old, tw.new, tw.gen):
-                s.close_slot()
-            tw.open(slot)
+        tw.next_slot(slot)
         for tick in range(4):
             tw.set_time(tick)
             tw.apply(_batch(rng, tw, ids, tick))

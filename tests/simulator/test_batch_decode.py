@@ -360,10 +360,7 @@ def test_strictly_decoded_batches_answer_as_the_original() -> None:
     for seed in range(4):
         tw = Twin(seed)
         for slot in (1, 2):
-            if slot != 1:
-                for s in (tw.old, tw.new, tw.gen):
-                    s.close_slot()
-                tw.open(slot)
+            tw.next_slot(slot)
             for tick in range(10):
                 tw.set_time(tick)
                 for _ in range(rng.randint(1, 3)):

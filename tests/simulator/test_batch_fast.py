@@ -68,6 +68,13 @@ class Twin:
         self.slot = 0
         self.open(1)
 
+    def next_slot(self, index: int) -> None:
+        """Close the open slot (none before slot 1: the twin opens it) and open ``index``."""
+        if index != 1:
+            for st in (self.old, self.new, self.gen):
+                st.close_slot()
+            self.open(index)
+
     def open(self, index: int) -> None:
         self.slot = index
         for st in (self.old, self.new, self.gen):
@@ -268,10 +275,7 @@ def test_fast_path_answers_and_state_equal_the_original(seed: int) -> None:
     tw = Twin(seed)
     ids: list[str] = []
     for slot in (1, 2):
-        if slot != 1:
-            for st in (tw.old, tw.new, tw.gen):
-                st.close_slot()
-            tw.open(slot)
+        tw.next_slot(slot)
         for tick in range(10):
             tw.set_time(tick)
             for _ in range(rng.randint(1, 3)):
