@@ -22,6 +22,10 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 """Where ``worker``, ``flower`` and ``health worker`` look for the broker when none is given."""
 
 
+ShardInputsMode = Literal["auto", "redis", "shared-memory"]
+"""Where the ingress leaves shard inputs (``gridfleet.platform.shard_inputs``)."""
+
+
 class SettingsError(ValueError):
     """A ``GRIDFLEET_*`` variable holds a value that does not fit; the message names it."""
 
@@ -52,6 +56,10 @@ class Settings(BaseSettings):
     )
     worker_soft_shutdown_timeout: float = Field(
         default=10.0, ge=0, description="Seconds a worker finishes its shard after SIGTERM."
+    )
+    shard_inputs: ShardInputsMode = Field(
+        default="auto",
+        description="Where ingress leaves shard inputs: auto, redis or shared-memory.",
     )
     log_format: Literal["json", "text"] | None = Field(
         default=None, description="Log line format; unset: text on a terminal, JSON otherwise."

@@ -14,13 +14,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gridfleet import __version__
 from gridfleet.runtime.interpreter import favour_reader_threads
 from gridfleet.runtime.redact import redact
+
+if TYPE_CHECKING:
+    from gridfleet.settings import ShardInputsMode
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -312,6 +315,15 @@ def redis_binary() -> None:
     help="Take aggregators i modulo n of the fleet file, as i/n (several ingress processes).",
 )
 @run_id_option
+@click.option(
+    "--shard-inputs",
+    type=click.Choice(["auto", "redis", "shared-memory"]),
+    default=from_settings("shard_inputs"),
+    show_default=_default_of("shard_inputs"),
+    help="Where shard inputs wait for the workers: on the broker, or in this machine's shared"
+    " memory (every worker on this machine); auto: shared memory when the broker is on"
+    " loopback. [env: GRIDFLEET_SHARD_INPUTS]",
+)
 def ingress(
     config_path: str | None,
     exchange_url: str | None,
@@ -320,6 +332,7 @@ def ingress(
     log_level: str,
     partition: str,
     run_id: str | None,
+    shard_inputs: ShardInputsMode,
 ) -> None:
     """Create the fleet's aggregators, select their assets, fan every event round out to workers."""
     from gridfleet.platform.ingress import Ingress
@@ -341,7 +354,15 @@ def ingress(
     if metrics_port:
         metrics.serve(metrics_port)
     try:
-        node = Ingress(config, ex, br, partition=(i, n), metrics=metrics, run_id=run_id)
+        node = Ingress(
+            config,
+            ex,
+            br,
+            partition=(i, n),
+            metrics=metrics,
+            run_id=run_id,
+            shard_inputs=shard_inputs,
+        )
     except ValueError as exc:
         raise BadInput(str(exc)) from None
     _stop_on_signals(node.stop_event)

@@ -72,6 +72,7 @@ from gridfleet.platform.shard import (
     publish_spec,
     write_round,
 )
+from gridfleet.platform.shard_inputs import ShardInputsMode, open_input_store
 from gridfleet.platform.shard_plan import (
     StreamedRound,
     cut_shards,
@@ -112,6 +113,7 @@ class Ingress:
         link: ExchangeLink | None = None,
         observers: Sequence[Observer] = (),
         run_id: str | None = None,
+        shard_inputs: ShardInputsMode = "auto",
     ) -> None:
         from gridfleet.platform.fleet import plan_fleet
 
@@ -136,6 +138,7 @@ class Ingress:
             exchange_url, config_id=config.exchange_config_id, on_reconnect=self._reconnected
         )
         self.dispatcher = ShardDispatcher(broker_url)
+        self.inputs = open_input_store(shard_inputs, broker_url)
         self.wanted_run = run_id  # None: join the current run, or start one
         self.run_id = run_id or uuid.uuid4().hex[:8]  # the run's, once connect() joined it
         self.lease = Lease(
@@ -441,7 +444,7 @@ class Ingress:
             streamed = self._streams[pending.id] = StreamedRound(manifest)
         first = streamed.shards
         streamed.manifest.shards = first + len(shards)
-        write_round(self.broker, self.keys, streamed.manifest, shards, first)
+        write_round(self.broker, self.keys, streamed.manifest, shards, first, self.inputs)
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, streamed.manifest.round_id, numbers, streamed.deadline)
         # Counted as out only once written and sent: after a broker error they go with the rest.
@@ -507,7 +510,7 @@ class Ingress:
         round_id = manifest.round_id
         missing = manifest.skipped_aggregators
         budget = manifest.deadline - manifest.received_at
-        write_round(self.broker, self.keys, manifest, shards, first)
+        write_round(self.broker, self.keys, manifest, shards, first, self.inputs)
         numbers = range(first, first + len(shards))
         self.dispatcher.send(self.keys.ns, round_id, numbers, manifest.deadline)
         if streamed is None:
@@ -541,4 +544,5 @@ class Ingress:
         self.lease.release()
         self.link.close()
         self.dispatcher.close()
+        self.inputs.close()
         self.broker.close()

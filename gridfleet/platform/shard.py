@@ -39,6 +39,7 @@ from gridfleet.platform.codec import (
 from gridfleet.platform.evaluate import ShardOutput, evaluate_shard
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.rounds import SlotFeeMap, TreePart, flatten_parts
+from gridfleet.platform.shard_inputs import BrokerInputs, InputStore, resolve_input
 from gridfleet.runtime.interpreter import gc_paused
 from gridfleet.strategies import registry
 from gridfleet.strategies.base import DSO_MARKET_STATS_KEY, AssetStrategy, MarketStrategy
@@ -254,14 +255,23 @@ def mark_done(r: redis.Redis, keys: Keys, round_id: str, mark: int) -> None:
 
 
 def write_round(
-    r: redis.Redis, keys: Keys, manifest: Manifest, shards: list[ShardInput], first: int = 0
+    r: redis.Redis,
+    keys: Keys,
+    manifest: Manifest,
+    shards: list[ShardInput],
+    first: int = 0,
+    inputs: InputStore | None = None,
 ) -> None:
     """Store a round's manifest and shard inputs ``first``, ``first + 1``... in one pipeline
-    (with a TTL). Ingress may write a round in parts: see ``Ingress._stream``."""
+    (with a TTL); the inputs themselves on the broker or in ``inputs`` (shared memory, see
+    :mod:`~gridfleet.platform.shard_inputs`). Ingress may write a round in parts: see
+    ``Ingress._stream``."""
+    store = inputs or BrokerInputs()
     pipe = r.pipeline(transaction=False)
     pipe.set(keys.manifest(manifest.round_id), manifest.pack(), ex=ROUND_TTL_S)
     for i, shard in enumerate(shards, start=first):
-        pipe.set(keys.shard_input(manifest.round_id, i), shard.pack(), ex=ROUND_TTL_S)
+        key = keys.shard_input(manifest.round_id, i)
+        store.put(pipe, key, shard.pack(), manifest.deadline, ROUND_TTL_S)
     pipe.execute()
 
 
@@ -370,6 +380,8 @@ def run_shard(
     pipe.get(keys.manifest(round_id))
     pipe.get(keys.shard_input(round_id, shard))
     raw_manifest, raw_input = pipe.execute()
+    if raw_input is not None:
+        raw_input = resolve_input(raw_input)
     if raw_manifest is None or raw_input is None:
         raise LookupError(f"round {round_id} shard {shard}: input expired or never written")
     manifest = Manifest.unpack(raw_manifest)

@@ -18,6 +18,7 @@ from gridfleet.platform.dispatch import TASK_NAME
 from gridfleet.platform.keys import Keys
 from gridfleet.platform.observers import Observer, Observers, ShardEvaluated
 from gridfleet.platform.shard import claim_shard, run_shard
+from gridfleet.platform.shard_inputs import InputUnreachable
 from gridfleet.workers.app import app
 from gridfleet.workers.metrics import WorkerMetrics
 
@@ -50,6 +51,9 @@ def evaluate_shard(namespace: str, round_id: str, shard: int) -> None:
         run = run_shard(r, keys, round_id, shard)
     except SoftTimeLimitExceeded:
         log.error("round %s shard %d: soft time limit; the coordinator hedges it", round_id, shard)
+        return
+    except InputUnreachable as exc:
+        log.error("round %s shard %d: %s", round_id, shard, exc)
         return
     except LookupError as exc:
         log.warning("round %s shard %d: %s (dropped)", round_id, shard, exc)

@@ -30,6 +30,7 @@ from gridfleet.exchange.link import ExchangeTarget
 from gridfleet.platform.coordinator import Coordinator
 from gridfleet.platform.ingress import Ingress
 from gridfleet.runtime.redis_server import free_port
+from gridfleet.settings import ShardInputsMode
 from gridfleet.simulator.grid import assign_aggregators, generate_grid
 from gridfleet.simulator.rest_door import RestOptions
 from gridfleet.simulator.runner import SimConfig, Simulator
@@ -214,6 +215,7 @@ class Fleet:
     rest: dict[str, Any] = field(default_factory=dict)  # RestOptions fields (token lifetime...)
     rest_link: dict[str, Any] = field(default_factory=dict)  # the fleet file's exchange.rest extras
     sim_options: dict[str, Any] = field(default_factory=dict)  # more SimConfig fields
+    shard_inputs: ShardInputsMode = "auto"  # in-process ingress only: where shard inputs wait
 
     def __post_init__(self) -> None:
         self.grid = generate_grid(self.assets, houses_size=10, seed=7)
@@ -336,7 +338,13 @@ class Fleet:
             self.sim.resume()
             return
         self.ingresses = [
-            Ingress(self.config, self.target, self.broker_url, partition=(i, self.partitions))
+            Ingress(
+                self.config,
+                self.target,
+                self.broker_url,
+                partition=(i, self.partitions),
+                shard_inputs=self.shard_inputs,
+            )
             for i in range(self.partitions)
         ]
         self.ingress = self.ingresses[0]

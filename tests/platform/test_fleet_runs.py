@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gridfleet.platform.local_loop import replay_rounds
 from gridfleet.platform.shard import Runtime
+from gridfleet.platform.shard_inputs import REFERENCE
 from gridfleet.runtime.redis_server import RedisServer, free_port
 from tests.platform.harness import Fleet, kill_group, running_fleet
 
@@ -66,8 +67,10 @@ def test_fleet_of_20_aggregators_is_on_time_and_matches_one_process(
         aggregators=20,
         slots=3,
         worker_metrics_port=worker_port,
+        shard_inputs="shared-memory",  # what auto picks here (a loopback broker)
     ) as (fleet, _workers):
         report = fleet.wait()
+        assert _inputs_by_reference(fleet) == {True}
         servers = [
             n.metrics.serve(free_port(), host="127.0.0.1")
             for n in (fleet.ingress, fleet.coordinator)
@@ -207,7 +210,13 @@ def test_batches_go_out_in_waves_and_split_aggregators_get_one_whole_batch(
     aggregator gets one batch per round, the same as one process computes."""
     exchange, broker = two_redis
     with running_fleet(
-        exchange.url, broker.url, assets=2000, aggregators=6, slots=3, shard_size=335
+        exchange.url,
+        broker.url,
+        assets=2000,
+        aggregators=6,
+        slots=3,
+        shard_size=335,
+        shard_inputs="redis",  # the other test of the kind keeps them in shared memory
     ) as (fleet, _workers):
         sends: list[int] = []
         send = fleet.coordinator.link.send_batches
@@ -220,6 +229,7 @@ def test_batches_go_out_in_waves_and_split_aggregators_get_one_whole_batch(
         fleet.coordinator.link.send_batches = counting  # type: ignore[method-assign]
         report = fleet.wait()
         rounds = fleet.coordinator.tally.rounds_published
+        assert _inputs_by_reference(fleet) == {False}
     s = _summary(report)
     assert (
         s["late"] == 0 and s["missing"] == 0 and s["on_time"] + s["idle"] == s["aggregator_rounds"]
@@ -234,3 +244,12 @@ def test_batches_go_out_in_waves_and_split_aggregators_get_one_whole_batch(
     for agg, bodies in expected.items():
         sent = [b["batch_commands"] for b in fleet.recorder.batches[agg]]
         assert sent == [orjson.loads(b) for b in bodies if b != b"{}"], agg
+
+
+def _inputs_by_reference(fleet: Fleet) -> set[bool]:
+    """Whether the shard inputs on the broker are references into shared memory (True) or the
+    trees themselves (False), over every input still there."""
+    broker = fleet.ingress.broker
+    stored = [broker.get(k) for k in broker.scan_iter(match=f"{fleet.ingress.keys.ns}:r:*:in:*")]
+    assert stored and all(raw is not None for raw in stored)
+    return {bytes(raw).startswith(REFERENCE) for raw in stored if raw is not None}
