@@ -227,6 +227,10 @@ def run_case(
                 raise RuntimeError(f"the {exchange_mode} exchange failed: {sim.error!r}")
             time.sleep(0.5)
             report = sim.report()
+            # every round's figures, for a look at a tail (the summary keeps only percentiles)
+            (case_dir / "exchange-report.json").write_bytes(
+                orjson.dumps(report, option=orjson.OPT_INDENT_2)
+            )
             if recorder is not None:
                 t_save = time.monotonic()
                 recorder.save()
@@ -235,7 +239,11 @@ def run_case(
                     f" ({time.monotonic() - t_save:.1f} s to write)",
                     flush=True,
                 )
-            client_ms = coordinator_latencies(broker.url) if client == "pipeline" else []
+            client_ms = (
+                coordinator_latencies(broker.url, case_dir / "round-records.json")
+                if client == "pipeline"
+                else []
+            )
         finally:
             group.stop()
             sim.stop()
@@ -287,8 +295,9 @@ def recording_path(
     )
 
 
-def coordinator_latencies(broker_url: str) -> list[float]:
-    """The coordinator's own event-to-publish latencies of the fleet's current run."""
+def coordinator_latencies(broker_url: str, save_to: Path | None = None) -> list[float]:
+    """The coordinator's own event-to-publish latencies of the fleet's current run (its round
+    records written to ``save_to`` as well, for a look at one round)."""
     r = redis.Redis.from_url(broker_url)
     try:
         run = current_run(r, Keys())
@@ -297,7 +306,10 @@ def coordinator_latencies(broker_url: str) -> list[float]:
         records = [orjson.loads(f[b"data"]) for _, f in r.xrange(Keys().for_run(run).events)]
     finally:
         r.close()
-    return [float(x["latency_ms"]) for x in records if x.get("kind") == "round"]
+    rounds = [x for x in records if x.get("kind") == "round"]
+    if save_to is not None:
+        save_to.write_bytes(orjson.dumps(rounds, option=orjson.OPT_INDENT_2))
+    return [float(x["latency_ms"]) for x in rounds]
 
 
 def plot(rows: list[dict[str, Any]], path: Path, tick_interval: float) -> None:

@@ -539,6 +539,11 @@ class Ingress:
             extra={"slot": key.market_slot, "tick": key.tick_index},
         )
 
+    @property
+    def assets(self) -> int:
+        """Assets of this partition's fleet that trade (0 before :meth:`connect`)."""
+        return sum(self._sizes.values())
+
     def close(self) -> None:
         self.stop_event.set()
         self.lease.release()

@@ -3,7 +3,8 @@
 All are process-wide, so the library only pauses the collector around its own work; the GIL
 switch interval is set by the ``gridfleet`` command (and the benchmarks) for the whole process,
 malloc's settings by the processes that host the embedded exchange (``gridfleet sim``,
-``gridfleet demo``, the benchmarks that run it).
+``gridfleet demo``, the benchmarks that run it), and with a warmed heap by the ingress and the
+workers' pool processes (:func:`warm_heap`).
 """
 
 from __future__ import annotations
@@ -57,11 +58,44 @@ def keep_freed_memory() -> bool:
     by default malloc hands large blocks and the top of the heap back to the kernel, and the
     next round pays a page fault per 4 KB to get them again (tens of ms per round, measured in
     the embedded exchange's settling round). Blocks up to 32 MB now come from the heap and up to
-    1 GB of freed heap is kept: the process stays at its peak size instead. Not set for the
-    client's processes: there its effect was not clear (one run each: the single-process loop
-    ~20 ms faster per round, the pipeline's p50 unchanged or slower).
+    1 GB of freed heap is kept: the process stays at its peak size instead. The client's
+    processes set it through :func:`warm_heap` (the ingress, the workers' pool processes): on
+    its own its effect there was not clear (one run each), with a warmed heap the run's first
+    round with trees went from 660-810 ms to 410-510 ms (p99, replay, 100 000 assets).
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
     if mallopt is None:
         return False
     return all(mallopt(param, value) == 1 for param, value in _KEEP)
+
+
+def warm_heap(megabytes: int) -> bool:
+    """Keep freed memory (:func:`keep_freed_memory`) and fault in ``megabytes`` of heap now, so
+    the first big round finds its pages mapped instead of taking a page fault per 4 KB (False:
+    not glibc).
+
+    A process's first 100 000-asset round touches hundreds of megabytes it never had; on a VM
+    each first touch is dear (fresh tmpfs pages measured 3-5x dearer than reused ones), and the
+    run's first round with trees was its slowest by far: its shards took up to 314 ms (later
+    rounds 60-90 ms) and its batches went out at 650-750 ms. With the ingress's heap warmed
+    (2.5 KB per asset, at most 256 MB) and 64 MB in each pool process: shards at most 43-119 ms,
+    the round's p99 410-510 ms (``bench_pipeline --exchange replay``, 100 000 assets, one run
+    each).
+    """
+    if not keep_freed_memory():
+        return False
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunk = 8 << 20  # under the mmap threshold: from the heap, and back to it when freed
+    blocks = []
+    for _ in range(max(0, megabytes) * (1 << 20) // chunk):
+        block = libc.malloc(chunk)
+        if not block:
+            break
+        ctypes.memset(block, 0, chunk)
+        blocks.append(block)
+    for block in blocks:
+        libc.free(block)
+    return True
