@@ -275,6 +275,13 @@ def write_round(
     pipe.execute()
 
 
+def stored_input(r: redis.Redis, keys: Keys, round_id: str, shard: int) -> ShardInput | None:
+    """A written shard input, wherever it waits (broker or shared memory); None once expired."""
+    raw = cast(bytes | None, r.get(keys.shard_input(round_id, shard)))
+    blob = None if raw is None else resolve_input(raw)
+    return None if blob is None else ShardInput.unpack(blob)
+
+
 def read_slot_fees(
     r: redis.Redis, keys: Keys, market_slot: str, aggregators: list[str]
 ) -> dict[str, SlotFeeMap]:

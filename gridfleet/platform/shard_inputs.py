@@ -47,8 +47,10 @@ REFERENCE = b"GFSHM1"
 _HEADER = struct.Struct("<8sQQ")  # magic, seq (0 while being written), size
 _MAGIC = b"GFINPUT1"
 
-REUSE_GRACE_S = 2.0
-"""A slot is written again this long after the deadline of the round it held."""
+REUSE_GRACE_S = 3.0
+"""A slot is written again this long after the deadline of the round it held (or after it was
+written, for a round written past its deadline). Nothing reads an input later: its task expires
+at the deadline and the coordinator's last wave goes before it."""
 
 MAX_SLOTS = 4096
 """Beyond this many live slots the inputs go to the broker (a runaway, not a fleet)."""
@@ -149,7 +151,9 @@ class SharedMemoryInputs:
             with contextlib.suppress(OSError):
                 os.unlink(slot.path)
             raise
-        slot.free_at = deadline + REUSE_GRACE_S
+        # a round written after its deadline (an ingress running behind) is still read, by the
+        # coordinator, right away: its slot is kept for the grace from now
+        slot.free_at = max(deadline, now) + REUSE_GRACE_S
         slots.append(slot)
         return REFERENCE + packb([slot.path, self._seq, len(blob)])
 

@@ -44,7 +44,8 @@ def put(store: Any, blob: bytes, deadline: float, key: str = "k") -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(si, "REUSE_GRACE_S", 0.0)  # a past deadline frees its slot at once
     s = SharedMemoryInputs(root=tmp_path)
     yield s
     s.close()
@@ -75,6 +76,21 @@ def test_a_slot_is_written_again_only_after_its_rounds_deadline(
     third = put(store, b"c" * 500, now + 60)
     assert len(list(store.dir.iterdir())) == 2
     assert resolve_input(second) == b"b" * 10 and resolve_input(third) == b"c" * 500
+
+
+def test_a_round_written_after_its_deadline_keeps_its_slot_for_the_grace(
+    tmp_path: Path,
+) -> None:
+    """An ingress running behind writes rounds already past their deadline; the coordinator
+    still reads them, so their slots are not handed to the next input at once."""
+    store = SharedMemoryInputs(root=tmp_path)
+    try:
+        late = put(store, b"late round", time.time() - 60)
+        after = put(store, b"next input", time.time() - 60)
+        assert resolve_input(late) == b"late round" and resolve_input(after) == b"next input"
+        assert len(list(store.dir.iterdir())) == 2
+    finally:
+        store.close()
 
 
 def test_a_slot_being_written_reads_as_expired(store: SharedMemoryInputs) -> None:
@@ -176,7 +192,8 @@ def test_a_reference_gives_its_own_bytes_or_none_never_another_inputs(
 ) -> None:
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(si, "REUSE_GRACE_S", 0.0)
         store = SharedMemoryInputs(root=Path(tmp))
         try:
             now = time.time()

@@ -16,7 +16,7 @@ from gridfleet.platform.codec import unpackb
 from gridfleet.platform.collector import RoundCollector
 from gridfleet.platform.ingress import Ingress
 from gridfleet.platform.keys import Keys
-from gridfleet.platform.shard import DONE_DROPPED, DONE_FINAL, Manifest, ShardInput
+from gridfleet.platform.shard import DONE_DROPPED, DONE_FINAL, Manifest, stored_input
 from tests.conftest import load_example
 
 pytestmark = pytest.mark.integration
@@ -92,13 +92,11 @@ def test_full_shards_go_out_before_the_round_is_complete(
     assert manifest.final and manifest.shards == 2 and manifest.aggregators == AGGS
     assert r.lrange(keys.rounds, 0, -1) == [round_id.encode()]  # announced once
     assert r.lrange(keys.done(round_id), 0, -1) == [str(DONE_FINAL).encode()]
-    parts = [
-        ShardInput.unpack(r.get(keys.shard_input(round_id, s))).aggregators  # type: ignore[arg-type]
-        for s in range(2)
-    ]
+    inputs = [stored_input(r, keys, round_id, s) for s in range(2)]
+    parts = [shard.aggregators for shard in inputs if shard is not None]
     assert parts == [AGGS[:2], AGGS[2:]]  # every tree exactly once
-    tree = ShardInput.unpack(r.get(keys.shard_input(round_id, 0))).parts[0].tree  # type: ignore[arg-type]
-    assert orjson.loads(tree) == TICK["grid_tree"]
+    assert inputs[0] is not None
+    assert orjson.loads(inputs[0].parts[0].tree) == TICK["grid_tree"]
     assert unpackb(r.get(keys.manifest(round_id)))["ctx"]["tick_index"] == 1  # type: ignore[arg-type]
 
 
