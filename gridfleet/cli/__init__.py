@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import click
 
@@ -209,6 +209,13 @@ def _default_of(field: str) -> str:
     return str(Settings.model_fields[field].default)
 
 
+def _choices_of(field: str) -> list[str]:
+    """The values a ``Literal`` setting takes, for its flag's ``click.Choice``."""
+    from gridfleet.settings import Settings
+
+    return [str(v) for v in get_args(Settings.model_fields[field].annotation)]
+
+
 # Defaults come from gridfleet.settings (the one reader of GRIDFLEET_*), so no option names an
 # envvar of its own; the help says which variable feeds it.
 config_option = click.option(
@@ -317,7 +324,7 @@ def redis_binary() -> None:
 @run_id_option
 @click.option(
     "--shard-inputs",
-    type=click.Choice(["auto", "redis", "shared-memory"]),
+    type=click.Choice(_choices_of("shard_inputs")),
     default=from_settings("shard_inputs"),
     show_default=_default_of("shard_inputs"),
     help="Where shard inputs wait for the workers: on the broker, or in this machine's shared"

@@ -30,9 +30,10 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, get_args
 from urllib.parse import urlsplit
 
+import psutil
 import redis
 
 from gridfleet.platform.codec import packb, unpackb
@@ -176,19 +177,8 @@ def _remove_dead(base: Path) -> None:
     """Remove the directories of ingress processes that are gone (a crash leaves them)."""
     for entry in base.iterdir():
         pid_text = entry.name.partition("-")[0]
-        if not pid_text.isdigit() or _alive(int(pid_text)):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if pid_text.isdigit() and not psutil.pid_exists(int(pid_text)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 class InputUnreachable(LookupError):
@@ -249,7 +239,7 @@ def open_input_store(mode: ShardInputsMode, broker_url: str) -> InputStore:
             )
         return SharedMemoryInputs()
     if mode != "auto":
-        raise ValueError(f"shard inputs {mode!r}: expected auto, redis or shared-memory")
+        raise ValueError(f"shard inputs {mode!r}: expected one of {get_args(ShardInputsMode)}")
     if broker_on_loopback(broker_url) and shared_memory_usable():
         return SharedMemoryInputs()
     return BrokerInputs()

@@ -616,7 +616,7 @@ class BatchHandler:
                 return known[2:]
         own = self._own_devices(sender, selected)
         if own is not None:  # one lookup in a small map of the sender's devices
-            keys = list(commands)
+            keys = names if remember else list(commands)
             found = list(map(own.get, keys))
         else:
             keys = list(filter(selected.__contains__, commands))
