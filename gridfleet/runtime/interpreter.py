@@ -3,8 +3,8 @@
 All are process-wide, so the library only pauses the collector around its own work; the GIL
 switch interval is set by the ``gridfleet`` command (and the benchmarks) for the whole process,
 malloc's settings by the processes that host the embedded exchange (``gridfleet sim``,
-``gridfleet demo``, the benchmarks that run it), and with a warmed heap by the ingress and the
-workers' pool processes (:func:`warm_heap`).
+``gridfleet demo``, the benchmarks that run it; their engine then warms its heap), and with a
+warmed heap by the ingress and the workers' pool processes (:func:`warm_heap`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ READER_SWITCH_INTERVAL_S = 0.0005
 # glibc mallopt parameters and the values keep_freed_memory sets
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _KEEP = ((_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20), (_M_MMAP_THRESHOLD, 32 << 20))
+_kept = False  # keep_freed_memory took effect in this process
 
 
 @contextlib.contextmanager
@@ -63,10 +64,18 @@ def keep_freed_memory() -> bool:
     its own its effect there was not clear (one run each), with a warmed heap the run's first
     round with trees went from 660-810 ms to 410-510 ms (p99, replay, 100 000 assets).
     """
+    global _kept
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # the process's own C library
     if mallopt is None:
         return False
-    return all(mallopt(param, value) == 1 for param, value in _KEEP)
+    _kept = all(mallopt(param, value) == 1 for param, value in _KEEP)
+    return _kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether this process called :func:`keep_freed_memory` (and glibc took it): the processes
+    that host the embedded exchange do, and its engine then warms its heap (:func:`warm_heap`)."""
+    return _kept
 
 
 def warm_heap(megabytes: int) -> bool:
