@@ -51,8 +51,11 @@ log = logging.getLogger(__name__)
 # How long the finish events are retried when the door cannot deliver them (Redis down).
 FINISH_RETRY_S = 30.0
 # Heap faulted in before the first round, per asset (a settling round's answers, trade events
-# and trees at their peak: ~250 MB at 100 000 assets), and at most.
+# and trees at their peak: ~250 MB at 100 000 assets); with full trees also a slot's first
+# round (its market and tick events: two whole grids per aggregator, ~80 B per asset each);
+# and at most.
 WARM_HEAP_KB_PER_ASSET = 2.5
+FULL_TREE_BYTES_PER_ASSET = 80
 WARM_HEAP_MAX_MB = 512
 
 
@@ -234,8 +237,11 @@ class Engine:
         (malloc keeps an arena per thread): the run's first settling round otherwise took ~25 000
         page faults at 100 000 assets (~30 ms here), rounds after it none."""
         if freed_memory_kept():
-            mb = int(self.grid.n_assets * WARM_HEAP_KB_PER_ASSET) >> 10
-            warm_heap(min(WARM_HEAP_MAX_MB, mb))
+            n = self.grid.n_assets
+            size = int(n * WARM_HEAP_KB_PER_ASSET * 1024)
+            if self.config.tree == "full":
+                size += 2 * len(self.registry.aggregators) * n * FULL_TREE_BYTES_PER_ASSET
+            warm_heap(min(WARM_HEAP_MAX_MB, size >> 20))
 
     def _sync_selection(self) -> None:
         if self.selection.sync():

@@ -93,5 +93,6 @@ class Selection:
         if changed:
             self.asset_owner = {a: agg for agg, assets in self.own_assets.items() for a in assets}
             self.owner_arr = owner_array(self.grid, self.asset_owner)
+            self.events.lay_out()
         reg.changed.clear()
         return changed
