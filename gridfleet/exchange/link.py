@@ -182,6 +182,11 @@ class ExchangeLink(Protocol):
         """
         ...
 
+    def warm_up(self) -> None:
+        """Open now what the first :meth:`send_batches` would open (the first round with
+        trees must not pay for a connection)."""
+        ...
+
     @property
     def reconnects(self) -> int:
         """How often a connection of this link was lost and came back."""

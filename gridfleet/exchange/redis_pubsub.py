@@ -442,6 +442,10 @@ class RedisPubSubLink:
             if not b.empty
         )
 
+    def warm_up(self) -> None:
+        """The publishing connection, opened (a ping) before the first round's batches."""
+        self.redis.ping()
+
     def publish_batches(self, batches: Iterable[bytes]) -> int:
         """Publish ready BATCHED messages in one pipeline; returns how many were sent."""
         pipe = self.redis.pipeline(transaction=False)

@@ -543,6 +543,9 @@ class RestLink:
                 self._sockets[down[0]].last_error or "connecting",
             )
 
+    def warm_up(self) -> None:
+        """Nothing to open: the HTTP client's connections are the ones bring-up used."""
+
     def send_batches(self, batches: Iterable[OutgoingBatch]) -> int:
         """POST every batch concurrently; returns at once with how many were handed over.
 

@@ -234,6 +234,10 @@ class Coordinator:
         self.join(run_id)
         self.lease.keep()
         try:
+            self.link.warm_up()
+        except (redis.RedisError, OSError) as exc:  # the first round's send says it again
+            log.info("exchange connection not opened ahead of the first round: %s", exc)
+        try:
             self._loop(max_rounds)
         finally:
             self.lease.release()

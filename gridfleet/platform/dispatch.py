@@ -20,9 +20,14 @@ class ShardDispatcher:
         self.app = make_app(broker_url, set_as_current=False)
 
     def warm_up(self) -> None:
-        """Open the broker connection now rather than on the first round."""
-        with self.app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=3)
+        """Do now what the first send would do on the first round with trees: open the
+        producer's connection, declare the queue, and load the result backend (disabled, but
+        loaded with the entry points scanned: ~10 of the first send's 13 ms, against 1.5-2 ms
+        for every later one)."""
+        _ = self.app.backend
+        with self.app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            producer.maybe_declare(self.app.amqp.queues[QUEUE])
 
     def send(self, namespace: str, round_id: str, shards: int | range, expires_at: float) -> None:
         """One task per shard (``shards``: how many, or which numbers); a task still queued at
