@@ -9,6 +9,7 @@ import redis
 
 from gridfleet.exchange.redis_pubsub import RedisPubSubLink
 from gridfleet.platform.dispatch import QUEUE, ShardDispatcher
+from gridfleet.runtime.redis_server import RedisServer
 
 
 def _clients(url: str) -> int:
@@ -19,9 +20,14 @@ def _clients(url: str) -> int:
         r.close()
 
 
-def test_dispatcher_warm_up_declares_the_queue_and_keeps_its_connection(redis_url: str) -> None:
+def test_dispatcher_warm_up_declares_the_queue_and_keeps_its_connection(
+    private_redis: RedisServer,
+) -> None:
     """After warm_up the queue's binding is declared (the first send declared it before) and the
-    producer's connection stays open for that send, which then opens nothing new."""
+    producer's connection stays open for that send, which then opens nothing new. A Redis of
+    its own: kombu shares producers (and what they declared) between apps of one broker URL in
+    a process, so on a flushed shared server the binding would not be declared again."""
+    redis_url = private_redis.url
     dispatcher = ShardDispatcher(redis_url)
     r = redis.Redis.from_url(redis_url)
     try:
@@ -37,8 +43,10 @@ def test_dispatcher_warm_up_declares_the_queue_and_keeps_its_connection(redis_ur
         dispatcher.close()
 
 
-def test_link_warm_up_opens_the_publishing_connection(redis_url: str) -> None:
-    """The coordinator's first batches go out on a connection opened before the round."""
+def test_link_warm_up_opens_the_publishing_connection(private_redis: RedisServer) -> None:
+    """The coordinator's first batches go out on a connection opened before the round (a Redis
+    of its own: no other test's connection comes or goes while the clients are counted)."""
+    redis_url = private_redis.url
     link = RedisPubSubLink(redis_url)
     try:
         before = _clients(redis_url)
