@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import click
 
 from gridfleet import __version__
-from gridfleet.runtime.interpreter import favour_reader_threads, warm_heap
+from gridfleet.runtime.interpreter import favour_reader_threads, heap_for_assets, warm_heap
 from gridfleet.runtime.redact import redact
 
 if TYPE_CHECKING:
@@ -376,8 +376,7 @@ def ingress(
     try:
         with bring_up_errors():
             node.connect()
-        # a round's events and shard inputs pass through here: ~2.5 KB per asset
-        warm_heap(min(256, node.assets * 5 // 2048))
+        warm_heap(heap_for_assets(node.assets, most_mb=256))
         node.run()
     finally:
         node.close()

@@ -32,7 +32,12 @@ from functools import partial
 import numpy as np
 import orjson
 
-from gridfleet.runtime.interpreter import freed_memory_kept, gc_paused, warm_heap
+from gridfleet.runtime.interpreter import (
+    freed_memory_kept,
+    gc_paused,
+    heap_for_assets,
+    warm_heap,
+)
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
 from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
@@ -50,11 +55,9 @@ log = logging.getLogger(__name__)
 
 # How long the finish events are retried when the door cannot deliver them (Redis down).
 FINISH_RETRY_S = 30.0
-# Heap faulted in before the first round, per asset (a settling round's answers, trade events
-# and trees at their peak: ~250 MB at 100 000 assets); with full trees also a slot's first
-# round (its market and tick events: two whole grids per aggregator, ~80 B per asset each);
-# and at most.
-WARM_HEAP_KB_PER_ASSET = 2.5
+# Heap faulted in before the first round beyond interpreter.HEAP_KB_PER_ASSET: with full trees
+# a slot's first round (its market and tick events: two whole grids per aggregator, ~80 B per
+# asset each); and at most.
 FULL_TREE_BYTES_PER_ASSET = 80
 WARM_HEAP_MAX_MB = 512
 
@@ -238,10 +241,11 @@ class Engine:
         page faults at 100 000 assets (~30 ms here), rounds after it none."""
         if freed_memory_kept():
             n = self.grid.n_assets
-            size = int(n * WARM_HEAP_KB_PER_ASSET * 1024)
-            if self.config.tree == "full":
-                size += 2 * len(self.registry.aggregators) * n * FULL_TREE_BYTES_PER_ASSET
-            warm_heap(min(WARM_HEAP_MAX_MB, size >> 20))
+            full = self.config.tree == "full"
+            events = (
+                2 * len(self.registry.aggregators) * n * FULL_TREE_BYTES_PER_ASSET if full else 0
+            )
+            warm_heap(heap_for_assets(n, WARM_HEAP_MAX_MB, extra_bytes=events))
 
     def _sync_selection(self) -> None:
         if self.selection.sync():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gridfleet.simulator.engine import WARM_HEAP_KB_PER_ASSET
+from gridfleet.runtime.interpreter import HEAP_KB_PER_ASSET
 
 ASSETS = 40_000
 FIRST_ROUND = """
@@ -40,6 +40,6 @@ def _first_round_growth_mb(mode: str) -> int:
 def test_the_engine_warms_its_heap_where_freed_memory_is_kept() -> None:
     """As ``gridfleet sim`` runs it (freed memory kept), the first dispatch leaves the heap a
     heavy round needs resident; in a process that did not ask for it, nothing of the kind."""
-    expected = int(ASSETS * WARM_HEAP_KB_PER_ASSET) >> 10
+    expected = int(ASSETS * HEAP_KB_PER_ASSET) >> 10
     assert _first_round_growth_mb("keep") >= expected * 0.9
     assert _first_round_growth_mb("default") < expected / 2
