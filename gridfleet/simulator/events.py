@@ -33,6 +33,7 @@ import orjson
 import pyarrow as pa
 
 from gridfleet.simulator.arrow_text import floats, join, texts
+from gridfleet.simulator.door import Pieces
 from gridfleet.simulator.grid import LOAD, PV, STORAGE, Grid
 from gridfleet.simulator.numfmt import reprs_f64, round8
 from gridfleet.simulator.state import ExchangeState
@@ -316,23 +317,16 @@ class EventBuilder:
         tree: bytes,
         fit: float | None,
         mmr: float | None,
-    ) -> bytes:
-        """A ``market`` or ``tick`` event around an already serialised tree."""
-        return b"".join(
+    ) -> Pieces:
+        """A ``market`` or ``tick`` event around an already serialised tree, in three pieces
+        (the tree is not copied: it is the aggregator's for the whole tick)."""
+        return Pieces(
             (
-                b'{"slot_completion":"',
-                str(completion).encode(),
-                b'%","market_slot":"',
-                market_slot.encode(),
-                b'","grid_tree":',
+                b'{"slot_completion":"%d%%","market_slot":"%b","grid_tree":'
+                % (completion, market_slot.encode()),
                 tree,
-                b',"feed_in_tariff_rate":',
-                _num(fit),
-                b',"market_maker_rate":',
-                _num(mmr),
-                b',"event":"',
-                event.encode(),
-                b'","simulation_id":null,"num_ticks":10.0}',
+                b',"feed_in_tariff_rate":%b,"market_maker_rate":%b,"event":"%b",'
+                b'"simulation_id":null,"num_ticks":10.0}' % (_num(fit), _num(mmr), event.encode()),
             )
         )
 

@@ -33,6 +33,9 @@ from gridfleet.simulator.door import (
     REGISTER,
     DeliveryFailed,
     Inbound,
+    Payload,
+    Pieces,
+    payload_size,
 )
 
 log = logging.getLogger(__name__)
@@ -147,51 +150,111 @@ class Inbox:
             self._pubsub.close()
 
 
-_NO_COPY_BYTES = 1 << 16  # events above this size are published without a copy
+# Payload pieces at least this long are written where they lie; shorter ones (and the commands'
+# headers) are copied into one buffer between them, so a round is a few thousand writes.
+_NO_COPY_BYTES = 1 << 14
 
 
 class RedisOutbox:
-    """An :class:`~gridfleet.simulator.door.Outbox` over one Redis pipeline."""
+    """An :class:`~gridfleet.simulator.door.Outbox` writing PUBLISH commands onto one pooled
+    connection in one go, then reading their replies (a pipeline, packed here rather than by
+    redis-py: its packer would copy every large event into a new buffer first, and it takes
+    a payload in one piece only, where the engine's :class:`~gridfleet.simulator.door.Pieces`
+    share one tree between an aggregator's tick and trade events)."""
 
-    __slots__ = ("_cid", "_pipe")
+    __slots__ = ("_cid", "_client", "_count", "_out", "_small")
 
     def __init__(self, client: redis.Redis, config_id: str) -> None:
-        self._pipe = client.pipeline(transaction=False)
+        self._client = client
         self._cid = config_id
+        self._out: list[bytes | bytearray | memoryview] = []  # what send() writes, in order
+        self._small = bytearray()  # headers and short pieces since the last long one
+        self._count = 0  # commands queued
 
-    def aggregator_event(self, aggregator: str, payload: bytes) -> None:
-        # A memoryview is sent as it is: redis-py's hiredis packer would copy every event
-        # into a new buffer first (70 MB in a settling round at 100 000 assets).
-        if len(payload) > _NO_COPY_BYTES:
-            self._pipe.publish(
-                channels.aggregator_events(aggregator, self._cid), memoryview(payload)
-            )
-        else:
-            self._pipe.publish(channels.aggregator_events(aggregator, self._cid), payload)
+    def _publish(self, channel: str, payload: Payload) -> None:
+        pieces = payload if isinstance(payload, Pieces) else (payload,)
+        ch = channel.encode()
+        small = self._small
+        small += b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n" % (
+            len(ch),
+            ch,
+            payload_size(payload),
+        )
+        for piece in pieces:
+            if len(piece) < _NO_COPY_BYTES:
+                small += piece
+                continue
+            if small:
+                self._out.append(small)
+                small = self._small = bytearray()
+            self._out.append(piece)
+        small += b"\r\n"
+        self._count += 1
+
+    def aggregator_event(self, aggregator: str, payload: Payload) -> None:
+        self._publish(channels.aggregator_events(aggregator, self._cid), payload)
 
     def asset_event(self, name: str, event: str, payload: bytes) -> None:
-        self._pipe.publish(channels.asset_events(name, event), payload)
+        self._publish(channels.asset_events(name, event), payload)
 
-    def batch_response(self, aggregator: str, payload: bytes) -> None:
-        self._pipe.publish(channels.batch_response(aggregator, self._cid), payload)
+    def batch_response(self, aggregator: str, payload: Payload) -> None:
+        self._publish(channels.batch_response(aggregator, self._cid), payload)
 
     def aggregator_response(self, payload: bytes) -> None:
-        self._pipe.publish(channels.AGGREGATOR_RESPONSE, payload)
+        self._publish(channels.AGGREGATOR_RESPONSE, payload)
 
     def register_response(self, name: str, payload: bytes) -> None:
-        self._pipe.publish(channels.register_participant_response(name), payload)
+        self._publish(channels.register_participant_response(name), payload)
 
     def control_response(self, command: str, payload: bytes) -> None:
-        self._pipe.publish(channels.sim_control_response(command, self._cid), payload)
+        self._publish(channels.sim_control_response(command, self._cid), payload)
 
     def heartbeat(self, payload: bytes) -> None:
-        self._pipe.publish(channels.HEARTBEAT, payload)
+        self._publish(channels.HEARTBEAT, payload)
 
     def send(self) -> None:
+        if not self._count:
+            return
+        if self._small:
+            self._out.append(self._small)
+        out, count = self._out, self._count
+        self._out, self._small, self._count = [], bytearray(), 0
+        pool = self._client.connection_pool
         try:
-            self._pipe.execute()
+            conn = pool.get_connection()  # connects a new connection
         except _LOST as exc:
             raise DeliveryFailed(redact(str(exc)) or type(exc).__name__) from None
+        try:
+            try:
+                _write_and_read(conn, out, count)
+            except _LOST:
+                # once more on a new connection, as the client's own retry would: a pooled
+                # connection goes stale when Redis restarts, and only writing to it shows it
+                conn.disconnect()
+                _write_and_read(conn, out, count)
+        except _LOST as exc:
+            conn.disconnect()
+            raise DeliveryFailed(redact(str(exc)) or type(exc).__name__) from None
+        finally:
+            pool.release(conn)
+
+
+def _write_and_read(
+    conn: redis.connection.AbstractConnection,
+    out: list[bytes | bytearray | memoryview],
+    count: int,
+) -> None:
+    """Write the packed commands, then read every reply; the first error reply is raised
+    after all are read (the connection stays usable)."""
+    conn.send_packed_command(out, check_health=False)
+    error: redis.ResponseError | None = None
+    for _ in range(count):
+        try:
+            conn.read_response()
+        except redis.ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 class RedisDoor:

@@ -62,6 +62,8 @@ from gridfleet.simulator.door import (
     Inbound,
     Outbox,
     Outlet,
+    Payload,
+    payload_bytes,
 )
 from gridfleet.simulator.engine import EngineWatcher
 from gridfleet.simulator.redis_door import Inbox, RedisOutbox
@@ -366,10 +368,10 @@ class _RecordingOutbox:
         self.channels: list[str] = []
         self.payloads: list[bytes] = []
 
-    def aggregator_event(self, aggregator: str, payload: bytes) -> None:
+    def aggregator_event(self, aggregator: str, payload: Payload) -> None:
         self._inner.aggregator_event(aggregator, payload)
         self.channels.append(channels.aggregator_events(aggregator, self._cid))
-        self.payloads.append(bytes(payload))
+        self.payloads.append(payload_bytes(payload))
 
     def asset_event(self, name: str, event: str, payload: bytes) -> None:
         self._inner.asset_event(name, event, payload)
@@ -377,7 +379,7 @@ class _RecordingOutbox:
         self.payloads.append(bytes(payload))
 
     # answers and heartbeats are not replayed (a replay answers its own client)
-    def batch_response(self, aggregator: str, payload: bytes) -> None:
+    def batch_response(self, aggregator: str, payload: Payload) -> None:
         self._inner.batch_response(aggregator, payload)
 
     def aggregator_response(self, payload: bytes) -> None:

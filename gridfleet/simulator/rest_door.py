@@ -36,7 +36,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from gridfleet.simulator.batch import ASSET, MARKET
-from gridfleet.simulator.door import BATCH, CALL, Inbound
+from gridfleet.simulator.door import BATCH, CALL, Inbound, Payload, payload_bytes
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.rest_auth import DEFAULT_TOKEN_LIFETIME_S, TokenError, TokenIssuer
 from gridfleet.simulator.rest_faults import BatchFault, FaultPlan, RestFaults
@@ -112,11 +112,11 @@ class RestOutbox:
         self._door = door
         self._items: list[tuple[str, bytes, bool]] = []  # (aggregator, payload, is an event)
 
-    def aggregator_event(self, aggregator: str, payload: bytes) -> None:
-        self._items.append((aggregator, payload, True))
+    def aggregator_event(self, aggregator: str, payload: Payload) -> None:
+        self._items.append((aggregator, payload_bytes(payload), True))
 
-    def batch_response(self, aggregator: str, payload: bytes) -> None:
-        self._items.append((aggregator, payload, False))
+    def batch_response(self, aggregator: str, payload: Payload) -> None:
+        self._items.append((aggregator, payload_bytes(payload), False))
 
     def send(self) -> None:
         if self._items:

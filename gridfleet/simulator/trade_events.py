@@ -17,6 +17,7 @@ import orjson
 import pyarrow as pa
 
 from gridfleet.simulator import arrow_text
+from gridfleet.simulator.door import Pieces
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.numfmt import hex12s, round8
 from gridfleet.simulator.state import TradeReport
@@ -62,7 +63,7 @@ def trade_payloads(
     seq: int,
     tree: Callable[[str], bytes],
     rates: tuple[float | None, float | None],
-) -> dict[str, bytes]:
+) -> dict[str, Pieces]:
     """Per aggregator key, in sending order, its ``trade`` event: the same bytes as
     :func:`trade_event` around the :func:`trade_rows` of each part (trade ids numbered on from
     ``seq``), an aggregator's entries of a part after those of the parts before; ``tree`` gives
@@ -70,7 +71,7 @@ def trade_payloads(
 
     A settling tick has ~40 000 trades: every entry is rendered by Arrow text columns (no
     Python object per entry), grouped by aggregator, so an aggregator's entries are one slice
-    of their bytes, joined once with its event's opening, tree and close.
+    of their bytes, sent between its event's opening, tree and close without being copied.
     """
     parts = [p for p in parts if len(p)]
     if not parts:
@@ -109,11 +110,11 @@ def trade_payloads(
     offsets, data = arrow_text.spans(entries)
     firsts = np.flatnonzero(np.diff(agg_of, prepend=-1))  # each event's first entry
     bounds = offsets[[*firsts, len(order)]].tolist()
-    out: dict[str, bytes] = {}
+    out: dict[str, Pieces] = {}
     for k, lo, hi in zip(agg_of[firsts].tolist(), bounds[:-1], bounds[1:], strict=True):
         agg = keys[k]
         # lo + 1: the first entry without its comma
-        out[agg] = b"".join([_OPEN, data[lo + 1 : hi], _TREE, tree(agg), close])
+        out[agg] = Pieces((_OPEN, data[lo + 1 : hi], _TREE, tree(agg), close))
     return out
 
 

@@ -198,7 +198,7 @@ def test_the_one_process_loop_builds_rounds_as_the_whole_decode_does(
         ev.template(name, own)
         ev.refresh_own_leaves(state, own)
         raws[name] = [
-            ev.envelope(kind, state.market_slot, tick, ev.tree(name), 10.0, 30.0)
+            ev.envelope(kind, state.market_slot, tick, ev.tree(name), 10.0, 30.0).join()
             for kind, tick in (("market", 0), ("tick", 1))
         ]
     own_markets = {name: frozenset(list(json.loads(ev.tree(name)))[:1]) for name in fleet}

@@ -121,7 +121,9 @@ def test_pruned_and_full_trees() -> None:
         ev.refresh_heads(st)
         ev.template("x", own)
         ev.refresh_own_leaves(st, own)
-        event = orjson.loads(ev.envelope("tick", st.market_slot, 10, ev.tree("x"), 10.0, 30.0))
+        event = orjson.loads(
+            ev.envelope("tick", st.market_slot, 10, ev.tree("x"), 10.0, 30.0).join()
+        )
         assert event["slot_completion"] == "10%" and event["num_ticks"] == 10.0
         flat: dict[str, Any] = {}
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridfleet.runtime.redis_server import RedisServer
+from gridfleet.simulator.door import Pieces
 from gridfleet.simulator.events import EventBuilder, market_heads
 from gridfleet.simulator.redis_door import _NO_COPY_BYTES, RedisOutbox
 from gridfleet.simulator.stats import MarketStats
@@ -62,28 +63,55 @@ def server() -> Iterator[RedisServer]:
         yield s
 
 
-def test_large_events_published_without_a_copy_arrive_whole(server: RedisServer) -> None:
-    """Events above the no-copy size go out as memoryviews: subscribers get the same bytes,
-    in order with the small ones around them."""
+def test_events_published_in_pieces_arrive_whole_and_in_order(server: RedisServer) -> None:
+    """Events go out as written, whole or in pieces (long pieces, memoryviews among them,
+    written where they lie, short ones copied between them): subscribers get each event's
+    bytes joined, in order, on their channels."""
     client = redis.Redis.from_url(server.url)
     sub = client.pubsub()
     sub.psubscribe("external-aggregator/*")
     sub.get_message(timeout=2)  # the subscription's confirmation
     rng = random.Random(3)
-    sizes = [10, _NO_COPY_BYTES, _NO_COPY_BYTES + 1, 3 * _NO_COPY_BYTES, 200, 5 << 20]
-    payloads = [rng.randbytes(n) for n in sizes]
+    sizes = [0, 10, _NO_COPY_BYTES - 1, _NO_COPY_BYTES, 3 * _NO_COPY_BYTES, 200, 5 << 20]
+    sent: list[tuple[str, bytes]] = []
     out = RedisOutbox(client, "")
-    for p in payloads:
-        out.aggregator_event("agg-1", p)
+    for i, n in enumerate(sizes):
+        whole = rng.randbytes(n)
+        out.aggregator_event(f"agg-{i % 3}", whole)
+        sent.append((f"agg-{i % 3}", whole))
+        cuts = sorted(rng.sample(range(n + 1), min(n + 1, 3)))
+        pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+        pieces[len(pieces) // 2] = memoryview(pieces[len(pieces) // 2])  # as Arrow's slices
+        out.batch_response(f"agg-{i % 3}", Pieces(pieces))
+        sent.append((f"agg-{i % 3}", whole))
     out.send()
-    got: list[bytes] = []
-    while len(got) < len(payloads):
+    got: list[tuple[str, bytes]] = []
+    while len(got) < len(sent):
         msg = sub.get_message(timeout=5)
         assert msg is not None, "an event did not arrive"
         if msg["type"] == "pmessage":
-            got.append(msg["data"])
-    assert got == payloads
+            got.append((msg["channel"].decode().split("/")[2], msg["data"]))
+    assert got == sent
+    out.send()  # nothing queued: nothing written
     sub.close()
+    client.close()
+
+
+def test_an_error_reply_is_raised_after_every_reply_is_read(server: RedisServer) -> None:
+    """Redis refusing one command (here a channel name too long for nothing: an ACL-less
+    server accepts all, so a bad command is written by hand) leaves the connection in step:
+    the next send's replies are its own."""
+    client = redis.Redis.from_url(server.url)
+    out = RedisOutbox(client, "")
+    out.heartbeat(b"1")
+    out._small += b"*1\r\n$7\r\nNOTACMD\r\n"  # one reply more: an error
+    out._count += 1
+    out.heartbeat(b"2")
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        out.send()
+    out.heartbeat(b"3")
+    out.send()  # reads exactly its own reply
+    assert client.ping()
     client.close()
 
 
