@@ -223,7 +223,7 @@ def _apply(sim: Simulator, raw: list[tuple[str, bytes]]) -> tuple[float, int]:
                 (decode_batch(data) or orjson.loads(data), sel[agg], agg)
                 for agg, data in raw[c : c + chunk]
             ]
-            for result in sim.handler.respond_many(items):
+            for result in sim.handler.respond_many(items, pieces=True):
                 assert not isinstance(result, Exception)
                 answer, n = result
                 assert answer is not None

@@ -27,6 +27,7 @@ from msgspec.structs import asdict
 
 from gridfleet.simulator.arrow_text import fixed, floats, join, spans, texts, warm_up
 from gridfleet.simulator.batch_decode import Order, Typed
+from gridfleet.simulator.door import Payload, Pieces, payload_bytes
 from gridfleet.simulator.grid import LOAD, PV, STORAGE
 from gridfleet.simulator.numfmt import hex12s, reprs_b, round8
 from gridfleet.simulator.registry import AggregatorRegistry
@@ -485,18 +486,22 @@ class BatchHandler:
         result = self.respond_many([(batch, selected, aggregator)])[0]
         if isinstance(result, Exception):
             raise result
-        return result
+        answer, n = result
+        return (None if answer is None else payload_bytes(answer)), n
 
     def respond_many(
-        self, items: Sequence[BatchItem]
-    ) -> list[tuple[bytes | None, int] | Exception]:
+        self, items: Sequence[BatchItem], pieces: bool = False
+    ) -> list[tuple[Payload | None, int] | Exception]:
         """Apply BATCHED messages ``(batch, sender's selected devices, sender uuid)`` in order;
         a batch is what orjson reads, or a :class:`Typed` (the common shape, decoded strictly:
         its orders skip the key and type checks, and the general path reads its dicts).
 
         For each: its serialised ``batch_commands`` answer (None: no answer) and the number of
         commands answered, or the exception the original code raised while answering it (a
-        transaction id orjson cannot serialise). The bytes are exactly ``orjson.dumps`` of the
+        transaction id orjson cannot serialise). ``pieces``: a fast-path answer is left in
+        :class:`~gridfleet.simulator.door.Pieces` (its envelope around its commands' answers,
+        as rendered), for an outbox that writes them without joining; else ``bytes``. The
+        bytes are exactly ``orjson.dumps`` of the
         envelope around :meth:`handle`'s responses, and the state ends up exactly as if
         :meth:`handle` had run on each batch in turn (tests/simulator/test_batch_fast.py checks
         both against the original code).
@@ -521,10 +526,10 @@ class BatchHandler:
         checked = self._check(cands)
         row0 = self.state.n_rows
         general = self._run_general(items, heads, spans, checked, row0)
-        pieces = self._place(heads, checked, general, row0)
-        out = self._assemble(heads, spans, general, pieces)
+        answers = self._place(heads, checked, general, row0)
+        out = self._assemble(heads, spans, general, answers, pieces)
         if cut < len(items):
-            out.extend(self.respond_many(items[cut:]))
+            out.extend(self.respond_many(items[cut:], pieces))
         return out
 
     def _plan(self, items: Sequence[BatchItem]) -> tuple[list[_Head], list[_Span], _Cands, int]:
@@ -813,11 +818,16 @@ class BatchHandler:
         return errors
 
     def _assemble(
-        self, heads: list[_Head], spans: list[_Span], gen: _General, answers: _Answers
-    ) -> list[tuple[bytes | None, int] | Exception]:
+        self,
+        heads: list[_Head],
+        spans: list[_Span],
+        gen: _General,
+        answers: _Answers,
+        pieces: bool,
+    ) -> list[tuple[Payload | None, int] | Exception]:
         """The answers, in the batches' order: a fast batch is its envelope around one range
         of the rendered answers; general devices' answers go between fast devices' ranges."""
-        out: list[tuple[bytes | None, int] | Exception] = []
+        out: list[tuple[Payload | None, int] | Exception] = []
         for bi, (head, _, _, plan) in enumerate(heads):
             done = gen.results[bi]
             if done is not None:
@@ -828,7 +838,8 @@ class BatchHandler:
                 continue
             lo, hi, all_fast, n_cmds = spans[bi]
             if all_fast:
-                out.append((b"".join((head, answers.range(lo, hi), b"}}")), n_cmds))
+                whole = Pieces((head, answers.range(lo, hi), b"}}"))
+                out.append((whole if pieces else whole.join(), n_cmds))
                 continue
             parts: list[bytes | memoryview] = [head]
             for pi, (uuid, _, _, cmds, start) in enumerate(plan):
@@ -843,7 +854,7 @@ class BatchHandler:
                         b"]",
                     )
             parts.append(b"}}")
-            out.append((b"".join(parts), n_cmds))
+            out.append((Pieces(parts) if pieces else b"".join(parts), n_cmds))
         return out
 
     def _respond_general(

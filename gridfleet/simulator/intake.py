@@ -185,7 +185,9 @@ class Intake:
         """Apply a run of batches at once and queue their answers."""
         engine = self.engine
         counts = engine.counts
-        for (_, _, agg), result in zip(group, engine.handler.respond_many(group), strict=True):
+        for (_, _, agg), result in zip(
+            group, engine.handler.respond_many(group, pieces=True), strict=True
+        ):
             if isinstance(result, Exception):
                 log.error("could not answer a batch of %s: %r", agg, result)
                 continue

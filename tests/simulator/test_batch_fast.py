@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from gridfleet.simulator.batch import ASSET, MARKET, BatchHandler
+from gridfleet.simulator.door import payload_bytes
 from gridfleet.simulator.events import EventBuilder
 from gridfleet.simulator.grid import LOAD, PV, generate_grid
 from gridfleet.simulator.state import ExchangeState
@@ -101,9 +102,12 @@ class Twin:
         """Several batches in one call (the engine applies what one drain read together)."""
         want = [_old_bytes(self.h_old, b, self.selected) for b in batches]
         items = [(b, self.selected, AGG) for b in batches]
-        got = self.h_new.respond_many(items)
+        got = self.h_new.respond_many(items, pieces=True)  # as the engine asks
         gen = self.h_gen.respond_many(items)
-        assert [g[0] if isinstance(g, tuple) else g for g in got] == want
+        assert [
+            (None if g[0] is None else payload_bytes(g[0])) if isinstance(g, tuple) else g
+            for g in got
+        ] == want
         assert [g[0] if isinstance(g, tuple) else g for g in gen] == want
         self.same_state()
 

@@ -177,9 +177,9 @@ def test_a_batch_backlog_never_delays_a_round_and_keeps_its_read_time(redis_url:
         dispatched.append(time.monotonic())
         real_dispatch()
 
-    def slow_respond(items: Any) -> Any:
+    def slow_respond(items: Any, pieces: bool = False) -> Any:
         time.sleep(0.02 * len(items))
-        return real_respond(items)
+        return real_respond(items, pieces)
 
     sim.engine.dispatch = dispatch  # type: ignore[method-assign]
     sim.handler.respond_many = slow_respond  # type: ignore[method-assign]
