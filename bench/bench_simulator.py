@@ -15,8 +15,11 @@ answers) and once through the fast path, alternating which goes first. All order
 asset's earlier ones and the checks do not depend on open orders, so both see the same book
 and give the same verdicts; only the order ids differ.
 
-    .venv/bin/python bench/bench_simulator.py --sizes 1000 10000 100000 --rounds 6 \
+    .venv/bin/python bench/bench_simulator.py --sizes 1000 10000 100000 --rounds 10 \
         --out bench/results/simulator.json
+
+Ten rounds reach the slot change (the round that closes slot 1 and opens slot 2), reported as
+``slot_change_round`` beside the settling round.
 """
 
 from __future__ import annotations
@@ -141,6 +144,7 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
     trade_ms: list[float] = []
     apply_cpu: list[float] = []
     step_cpu: list[float] = []
+    new_slot: list[bool] = []  # the round closed a slot and sent the next one's market event
     for tick in range(rounds):
         raw = [(agg, orjson.dumps(m)) for agg, m in batches(sim, owners, tick + 1).items()]
         modes = [False, True] if tick % 2 == 0 else [True, False]
@@ -153,9 +157,11 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
             (apply_ms if fast else general_ms).append(ms)
         commands.append(n_cmds)
         before_bytes, before_trades = sim.counts.bytes_sent, sim.counts.trades
+        slot = sim.state.slot_index
         c0 = time.process_time()
         sim.step()
         step_cpu.append((time.process_time() - c0) * 1000)
+        new_slot.append(sim.state.slot_index != slot)
         round_ms.append(sim.counts.round_ms[-1])
         match_ms.append(sim.counts.match_ms[-1])
         event_ms.append(sim.counts.event_round_ms[-1])
@@ -169,17 +175,24 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
     # events, the tick event round); the settling round is the one with the most trades.
     whole = [a + r for a, r in zip(apply_ms, round_ms, strict=True)]
     whole_cpu = [a + r for a, r in zip(apply_cpu, step_cpu, strict=True)]
-    s = int(np.argmax(trades))
-    settling = {
-        "trades": trades[s],
-        "commands": commands[s],
-        "event_round_build_publish_ms": round(event_ms[s], 2),
-        "matching_ms": round(match_ms[s], 2),
-        "batch_apply_ms": round(apply_ms[s], 2),
-        "trade_events_ms": round(trade_ms[s], 2),
-        "whole_round_ms": round(whole[s], 2),
-        "whole_round_cpu_ms": round(whole_cpu[s], 2),
-    }
+
+    def parts(s: int) -> dict[str, Any]:
+        return {
+            "round": s,
+            "trades": trades[s],
+            "commands": commands[s],
+            "event_round_build_publish_ms": round(event_ms[s], 2),
+            "matching_ms": round(match_ms[s], 2),
+            "batch_apply_ms": round(apply_ms[s], 2),
+            "trade_events_ms": round(trade_ms[s], 2),
+            "whole_round_ms": round(whole[s], 2),
+            "whole_round_cpu_ms": round(whole_cpu[s], 2),
+        }
+
+    settling = parts(int(np.argmax(trades)))
+    # the slot's last tick: its matching and trade events, then the next slot's market and
+    # tick events with every leaf rendered again (reached with --rounds 10 or more)
+    slot_change = parts(new_slot.index(True)) if any(new_slot) else None
     return {
         "assets": n,
         "aggregators": n_aggs,
@@ -194,6 +207,7 @@ def bench_size(url: str, n: int, rounds: int, seed: int) -> dict[str, Any]:
         "whole_round_ms": _summary(whole),
         "whole_round_cpu_ms": _summary(whole_cpu),
         "settling_round": settling,
+        "slot_change_round": slot_change,
         "batch_apply_cpu_ms": _summary(apply_cpu),
         "batch_apply_ms": _summary(apply_ms),
         "batch_apply_general_path_ms": _summary(general_ms),
@@ -249,8 +263,8 @@ def main() -> None:
     p.add_argument(
         "--rounds",
         type=int,
-        default=6,
-        help="measured rounds per size (keep it short: shared machine)",
+        default=10,
+        help="measured rounds per size (10 reach the slot change)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
@@ -274,6 +288,14 @@ def main() -> None:
                     f"{r['whole_round_ms']['median']} ms",
                     flush=True,
                 )
+                if (c := r["slot_change_round"]) is not None:
+                    print(
+                        f"slot-change round ({c['trades']} trades, {c['commands']} commands): "
+                        f"events {c['event_round_build_publish_ms']} ms + matching "
+                        f"{c['matching_ms']} ms + batches {c['batch_apply_ms']} ms + trade "
+                        f"events {c['trade_events_ms']} ms = {c['whole_round_ms']} ms",
+                        flush=True,
+                    )
                 results.append(r)
         finally:
             drain.terminate()
@@ -292,7 +314,8 @@ def main() -> None:
         "publishing trade events (0 when the round had no trade). round_total_ms: all of it. "
         "whole_round_ms: applying the round's batches (fast path) plus round_total_ms; "
         "whole_round_cpu_ms: the same in process CPU time; settling_round: the round with the "
-        "most trades, its parts and whole. "
+        "most trades, its parts and whole; slot_change_round: the round that closed slot 1 and "
+        "sent slot 2's market and tick events (null with fewer than 10 rounds). "
         "batch_apply_ms: applying one BATCHED message per aggregator as the engine does (parse the "
         "raw bytes, apply every command, serialise the answers), fast path; "
         "batch_apply_general_path_ms: the same batches through the general path (the original "

@@ -88,8 +88,10 @@ def match_groups(
         return z, z, np.zeros(0)
     # Ties in rate go to the larger order first (fewer partial fills; also what the probe
     # capture shows: a 0.75 kWh storage offer beat a 0.125 kWh PV offer at the same rate).
-    bids = bids[np.lexsort((-energy[bids], -key[bids], group[bids]))]
-    offers = offers[np.lexsort((-energy[offers], key[offers], group[offers]))]
+    # the group as the narrowest int it fits (a market index): numpy sorts 16-bit ints by radix
+    g_sort = group.astype(np.int16) if n_groups <= np.iinfo(np.int16).max else group
+    bids = bids[np.lexsort((-energy[bids], -key[bids], g_sort[bids]))]
+    offers = offers[np.lexsort((-energy[offers], key[offers], g_sort[offers]))]
     total_b = np.bincount(group[bids], weights=energy[bids], minlength=n_groups)
     total_o = np.bincount(group[offers], weights=energy[offers], minlength=n_groups)
     span = np.minimum(total_b, total_o)
