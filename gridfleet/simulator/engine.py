@@ -351,7 +351,10 @@ class Engine:
             self.deadline.round_undelivered(f"{slot} {completion}%", number)
         self.counts.rounds += 1
         self.counts.events_sent += len(aggs) * (2 if market else 1)
-        self.counts.event_round_ms.append((time.perf_counter() - t0) * 1000 + self._refresh_ms)
+        # a refresh made before this round (for the tick's trade events) adds its time; one
+        # made here is inside this round's own time already
+        before = self._refresh_ms if refreshed else 0.0
+        self.counts.event_round_ms.append((time.perf_counter() - t0) * 1000 + before)
         self._refresh_ms = 0.0
 
     def _idle(self, aggregators: list[str]) -> set[str]:
