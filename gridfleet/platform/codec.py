@@ -22,6 +22,25 @@ def unpackb(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def array_header(n: int) -> bytes:
+    """msgpack's header of an array of ``n`` items (as :func:`packb` writes it)."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def bin_header(n: int) -> bytes:
+    """msgpack's header of ``n`` bytes of binary (as :func:`packb` writes it): with it, a large
+    ``bytes`` value can be written where it lies instead of copied into the packed buffer."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
 def ctx_to_dict(ctx: TickContext) -> dict[str, Any]:
     d = asdict(ctx)
     if d.get("asset_uuids_by_name") is not None:

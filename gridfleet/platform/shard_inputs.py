@@ -28,6 +28,7 @@ import secrets
 import shutil
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, get_args
@@ -57,14 +58,22 @@ MAX_SLOTS = 4096
 """Beyond this many live slots the inputs go to the broker (a runaway, not a fleet)."""
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_IOV_MAX = 1024  # buffers per pwritev (Linux's UIO_MAXIOV)
 
 
 class InputStore(Protocol):
     """Where :func:`gridfleet.platform.shard.write_round` puts each shard's packed input."""
 
     def put(
-        self, pipe: redis.client.Pipeline, key: str, blob: bytes, deadline: float, ttl_s: int
-    ) -> None: ...
+        self,
+        pipe: redis.client.Pipeline,
+        key: str,
+        pieces: Sequence[bytes],
+        deadline: float,
+        ttl_s: int,
+    ) -> None:
+        """Store one input, given in pieces (joined, they are its bytes: a shard's trees are
+        not copied into one buffer first)."""
 
     def close(self) -> None: ...
 
@@ -73,9 +82,14 @@ class BrokerInputs:
     """Inputs on the broker itself: works wherever the workers run."""
 
     def put(
-        self, pipe: redis.client.Pipeline, key: str, blob: bytes, deadline: float, ttl_s: int
+        self,
+        pipe: redis.client.Pipeline,
+        key: str,
+        pieces: Sequence[bytes],
+        deadline: float,
+        ttl_s: int,
     ) -> None:
-        pipe.set(key, blob, ex=ttl_s)
+        pipe.set(key, b"".join(pieces), ex=ttl_s)
 
     def close(self) -> None:
         pass
@@ -109,10 +123,15 @@ class SharedMemoryInputs:
         self.fallbacks = 0  # inputs that went to the broker instead
 
     def put(
-        self, pipe: redis.client.Pipeline, key: str, blob: bytes, deadline: float, ttl_s: int
+        self,
+        pipe: redis.client.Pipeline,
+        key: str,
+        pieces: Sequence[bytes],
+        deadline: float,
+        ttl_s: int,
     ) -> None:
         try:
-            ref = self._write(blob, deadline)
+            ref = self._write(pieces, deadline)
         except OSError as exc:
             self.fallbacks += 1
             now = time.monotonic()
@@ -126,11 +145,11 @@ class SharedMemoryInputs:
                     if exc.errno == errno.ENOSPC
                     else "",
                 )
-            pipe.set(key, blob, ex=ttl_s)
+            pipe.set(key, b"".join(pieces), ex=ttl_s)
             return
         pipe.set(key, ref, ex=ttl_s)
 
-    def _write(self, blob: bytes, deadline: float) -> bytes:
+    def _write(self, pieces: Sequence[bytes], deadline: float) -> bytes:
         now = time.time()
         slots = self._slots
         if slots and slots[0].free_at <= now:
@@ -140,13 +159,14 @@ class SharedMemoryInputs:
         else:
             path = str(self.dir / f"{len(slots)}-{secrets.token_hex(3)}")
             slot = _Slot(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), path, 0.0)
+        size = sum(map(len, pieces))
         try:
             self._seq += 1
             # seq 0 first: a reader that sees this slot's old header before and after the data
             # would otherwise take half-old, half-new bytes for the old round's input.
-            _pwrite_all(slot.fd, _HEADER.pack(_MAGIC, 0, 0), 0)
-            _pwrite_all(slot.fd, blob, _HEADER.size)
-            _pwrite_all(slot.fd, _HEADER.pack(_MAGIC, self._seq, len(blob)), 0)
+            _pwrite_all(slot.fd, [_HEADER.pack(_MAGIC, 0, 0)], 0)
+            _pwrite_all(slot.fd, pieces, _HEADER.size)
+            _pwrite_all(slot.fd, [_HEADER.pack(_MAGIC, self._seq, size)], 0)
         except OSError:
             os.close(slot.fd)
             with contextlib.suppress(OSError):
@@ -156,7 +176,7 @@ class SharedMemoryInputs:
         # coordinator, right away: its slot is kept for the grace from now
         slot.free_at = max(deadline, now) + REUSE_GRACE_S
         slots.append(slot)
-        return REFERENCE + packb([slot.path, self._seq, len(blob)])
+        return REFERENCE + packb([slot.path, self._seq, size])
 
     def close(self) -> None:
         for slot in self._slots:
@@ -166,11 +186,22 @@ class SharedMemoryInputs:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
+def _pwrite_all(fd: int, pieces: Sequence[bytes], offset: int) -> None:
+    """The pieces written one after the other from ``offset``, up to ``_IOV_MAX`` a call."""
+    rest: list[bytes | memoryview] = [p for p in pieces if len(p)]
+    i = 0
+    while i < len(rest):
+        n = os.pwritev(fd, rest[i : i + _IOV_MAX], offset)
+        if n <= 0:
+            raise OSError(errno.EIO, "shared memory write made no progress")
+        offset += n
+        while n:  # skip what went; the rest of a piece written in part goes next
+            size = len(rest[i])
+            if n < size:
+                rest[i] = memoryview(rest[i])[n:]
+                break
+            n -= size
+            i += 1
 
 
 def _remove_dead(base: Path) -> None:

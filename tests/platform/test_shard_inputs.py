@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridfleet.platform import shard_inputs as si
+from gridfleet.platform.rounds import TreePart
+from gridfleet.platform.shard import ShardInput
 from gridfleet.platform.shard_inputs import (
     REFERENCE,
     BrokerInputs,
@@ -36,8 +38,16 @@ class Pipe:
 
 
 def put(store: Any, blob: bytes, deadline: float, key: str = "k") -> bytes:
+    """Put ``blob``, handed over in pieces as write_round does (here cut in three)."""
     pipe = Pipe()
-    store.put(pipe, key, blob, deadline, 120)
+    third = len(blob) // 3
+    store.put(
+        pipe,
+        key,
+        [blob[:third], memoryview(blob)[third : 2 * third], blob[2 * third :]],
+        deadline,
+        120,
+    )
     value, ttl = pipe.sets[key]
     assert ttl == 120
     return value
@@ -208,3 +218,50 @@ def test_a_reference_gives_its_own_bytes_or_none_never_another_inputs(
                     assert got == blob  # the newest, and any whose round still runs
         finally:
             store.close()
+
+
+_SIZES = st.sampled_from([0, 1, 255, 256, 65535, 65536, 70_000]) | st.integers(0, 300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    parts=st.lists(
+        st.tuples(
+            st.text(max_size=40),
+            _SIZES,
+            st.integers(0, 2**40),
+            st.none() | st.integers(0, 2**40),
+        ),
+        max_size=20,
+    )
+)
+def test_a_shard_input_in_pieces_is_its_packed_bytes(parts: list[Any]) -> None:
+    """What write_round hands the store (trees not copied) joins to ``pack()``, across
+    msgpack's header sizes (arrays of 15 and 16 parts; trees of 255, 256, 65 535, 65 536 bytes)."""
+    shard = ShardInput([TreePart(a, bytes([n % 251]) * n, s, e) for a, n, s, e in parts])
+    pieces = shard.pack_pieces()
+    assert b"".join(pieces) == shard.pack()
+    assert ShardInput.unpack(b"".join(pieces)) == shard
+
+
+def test_pieces_are_written_whole_when_the_kernel_takes_a_few_bytes_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More pieces than one system call takes, each call writing only part of what it was
+    given: every byte lands once, in order."""
+    real = os.pwritev
+    calls = []
+
+    def stingy(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, [bytes(b"".join(buffers)[:7])], offset)
+
+    monkeypatch.setattr(os, "pwritev", stingy)
+    pieces = [bytes([i % 256]) * (i % 5) for i in range(3000)]
+    fd = os.open(tmp_path / "slot", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        si._pwrite_all(fd, pieces, 24)
+        assert os.pread(fd, 10**6, 24) == b"".join(pieces)
+    finally:
+        os.close(fd)
+    assert max(calls) == si._IOV_MAX
