@@ -24,11 +24,7 @@ def unpackb(data: bytes) -> Any:
 
 def array_header(n: int) -> bytes:
     """msgpack's header of an array of ``n`` items (as :func:`packb` writes it)."""
-    if n < 16:
-        return bytes((0x90 | n,))
-    if n < 1 << 16:
-        return b"\xdc" + n.to_bytes(2, "big")
-    return b"\xdd" + n.to_bytes(4, "big")
+    return msgpack.Packer().pack_array_header(n)
 
 
 def bin_header(n: int) -> bytes:

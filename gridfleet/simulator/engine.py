@@ -40,7 +40,7 @@ from gridfleet.runtime.interpreter import (
 )
 from gridfleet.simulator.batch import ASSET, BatchHandler
 from gridfleet.simulator.deadline import DeadlineTracker
-from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet, payload_size
+from gridfleet.simulator.door import DeliveryFailed, Outbox, Outlet
 from gridfleet.simulator.events import FINISH_EVENT, EventBuilder
 from gridfleet.simulator.grid import Grid
 from gridfleet.simulator.intake import Intake
@@ -309,7 +309,7 @@ class Engine:
             self.counts.settlement_energy_kwh += float(sum(settled.energy.tolist()))
         out = self.outlet.outbox()
         for agg, payload in payloads.items():
-            self.counts.bytes_sent += payload_size(payload)
+            self.counts.bytes_sent += payload.size()
             out.aggregator_event(agg, payload)
         self.counts.events_sent += len(payloads)
         self.deliver(out)
